@@ -1,0 +1,1 @@
+"""The HTTP API: reads, control operations, webhooks, /metrics and probes."""

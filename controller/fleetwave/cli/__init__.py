@@ -1,0 +1,1 @@
+"""The `fleetwave` command line: one module per command, loaded on use."""

@@ -1,0 +1,124 @@
+"""Every Prometheus metric fleetwave exports, in one place.
+
+Labels are bounded: component, version, rollout, phase, state, reason, kind.
+Never a device id, ip or topic, so the number of series does not grow with the
+fleet. Each process builds one `Metrics` on its own `CollectorRegistry`; tests
+build their own and read values back with `get_sample_value()`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from fleetwave import __version__
+
+PREFIX = "fleetwave"
+
+UPDATE_DURATION_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200)
+RECONCILE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+DROP_REASONS = ("too_large", "invalid_json", "invalid_schema", "uuid_mismatch", "unknown_topic",
+                "unknown_update")
+"""Why an inbound message was dropped: the only values of the `reason` label."""
+
+
+@dataclass(frozen=True)
+class Metrics:
+    registry: CollectorRegistry
+    build: Info
+    # fleet
+    devices: Gauge
+    devices_online: Gauge
+    # rollouts
+    rollout_phase: Gauge
+    rollout_step: Gauge
+    rollout_targeted: Gauge
+    rollout_progress: Gauge
+    rollout_failure_ratio: Gauge
+    rollout_devices: Gauge
+    updates: Counter
+    update_duration: Histogram
+    stale_updates: Gauge
+    # engine
+    reconcile_duration: Histogram
+    reconcile_errors: Counter
+    # mqtt
+    mqtt_received: Counter
+    mqtt_published: Counter
+    mqtt_dropped: Counter
+    mqtt_connected: Gauge
+    # sources
+    source_revision: Gauge
+    source_last_sync: Gauge
+    source_sync_errors: Counter
+    source_invalid_files: Gauge
+    # notifications
+    notifications: Counter
+
+
+def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
+    """All metrics on `registry` (a fresh one when None); drop reasons pre-declared at 0."""
+    reg = registry if registry is not None else CollectorRegistry()
+    p = PREFIX
+    m = Metrics(
+        registry=reg,
+        build=Info(f"{p}_build", "fleetwave version.", registry=reg),
+        devices=Gauge(f"{p}_devices", "Devices reporting each version of each component.",
+                      ["component", "version"], registry=reg),
+        devices_online=Gauge(f"{p}_devices_online", "Devices currently online.", registry=reg),
+        rollout_phase=Gauge(f"{p}_rollout_phase", "1 for the rollout's current phase, else 0.",
+                            ["rollout", "phase"], registry=reg),
+        rollout_step=Gauge(f"{p}_rollout_current_step", "Index of the current wave, from 0.",
+                           ["rollout"], registry=reg),
+        rollout_targeted=Gauge(f"{p}_rollout_targeted_devices",
+                               "Devices the rollout's selector matches.", ["rollout"],
+                               registry=reg),
+        rollout_progress=Gauge(f"{p}_rollout_progress_ratio",
+                               "Share of targeted devices done (0-1).", ["rollout"],
+                               registry=reg),
+        rollout_failure_ratio=Gauge(f"{p}_rollout_failure_ratio",
+                                    "Failed, timed out and unhealthy over terminal devices (0-1).",
+                                    ["rollout"], registry=reg),
+        rollout_devices=Gauge(f"{p}_rollout_devices", "Devices of a rollout per update state.",
+                              ["rollout", "state"], registry=reg),
+        updates=Counter(f"{p}_device_updates", "Device updates that reached a final state.",
+                        ["component", "state"], registry=reg),
+        update_duration=Histogram(f"{p}_update_duration_seconds",
+                                  "Command sent to final state, per device update.",
+                                  ["component", "state"], buckets=UPDATE_DURATION_BUCKETS,
+                                  registry=reg),
+        stale_updates=Gauge(f"{p}_stale_updates", "Open updates older than their timeout.",
+                            registry=reg),
+        reconcile_duration=Histogram(f"{p}_reconcile_duration_seconds",
+                                     "One reconcile pass: gather, plan, execute, persist.",
+                                     buckets=RECONCILE_BUCKETS, registry=reg),
+        reconcile_errors=Counter(f"{p}_reconcile_errors", "Reconcile passes that failed.",
+                                 registry=reg),
+        mqtt_received=Counter(f"{p}_mqtt_messages_received", "MQTT messages received.",
+                              ["kind"], registry=reg),
+        mqtt_published=Counter(f"{p}_mqtt_messages_published", "MQTT messages published.",
+                               ["kind"], registry=reg),
+        mqtt_dropped=Counter(f"{p}_mqtt_messages_dropped", "Inbound MQTT messages dropped.",
+                             ["reason"], registry=reg),
+        mqtt_connected=Gauge(f"{p}_mqtt_connected", "1 while connected to the broker.",
+                             registry=reg),
+        source_revision=Gauge(f"{p}_source_revision_info",
+                              "1 for the revision last synced from a source.",
+                              ["source", "revision"], registry=reg),
+        source_last_sync=Gauge(f"{p}_source_last_sync_timestamp_seconds",
+                               "When a source last synced successfully.", ["source"],
+                               registry=reg),
+        source_sync_errors=Counter(f"{p}_source_sync_errors", "Failed source syncs.",
+                                   ["source"], registry=reg),
+        source_invalid_files=Gauge(f"{p}_source_invalid_files",
+                                   "Files in the source that fail validation.", ["source"],
+                                   registry=reg),
+        notifications=Counter(f"{p}_notifications", "Outbound notifications by result.",
+                              ["result"], registry=reg),
+    )
+    m.build.info({"version": __version__})
+    for reason in DROP_REASONS:
+        m.mqtt_dropped.labels(reason=reason)
+    return m

@@ -1,0 +1,1 @@
+"""The controller's MQTT connection: ingest of device messages, publishing of commands."""

@@ -1,0 +1,114 @@
+"""Messages exchanged with devices, as immutable values.
+
+Parsing lives beside these models (`fleetwave.protocol.parsing`); the MQTT
+layer only moves bytes. Timestamps on the wire are epoch milliseconds; inside
+fleetwave time is epoch seconds as float (`received_at`), taken from our clock,
+never the device's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Literal
+
+
+class StatusType(StrEnum):
+    COMMAND_RECEIVED = "update_command_received"
+    SCHEDULED = "update_scheduled"
+    STARTED = "update_started"
+    PROGRESS = "update_progress"
+    SUCCEEDED = "update_succeeded"
+    FAILED = "update_failed"
+    CANCELLED = "update_cancelled"
+    ROLLBACK_SUCCEEDED = "rollback_succeeded"
+    ROLLBACK_FAILED = "rollback_failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """Update progress reported by a device on its `status` topic."""
+
+    device: str
+    type: StatusType
+    correlation_id: str | None
+    """None for devices built for the older protocol: matched to the one open update."""
+    received_at: float
+    timestamp: int | None = None
+    version: str | None = None
+    current_version: str | None = None
+    target_version: str | None = None
+    deployment_type: str | None = None
+    percent: int | None = None
+    reason: str | None = None
+    error: str | None = None
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Container:
+    name: str
+    image: str | None = None
+    running: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ReportedState:
+    """A device's retained self-description on its `state` topic."""
+
+    device: str
+    versions: Mapping[str, str]
+    received_at: float
+    labels: Mapping[str, str] = field(default_factory=dict)
+    deployment_type: str | None = None
+    ip: str | None = None
+    name: str | None = None
+    containers: tuple[Container, ...] = ()
+    timestamp: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Online:
+    """A device's retained liveness flag (its MQTT last will publishes `false`)."""
+
+    device: str
+    online: bool
+    received_at: float
+    timestamp: int | None = None
+
+
+CommandAction = Literal["update", "cancel", "rollback"]
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """What the controller asks of a device; published retained, QoS 1."""
+
+    action: CommandAction
+    component: str
+    version: str
+    correlation_id: str
+    timestamp: int
+    scheduled_time: str | None = None
+    force: bool = False
+    artifact_url: str | None = None
+    artifact_sha256: str | None = None
+
+    def to_payload(self) -> bytes:
+        body: dict[str, Any] = {
+            "action": self.action,
+            "version": self.version,
+            "component": self.component,
+            "correlation_id": self.correlation_id,
+            "scheduled_time": self.scheduled_time,
+            "force": self.force,
+            "timestamp": self.timestamp,
+        }
+        if self.artifact_url is not None:
+            body["artifact"] = {"url": self.artifact_url, "sha256": self.artifact_sha256}
+        return json.dumps(body, separators=(",", ":")).encode()
+
+
+DeviceMessage = Status | ReportedState | Online

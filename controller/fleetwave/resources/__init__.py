@@ -1,0 +1,1 @@
+"""Resources: the schemas, typed models and loading of Rollout, RolloutPolicy, DeviceInventory."""

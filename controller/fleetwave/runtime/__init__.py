@@ -1,0 +1,1 @@
+"""The runtime: gather -> plan -> execute -> persist, shared by run, operator and demo."""

@@ -1,0 +1,1 @@
+"""Simulated devices speaking the fleetwave protocol, with failure injection."""

@@ -1,0 +1,1 @@
+"""Where Rollouts come from: a local folder, a git repository, registry-triggered policies."""

@@ -1,0 +1,1 @@
+"""The store: devices, update records, rollout status and the audit trail (SQLite, PostgreSQL)."""

@@ -1,0 +1,1 @@
+"""Per-device update records and their state machine: pure, no I/O."""

@@ -1,0 +1,106 @@
+"""One update attempt of one device, as the store keeps it and the planner reads it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class UpdateState(StrEnum):
+    PENDING = "pending"
+    ACKNOWLEDGED = "acknowledged"
+    SCHEDULED = "scheduled"
+    IN_PROGRESS = "in_progress"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    ROLLED_BACK = "rolled_back"
+
+
+OPEN_STATES = frozenset({UpdateState.PENDING, UpdateState.ACKNOWLEDGED, UpdateState.SCHEDULED,
+                         UpdateState.IN_PROGRESS})
+TERMINAL_STATES = frozenset({UpdateState.SUCCEEDED, UpdateState.FAILED, UpdateState.TIMEOUT,
+                             UpdateState.CANCELLED, UpdateState.ROLLED_BACK})
+
+RANK = {
+    UpdateState.PENDING: 0,
+    UpdateState.ACKNOWLEDGED: 1,
+    UpdateState.SCHEDULED: 2,
+    UpdateState.IN_PROGRESS: 3,
+    UpdateState.SUCCEEDED: 4,
+    UpdateState.FAILED: 4,
+    UpdateState.TIMEOUT: 4,
+    UpdateState.CANCELLED: 4,
+    UpdateState.ROLLED_BACK: 5,
+}
+"""Records only move to a higher rank; equal ranks only within the same state."""
+
+
+class Health(StrEnum):
+    """Judgement after success: unknown until `stableFor` passed or a check failed."""
+
+    UNKNOWN = "unknown"
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+
+
+class Reason:
+    """Reasons recorded on update records (CamelCase, stable: users filter on them)."""
+
+    UNREACHABLE = "Unreachable"
+    ACK_TIMEOUT = "AckTimeout"
+    UPDATE_TIMEOUT = "UpdateTimeout"
+    SUPERSEDED = "Superseded"
+    CANCELLED_BY_USER = "CancelledByUser"
+    ROLLOUT_DELETED = "RolloutDeleted"
+    UNHEALTHY = "Unhealthy"
+    OFFLINE_AFTER_UPDATE = "OfflineAfterUpdate"
+    CHECK_FAILED = "CheckFailed"
+    DEVICE_REPORTED_FAILURE = "DeviceReportedFailure"
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateRecord:
+    """One attempt; a retry is a new record with `attempt + 1` and a new correlation id.
+
+    Times are epoch seconds (float, UTC) from the controller's clock.
+    """
+
+    id: str
+    device: str
+    rollout: str
+    component: str
+    to_version: str
+    state: UpdateState
+    attempt: int
+    correlation_id: str
+    created_at: float
+    updated_at: float
+    from_version: str | None = None
+    generation: int = 1
+    triggered_by: str = "controller"
+    action: str = "update"
+    """`update`, or `rollback` for a record that puts the device back on from_version."""
+    reason: str | None = None
+    error: str | None = None
+    exit_code: int | None = None
+    progress: int | None = None
+    health: Health = Health.UNKNOWN
+    sent_at: float | None = None
+    acknowledged_at: float | None = None
+    scheduled_at: float | None = None
+    started_at: float | None = None
+    completed_at: float | None = None
+    health_at: float | None = None
+    rolled_back_at: float | None = None
+    scheduled_time: str | None = None
+    force: bool = False
+
+    @property
+    def is_open(self) -> bool:
+        return self.state in OPEN_STATES
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL_STATES

@@ -1,0 +1,1 @@
+"""Mosquitto fixtures (filled by the MQTT work)."""
