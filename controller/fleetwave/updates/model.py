@@ -104,3 +104,28 @@ class UpdateRecord:
     @property
     def is_terminal(self) -> bool:
         return self.state in TERMINAL_STATES
+
+
+class DecisionKind(StrEnum):
+    """What the controller (not the device) decides about an update record."""
+
+    SENT = "sent"
+    """The command was (re)published: sets sent_at; no state change."""
+    TIMEOUT = "timeout"
+    """Ack or update timeout: -> timeout (reason says which, or Unreachable)."""
+    CANCEL = "cancel"
+    """Superseded, deleted rollout or a user's cancel: open -> cancelled."""
+    HEALTHY = "healthy"
+    """Succeeded and stable for stableFor with passing checks."""
+    UNHEALTHY = "unhealthy"
+    """Succeeded, then a check failed or the device went silent."""
+    ROLLED_BACK = "rolled_back"
+    """A terminal record whose device was put back on from_version."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    kind: DecisionKind
+    at: float
+    reason: str | None = None
+    message: str | None = None
