@@ -1,0 +1,94 @@
+"""The seam between the HTTP API and the engine.
+
+The API only ever talks to a `ControlPlane`; the runtime's engine implements
+it for `run`, `operator` and `demo` alike. Values crossing it are JSON-ready
+dicts in the field names of DESIGN.md section 8, so the API adds no mapping of
+its own and the CLI sees exactly what the API serves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, Protocol
+
+JSON = dict[str, Any]
+ControlOp = Literal["pause", "resume", "promote", "abort", "rollback"]
+
+
+class ControlError(Exception):
+    """A request the engine refuses; `status` is the HTTP status, `code` a stable slug."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(ControlError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(ControlError):
+    status = 409
+    code = "conflict"
+
+
+class ControlPlane(Protocol):
+    def list_rollouts(self, phase: str | None = None) -> list[JSON]:
+        """`{"name", "spec", "status", "source": {"kind", "revision", "path"}}` each."""
+        ...
+
+    def get_rollout(self, name: str) -> JSON | None: ...
+
+    async def rollout_devices(self, name: str) -> list[JSON]:
+        """Per device of the rollout: uuid, step, state, attempt, version, reason; NotFound."""
+        ...
+
+    async def rollout_events(self, name: str, offset: int, limit: int) -> tuple[list[JSON], int]:
+        """Oldest first, and the total count; NotFound."""
+        ...
+
+    async def control(self, name: str, op: ControlOp, *, actor: str,
+                      device: str | None = None) -> JSON:
+        """Apply a control operation; returns the rollout. NotFound, Conflict."""
+        ...
+
+    async def rollback_device(self, name: str, uuid: str, *, actor: str) -> JSON:
+        """Put one device of the rollout back on its previous version; returns the record."""
+        ...
+
+    async def delete_rollout(self, name: str, *, actor: str) -> None:
+        """Only rollouts whose source is `api` or `policy`; others are Conflict."""
+        ...
+
+    async def list_devices(self) -> list[JSON]: ...
+
+    async def get_device(self, uuid: str) -> JSON | None: ...
+
+    async def device_updates(self, uuid: str, limit: int = 100) -> list[JSON]:
+        """Newest first; NotFound for an unknown device."""
+        ...
+
+    async def ad_hoc_update(self, uuid: str, component: str, version: str, *, force: bool,
+                            scheduled_time: str | None, actor: str) -> JSON:
+        """A one-device Rollout with `source.kind: api`; returns the rollout."""
+        ...
+
+    async def cancel_update(self, uuid: str, update_id: str, *, actor: str) -> JSON: ...
+
+    async def list_updates(self, state: str | None, older_than: float | None) -> list[JSON]: ...
+
+    async def registry_pushes(self, pushes: Sequence[Any]) -> list[JSON]:
+        """Feed verified registry pushes to the RolloutPolicies; one outcome each."""
+        ...
+
+    async def git_push(self, ref: str | None) -> None:
+        """Sync the git source now."""
+        ...
+
+    def readiness(self) -> tuple[bool, Mapping[str, str]]:
+        """Ready, and a reason per component (store, broker, source) for `/readyz`."""
+        ...
