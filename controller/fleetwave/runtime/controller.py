@@ -1,0 +1,130 @@
+"""One controller process: store, MQTT link, source, engine and HTTP API, wired once.
+
+`fleetwave run` and `fleetwave demo` call `run_controller`; the operator wires
+the same engine with a Kubernetes source instead of a folder or git one.
+Shutdown on SIGTERM/SIGINT is orderly: stop taking work, finish the pass in
+hand, keep the persistent MQTT session, close the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from fleetwave.api.auth import TokenSet
+from fleetwave.api.server import build_app, serve
+from fleetwave.metrics import Metrics, build_metrics
+from fleetwave.mqtt.link import MqttLink, MqttSettings
+from fleetwave.runtime.engine import Engine
+from fleetwave.runtime.settings import Settings
+from fleetwave.sources.base import Source, SourceSnapshot
+from fleetwave.sources.folder import FolderSource
+from fleetwave.store import Store, open_store
+
+log = structlog.get_logger("fleetwave.controller")
+
+
+def mqtt_settings(settings: Settings) -> MqttSettings:
+    return MqttSettings(
+        url=settings.broker, username=settings.broker_username,
+        password=settings.broker_password, client_id=settings.broker_client_id,
+        topic_prefix=settings.topic_prefix, shared_group=settings.shared_group,
+        ca_file=settings.broker_ca_file,
+    )
+
+
+def build_source(settings: Settings, metrics: Metrics) -> Source:
+    if settings.source_is_git:
+        from fleetwave.sources.git import GitCredentials, GitSource
+        credentials = GitCredentials(token_file=settings.git_token_file,
+                                     ssh_key_file=settings.git_ssh_key_file,
+                                     known_hosts_file=settings.git_known_hosts_file)
+        return GitSource(settings.source, branch=settings.branch, path=settings.path,
+                         poll_interval=settings.poll_interval,
+                         workdir=str(Path(settings.workdir) / "git"),
+                         credentials=credentials, metrics=metrics)
+    return FolderSource(settings.source, poll_interval=min(settings.poll_interval, 2.0),
+                        metrics=metrics)
+
+
+async def run_controller(settings: Settings, *, stop: asyncio.Event | None = None,
+                         ready: Callable[[Engine], Awaitable[None]] | None = None) -> None:
+    """Run until `stop` is set or SIGTERM/SIGINT arrives."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+
+    metrics = build_metrics()
+    store: Store = await open_store(settings.store)
+    tokens = TokenSet.from_file(settings.token_file) if settings.token_file else TokenSet.empty()
+    notifier: Any = None
+    if settings.notify_url:
+        from fleetwave.api.notify import Notifier
+        notifier = Notifier(settings.notify_url, settings.notify_secret,
+                            settings.notify_events, metrics)
+    try:
+        link = MqttLink(mqtt_settings(settings), metrics)
+        engine = Engine(store, link, metrics, resync_interval=settings.resync_interval,
+                        on_event=notifier.publish if notifier is not None else None)
+        engine.broker_connected = lambda: link.connected
+        link.on_messages = engine.on_device_messages
+        source = build_source(settings, metrics)
+
+        async def on_snapshot(snapshot: SourceSnapshot) -> None:
+            engine.set_source(snapshot.rollouts, snapshot.inventories, snapshot.revision)
+            for problem in snapshot.problems:
+                log.warning("source.invalid_file", problem=str(problem))
+
+        engine.git_sync = _trigger(source)
+        await engine.start()
+        app = build_app(engine, metrics, tokens)
+        runner = await serve(app, settings.listen)
+        tasks = [
+            asyncio.create_task(link.run(stop), name="mqtt"),
+            asyncio.create_task(source.run(on_snapshot, stop), name="source"),
+            asyncio.create_task(engine.run(stop), name="engine"),
+        ]
+        if notifier is not None:
+            tasks.append(asyncio.create_task(notifier.run(), name="notifier"))
+        log.info("controller.started", listen=settings.listen, source=_redact(settings.source),
+                 store=_redact(settings.store))
+        if ready is not None:
+            await ready(engine)
+        done, _ = await asyncio.wait([asyncio.create_task(stop.wait()), *tasks],
+                                     return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task.get_name() in ("mqtt", "source", "engine") and task.exception():
+                log.error("controller.task_failed", task=task.get_name(),
+                          error=str(task.exception()))
+        stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await runner.cleanup()
+        if notifier is not None:
+            await notifier.close()
+    finally:
+        await store.close()
+        log.info("controller.stopped")
+
+
+def _trigger(source: Source) -> Callable[[], Awaitable[None]]:
+    async def trigger() -> None:
+        source.trigger()
+    return trigger
+
+
+def _redact(url: str) -> str:
+    """Drop userinfo (tokens, passwords) from a URL before it reaches a log."""
+    if "://" in url and "@" in url.split("://", 1)[1].split("/", 1)[0]:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url

@@ -1,0 +1,649 @@
+"""The engine: gather -> plan -> execute -> persist, the only place the core meets I/O.
+
+It keeps the fleet (devices, update records, rollout state) in memory so that
+one pass over 100,000 devices is a pure function call, and writes through the
+store before anything leaves the process: a record is stored before its
+command is published, so a controller killed at any point re-plans the same
+attempt (same id, same correlation id) instead of commanding a device twice.
+
+`run`, `operator` and `demo` all drive this one class; the operator only
+changes where desired state comes from and where status goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+import structlog
+
+from fleetwave.api.ports import ControlOp, NotFound
+from fleetwave.metrics import Metrics
+from fleetwave.planner.model import (
+    ClearCommand,
+    Decide,
+    DeviceView,
+    Plan,
+    PlannedEvent,
+    Republish,
+    RolloutState,
+    SendCancel,
+    SendRollback,
+    SendUpdate,
+)
+from fleetwave.planner.plan import apply_control, plan_deleted, plan_fleet
+from fleetwave.protocol.messages import Command, DeviceMessage, Online, ReportedState, Status
+from fleetwave.resources.model import Rollout, SourceRef, rollout_spec_from, apply_defaults
+from fleetwave.resources.schema import SCHEMAS
+from fleetwave.store import DeviceRow, Event, Store
+from fleetwave.updates.model import Decision, DecisionKind, UpdateRecord, UpdateState
+
+log = structlog.get_logger("fleetwave.engine")
+
+
+class CommandPublisher(Protocol):
+    """What the engine needs of the MQTT link (and what tests may replace)."""
+
+    async def publish_command(self, device: str, command: Command) -> None: ...
+
+    async def clear_command(self, device: str) -> None: ...
+
+
+EventSink = Callable[[Mapping[str, Any]], None]
+StatusSink = Callable[[str, Mapping[str, Any]], Awaitable[None]]
+
+
+@dataclass
+class _Desired:
+    """Desired state from every home, merged: source files, the API, policies."""
+
+    source: dict[str, Rollout]
+    api: dict[str, Rollout]
+    inventory: dict[str, dict[str, str]]
+    revision: str | None = None
+    synced: bool = False
+
+
+def _rollout_name(text: str) -> str:
+    name = re.sub(r"[^a-z0-9.-]+", "-", text.lower()).strip("-.")
+    return name[:253] or "rollout"
+
+
+class Engine:
+    """Holds the fleet in memory and reconciles it; implements the API's ControlPlane."""
+
+    def __init__(self, store: Store, publisher: CommandPublisher, metrics: Metrics, *,
+                 clock: Callable[[], float] = time.time, resync_interval: float = 30.0,
+                 on_event: EventSink | None = None, on_status: StatusSink | None = None) -> None:
+        self.store = store
+        self.publisher = publisher
+        self.metrics = metrics
+        self.clock = clock
+        self.resync_interval = resync_interval
+        self.on_event = on_event
+        self.on_status = on_status
+        self._devices: dict[str, DeviceRow] = {}
+        self._views: dict[str, DeviceView] = {}
+        self._records: dict[str, dict[str, list[UpdateRecord]]] = {}
+        self._by_id: dict[str, UpdateRecord] = {}
+        self._states: dict[str, RolloutState] = {}
+        self._status: dict[str, dict[str, Any]] = {}
+        self._generations: dict[str, tuple[int, str]] = {}
+        self._desired = _Desired(source={}, api={}, inventory={})
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._started = False
+        self.broker_connected: Callable[[], bool] = lambda: True
+        self.git_sync: Callable[[], Awaitable[None]] | None = None
+        self.registry_handler: Callable[[Sequence[Any]], Awaitable[list[dict[str, Any]]]] | None = (
+            None)
+
+    # -- start-up -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load what the store remembers: devices, records and each rollout's state."""
+        for row in await self.store.list_devices():
+            self._set_device(row)
+        rows = await self.store.load_rollouts()
+        for name, row in rows.items():
+            self._generations[name] = (row.generation, row.spec_hash)
+            state = dict(row.state)
+            if "planner" in state:
+                self._states[name] = RolloutState.from_json(state["planner"])
+            if "definition" in state:
+                self._desired.api[name] = self._api_rollout(state["definition"], row.generation)
+            self._status[name] = dict(row.status)
+            for record in await self.store.rollout_updates(name):
+                self._remember(record)
+        for record in await self.store.open_updates():
+            self._remember(record)
+        self._started = True
+        # A record stored but never published (killed between the two): publish it now,
+        # with its own correlation id, so the device sees one attempt, not two.
+        unsent = [r for r in self._by_id.values() if r.is_open and r.sent_at is None]
+        for record in unsent:
+            await self._publish(record)
+        log.info("engine.started", devices=len(self._devices), rollouts=len(rows),
+                 open_updates=sum(1 for r in self._by_id.values() if r.is_open),
+                 republished=len(unsent))
+
+    # -- observed state ---------------------------------------------------------------
+
+    def _set_device(self, row: DeviceRow) -> None:
+        self._devices[row.uuid] = row
+        labels = dict(row.reported_labels)
+        labels.update(self._desired.inventory.get(row.uuid, row.inventory_labels))
+        self._views[row.uuid] = DeviceView(
+            uuid=row.uuid, versions=row.versions, labels=labels, online=row.online,
+            last_seen=row.last_seen, ip=row.ip, name=row.name, containers=row.containers,
+        )
+
+    def _remember(self, record: UpdateRecord) -> None:
+        old = self._by_id.get(record.id)
+        self._by_id[record.id] = record
+        attempts = self._records.setdefault(record.rollout, {}).setdefault(record.device, [])
+        if old is not None:
+            for i, r in enumerate(attempts):
+                if r.id == record.id:
+                    attempts[i] = record
+                    break
+            else:
+                attempts.append(record)
+        else:
+            attempts.append(record)
+            attempts.sort(key=lambda r: (r.created_at, r.attempt))
+        if record.is_terminal and (old is None or not old.is_terminal):
+            self._count_final(record)
+
+    def _count_final(self, record: UpdateRecord) -> None:
+        if not self._started:
+            return
+        self.metrics.updates.labels(component=record.component, state=record.state.value).inc()
+        start = record.sent_at or record.created_at
+        end = record.completed_at or record.updated_at
+        if end >= start:
+            self.metrics.update_duration.labels(
+                component=record.component, state=record.state.value).observe(end - start)
+
+    async def on_device_messages(self, batch: Sequence[DeviceMessage]) -> None:
+        """The MQTT ingest hands over batches: one store transaction per kind per batch."""
+        statuses = [m for m in batch if isinstance(m, Status)]
+        device_msgs = [m for m in batch if isinstance(m, ReportedState | Online)]
+        async with self._lock:
+            if device_msgs:
+                await self.store.apply_device_messages(device_msgs)
+                for msg in device_msgs:
+                    self._merge_device_message(msg)
+            if statuses:
+                outcomes = await self.store.apply_statuses(statuses)
+                for outcome in outcomes:
+                    if outcome.record_after is not None:
+                        self._remember(outcome.record_after)
+        self._wake.set()
+
+    def _merge_device_message(self, msg: ReportedState | Online) -> None:
+        row = self._devices.get(msg.device)
+        if row is None:
+            row = DeviceRow(uuid=msg.device, versions={}, reported_labels={},
+                            inventory_labels={}, labels={}, deployment_type=None, ip=None,
+                            name=None, containers=(), online=None, last_seen=None,
+                            state_received_at=None)
+        if isinstance(msg, ReportedState):
+            row = replace(row, versions=dict(msg.versions), reported_labels=dict(msg.labels),
+                          deployment_type=msg.deployment_type or row.deployment_type,
+                          ip=msg.ip or row.ip, name=msg.name or row.name,
+                          containers=msg.containers, last_seen=msg.received_at,
+                          state_received_at=msg.received_at)
+        else:
+            row = replace(row, online=msg.online, last_seen=max(row.last_seen or 0.0,
+                                                                 msg.received_at))
+        self._set_device(row)
+
+    # -- desired state ----------------------------------------------------------------
+
+    def set_source(self, rollouts: Mapping[str, Rollout], inventory: Mapping[str, Mapping[str, str]],
+                   revision: str | None) -> None:
+        """A new snapshot of the folder, git or Kubernetes source."""
+        self._desired.source = dict(rollouts)
+        self._desired.revision = revision
+        self._desired.synced = True
+        if dict(inventory) != self._desired.inventory:
+            self._desired.inventory = {k: dict(v) for k, v in inventory.items()}
+            for row in list(self._devices.values()):
+                self._set_device(row)
+        self._wake.set()
+
+    def _all_desired(self) -> dict[str, Rollout]:
+        merged = dict(self._desired.source)
+        for name, rollout in self._desired.api.items():
+            merged.setdefault(name, rollout)
+        return {name: self._with_generation(r) for name, r in merged.items()}
+
+    def _with_generation(self, rollout: Rollout) -> Rollout:
+        """Outside Kubernetes a generation is counted here: +1 whenever the spec changes."""
+        if rollout.source.kind == "kubernetes":
+            self._generations[rollout.name] = (rollout.generation, rollout.spec_hash)
+            return rollout
+        known = self._generations.get(rollout.name)
+        digest = rollout.spec_hash
+        if known is None:
+            generation = 1
+        elif known[1] != digest:
+            generation = known[0] + 1
+        else:
+            generation = known[0]
+        self._generations[rollout.name] = (generation, digest)
+        if generation == rollout.generation:
+            return rollout
+        return replace(rollout, generation=generation)
+
+    def _api_rollout(self, definition: Mapping[str, Any], generation: int) -> Rollout:
+        raw = apply_defaults(dict(definition["spec"]), SCHEMAS["Rollout"]["properties"]["spec"])
+        return Rollout(name=definition["name"], spec=rollout_spec_from(raw), raw_spec=raw,
+                       source=SourceRef(kind=definition.get("kind", "api")),
+                       generation=generation)
+
+    # -- the loop -------------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Reconcile on every relevant change and whenever the clock changes the plan."""
+        while not stop.is_set():
+            next_wake: float | None = None
+            try:
+                next_wake = await self.reconcile_once()
+            except Exception:
+                self.metrics.reconcile_errors.inc()
+                log.exception("engine.reconcile_failed")
+            delay = self.resync_interval
+            if next_wake is not None:
+                delay = min(delay, max(0.05, next_wake - self.clock()))
+            self._wake.clear()
+            waiters = {asyncio.ensure_future(self._wake.wait()),
+                       asyncio.ensure_future(stop.wait())}
+            _, pending = await asyncio.wait(waiters, timeout=delay,
+                                            return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+            # Coalesce bursts of ingest into one pass.
+            await asyncio.sleep(0.05)
+
+    async def reconcile_once(self) -> float | None:
+        started = time.perf_counter()
+        async with self._lock:
+            now = self.clock()
+            desired = self._all_desired()
+            fleet = plan_fleet(list(desired.values()), list(self._views.values()),
+                               self._records, self._states, now)
+            next_wake = fleet.next_wake
+            for name, plan in fleet.plans.items():
+                await self._execute(name, plan, desired.get(name))
+            for name in [n for n in self._states if n not in desired]:
+                plan = plan_deleted(name, self._records.get(name, {}), now)
+                await self._execute(name, plan, None)
+                await self.store.delete_rollout(name)
+                self._states.pop(name, None)
+                self._status.pop(name, None)
+                self._records.pop(name, None)
+                self._generations.pop(name, None)
+            self._update_fleet_metrics(now)
+        self.metrics.reconcile_duration.observe(time.perf_counter() - started)
+        return next_wake
+
+    async def _execute(self, name: str, plan: Plan, rollout: Rollout | None) -> None:
+        new_records = [a.record for a in plan.actions if isinstance(a, SendUpdate | SendRollback)]
+        if new_records:
+            created = await self.store.create_updates(new_records)
+            for record in created:
+                self._remember(record)
+        decisions: list[tuple[str, Decision]] = []
+        for action in plan.actions:
+            if isinstance(action, SendUpdate | SendRollback | Republish):
+                record = self._by_id.get(action.record.id)
+                if record is None or not record.is_open:
+                    continue  # lost a race with another replica, or already done
+                await self.publisher.publish_command(record.device, action.command)
+                decisions.append((record.id, Decision(DecisionKind.SENT, self.clock())))
+            elif isinstance(action, SendCancel):
+                await self.publisher.publish_command(action.record.device, action.command)
+            elif isinstance(action, Decide):
+                decisions.append((action.record_id, action.decision))
+            elif isinstance(action, ClearCommand):
+                await self.publisher.clear_command(action.device)
+        if decisions:
+            for record in await self.store.apply_decisions(decisions):
+                self._remember(record)
+        await self._persist(name, plan, rollout)
+
+    async def _persist(self, name: str, plan: Plan, rollout: Rollout | None) -> None:
+        status = plan.status.to_dict()
+        if rollout is not None:
+            status["revision"] = rollout.source.revision
+            status["observedGeneration"] = rollout.generation
+        changed_state = self._states.get(name) != plan.state
+        changed_status = self._status.get(name) != status
+        self._states[name] = plan.state
+        self._status[name] = status
+        if plan.events:
+            now = self.clock()
+            events = [Event(time=now, rollout=name, type=e.type, reason=e.reason,
+                            message=e.message, device=e.device, actor="controller")
+                      for e in plan.events]
+            await self.store.append_events(events)
+            for e in plan.events:
+                self._emit(name, e)
+        if rollout is not None and (changed_state or changed_status or plan.events):
+            generation, digest = self._generations.get(name, (rollout.generation,
+                                                              rollout.spec_hash))
+            state: dict[str, Any] = {"planner": plan.state.to_json()}
+            if rollout.source.kind in ("api", "policy"):
+                state["definition"] = {"name": name, "kind": rollout.source.kind,
+                                       "spec": dict(rollout.raw_spec)}
+            await self.store.save_rollout(name, generation, digest, state, status)
+            if self.on_status is not None:
+                await self.on_status(name, status)
+
+    def _emit(self, rollout: str, event: PlannedEvent) -> None:
+        log.info("rollout.event", rollout=rollout, type=event.type, reason=event.reason,
+                 message=event.message, device=event.device)
+        if self.on_event is not None:
+            self.on_event({"rollout": rollout, "type": event.type, "reason": event.reason,
+                           "message": event.message, "device": event.device,
+                           "time": self.clock()})
+
+    async def _publish(self, record: UpdateRecord) -> None:
+        command = command_for(record)
+        await self.publisher.publish_command(record.device, command)
+        for updated in await self.store.apply_decisions(
+                [(record.id, Decision(DecisionKind.SENT, self.clock()))]):
+            self._remember(updated)
+
+    def _update_fleet_metrics(self, now: float) -> None:
+        m = self.metrics
+        versions: dict[tuple[str, str], int] = {}
+        online = 0
+        for row in self._devices.values():
+            if row.online:
+                online += 1
+            for component, version in row.versions.items():
+                versions[(component, version)] = versions.get((component, version), 0) + 1
+        m.devices.clear()
+        for (component, version), count in versions.items():
+            m.devices.labels(component=component, version=version).set(count)
+        m.devices_online.set(online)
+        for gauge in (m.rollout_phase, m.rollout_devices, m.rollout_step, m.rollout_targeted,
+                      m.rollout_failure_ratio, m.rollout_progress):
+            gauge.clear()
+        for name, status in self._status.items():
+            phase = status.get("phase", "Pending")
+            m.rollout_phase.labels(rollout=name, phase=phase).set(1)
+            m.rollout_step.labels(rollout=name).set(status.get("currentStep", 0))
+            targeted = int(status.get("targeted", 0))
+            m.rollout_targeted.labels(rollout=name).set(targeted)
+            counts: Mapping[str, int] = status.get("counts", {})
+            for state, count in counts.items():
+                m.rollout_devices.labels(rollout=name, state=state).set(count)
+            m.rollout_failure_ratio.labels(rollout=name).set(
+                float(status.get("failureRate", 0.0)) / 100.0)
+            done = _done_count(status)
+            m.rollout_progress.labels(rollout=name).set(done / targeted if targeted else 0.0)
+        stale = 0
+        for record in self._by_id.values():
+            if record.is_open and now - record.created_at > 3600:
+                stale += 1
+        m.stale_updates.set(stale)
+
+    # -- ControlPlane: reads --------------------------------------------------------------
+
+    def _rollout_json(self, rollout: Rollout) -> dict[str, Any]:
+        status = dict(self._status.get(rollout.name, {"phase": "Pending"}))
+        return {
+            "name": rollout.name,
+            "spec": dict(rollout.raw_spec),
+            "status": status,
+            "source": {"kind": rollout.source.kind, "revision": rollout.source.revision,
+                       "path": rollout.source.path},
+            "generation": self._generations.get(rollout.name, (rollout.generation, ""))[0],
+        }
+
+    def list_rollouts(self, phase: str | None = None) -> list[dict[str, Any]]:
+        items = [self._rollout_json(r) for r in sorted(self._all_known().values(),
+                                                       key=lambda r: r.name)]
+        if phase:
+            items = [i for i in items if i["status"].get("phase", "").lower() == phase.lower()]
+        return items
+
+    def _all_known(self) -> dict[str, Rollout]:
+        merged = dict(self._desired.source)
+        for name, rollout in self._desired.api.items():
+            merged.setdefault(name, rollout)
+        return merged
+
+    def get_rollout(self, name: str) -> dict[str, Any] | None:
+        rollout = self._all_known().get(name)
+        return self._rollout_json(rollout) if rollout is not None else None
+
+    def _require(self, name: str) -> Rollout:
+        rollout = self._all_known().get(name)
+        if rollout is None:
+            raise NotFound(f"no rollout named {name!r}")
+        return rollout
+
+    async def rollout_devices(self, name: str) -> list[dict[str, Any]]:
+        self._require(name)
+        out = []
+        for device, attempts in sorted(self._records.get(name, {}).items()):
+            latest = attempts[-1]
+            out.append({"uuid": device, "state": latest.state.value, "attempt": latest.attempt,
+                        "fromVersion": latest.from_version, "toVersion": latest.to_version,
+                        "health": latest.health.value, "reason": latest.reason,
+                        "updateId": latest.id})
+        return out
+
+    async def rollout_events(self, name: str, offset: int, limit: int
+                             ) -> tuple[list[dict[str, Any]], int]:
+        self._require(name)
+        events, total = await self.store.list_events(name, offset=offset, limit=limit)
+        return [event_json(e) for e in events], total
+
+    async def list_devices(self) -> list[dict[str, Any]]:
+        return [device_json(r, self._views[r.uuid]) for r in
+                sorted(self._devices.values(), key=lambda r: r.uuid)]
+
+    async def get_device(self, uuid: str) -> dict[str, Any] | None:
+        row = self._devices.get(uuid)
+        return device_json(row, self._views[uuid]) if row is not None else None
+
+    async def device_updates(self, uuid: str, limit: int = 100) -> list[dict[str, Any]]:
+        if uuid not in self._devices:
+            raise NotFound(f"no device {uuid!r}")
+        return [record_json(r) for r in await self.store.device_history(uuid, limit=limit)]
+
+    async def list_updates(self, state: str | None, older_than: float | None
+                           ) -> list[dict[str, Any]]:
+        states = [UpdateState(state)] if state else None
+        now = self.clock()
+        records = await self.store.stale_updates(older_than or 0.0, now, states)
+        return [record_json(r) for r in records]
+
+    def readiness(self) -> tuple[bool, Mapping[str, str]]:
+        reasons = {
+            "store": "ok" if self._started else "loading",
+            "broker": "ok" if self.broker_connected() else "disconnected",
+            "source": "ok" if self._desired.synced else "not synced yet",
+        }
+        return all(v == "ok" for v in reasons.values()), reasons
+
+    # -- ControlPlane: writes ---------------------------------------------------------------
+
+    async def control(self, name: str, op: ControlOp, *, actor: str,
+                      device: str | None = None) -> dict[str, Any]:
+        rollout = self._require(name)
+        async with self._lock:
+            state = self._states.get(name)
+            if state is None:
+                state = RolloutState.initial(rollout, self.clock())
+            new_state, events = apply_control(state, op, self.clock(), device=device)
+            self._states[name] = new_state
+            now = self.clock()
+            await self.store.append_events([
+                Event(time=now, rollout=name, type=e.type, reason=e.reason, message=e.message,
+                      device=e.device, actor=actor) for e in events])
+            for e in events:
+                self._emit(name, e)
+            generation, digest = self._generations.get(name, (rollout.generation,
+                                                              rollout.spec_hash))
+            state_json: dict[str, Any] = {"planner": new_state.to_json()}
+            if rollout.source.kind in ("api", "policy"):
+                state_json["definition"] = {"name": name, "kind": rollout.source.kind,
+                                            "spec": dict(rollout.raw_spec)}
+            await self.store.save_rollout(name, generation, digest, state_json,
+                                          self._status.get(name, {}))
+        self._wake.set()
+        await self.reconcile_once()
+        return self._rollout_json(self._require(name))
+
+    async def rollback_device(self, name: str, uuid: str, *, actor: str) -> dict[str, Any]:
+        await self.control(name, "rollback", actor=actor, device=uuid)
+        attempts = self._records.get(name, {}).get(uuid, [])
+        if not attempts:
+            raise NotFound(f"device {uuid!r} has no update in rollout {name!r}")
+        return record_json(attempts[-1])
+
+    async def delete_rollout(self, name: str, *, actor: str) -> None:
+        rollout = self._require(name)
+        if rollout.source.kind not in ("api", "policy"):
+            from fleetwave.api.ports import Conflict
+            raise Conflict(f"rollout {name!r} comes from {rollout.source.kind}: delete it there")
+        self._desired.api.pop(name, None)
+        await self.store.append_events([Event(time=self.clock(), rollout=name, type="Normal",
+                                              reason="Deleted", message=f"deleted by {actor}",
+                                              actor=actor)])
+        self._wake.set()
+        await self.reconcile_once()
+
+    async def ad_hoc_update(self, uuid: str, component: str, version: str, *, force: bool,
+                            scheduled_time: str | None, actor: str) -> dict[str, Any]:
+        name = _rollout_name(f"adhoc-{uuid}-{component}-{version}")
+        spec = {"component": component, "version": version, "force": force,
+                "selector": {"devices": [uuid]},
+                "strategy": {"steps": [{"percent": 100}]},
+                "failurePolicy": {"minSample": 1, "retries": 0}}
+        rollout = self._api_rollout({"name": name, "kind": "api", "spec": spec}, 1)
+        self._desired.api[name] = replace(rollout, annotations={"fleetwave.io/actor": actor})
+        await self.store.append_events([Event(time=self.clock(), rollout=name, type="Normal",
+                                              reason="Created",
+                                              message=f"ad-hoc update of {uuid} to {component} "
+                                                      f"{version} by {actor}", actor=actor)])
+        self._wake.set()
+        await self.reconcile_once()
+        return self._rollout_json(self._require(name))
+
+    async def cancel_update(self, uuid: str, update_id: str, *, actor: str) -> dict[str, Any]:
+        record = self._by_id.get(update_id) or await self.store.get_update(update_id)
+        if record is None or record.device != uuid:
+            raise NotFound(f"no update {update_id!r} for device {uuid!r}")
+        if not record.is_open:
+            from fleetwave.api.ports import Conflict
+            raise Conflict(f"update {update_id} is already {record.state.value}")
+        command = Command(action="cancel", component=record.component, version=record.to_version,
+                          correlation_id=record.correlation_id,
+                          timestamp=int(self.clock() * 1000))
+        await self.publisher.publish_command(uuid, command)
+        changed = await self.store.apply_decisions([(record.id, Decision(
+            DecisionKind.CANCEL, self.clock(), reason="CancelledByUser",
+            message=f"cancelled by {actor}"))])
+        for r in changed:
+            self._remember(r)
+        await self.publisher.clear_command(uuid)
+        self._wake.set()
+        return record_json(self._by_id.get(record.id, record))
+
+    async def registry_pushes(self, pushes: Sequence[Any]) -> list[dict[str, Any]]:
+        if self.registry_handler is None:
+            return [{"created": False, "reason": "no RolloutPolicy source configured"}
+                    for _ in pushes]
+        return await self.registry_handler(pushes)
+
+    async def git_push(self, ref: str | None) -> None:
+        if self.git_sync is not None:
+            await self.git_sync()
+
+    def add_policy_rollout(self, rollout: Rollout) -> None:
+        """A Rollout generated by a RolloutPolicy (kept in the store, `source.kind: policy`)."""
+        self._desired.api[rollout.name] = replace(rollout, source=SourceRef(kind="policy"))
+        self._wake.set()
+
+    def desired_versions(self) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for rollout in self._all_known().values():
+            out.setdefault(rollout.spec.component, set()).add(rollout.spec.version)
+        for row in self._devices.values():
+            for component, version in row.versions.items():
+                out.setdefault(component, set()).add(version)
+        return out
+
+
+def _done_count(status: Mapping[str, Any]) -> int:
+    progress = status.get("progress")
+    if isinstance(progress, str) and "/" in progress:
+        try:
+            return int(progress.split("/")[0])
+        except ValueError:
+            return 0
+    return 0
+
+
+def command_for(record: UpdateRecord) -> Command:
+    return Command(
+        action="rollback" if record.action == "rollback" else "update",
+        component=record.component, version=record.to_version,
+        correlation_id=record.correlation_id, timestamp=int(time.time() * 1000),
+        scheduled_time=record.scheduled_time, force=record.force,
+    )
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    from datetime import UTC, datetime
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+def record_json(r: UpdateRecord) -> dict[str, Any]:
+    """An update record in the field names of DESIGN.md section 8."""
+    return {
+        "id": r.id, "device": r.device, "rollout": r.rollout, "component": r.component,
+        "fromVersion": r.from_version, "toVersion": r.to_version, "state": r.state.value,
+        "action": r.action, "attempt": r.attempt, "correlationId": r.correlation_id,
+        "reason": r.reason, "error": r.error, "exitCode": r.exit_code,
+        "triggeredBy": r.triggered_by, "health": r.health.value, "progress": r.progress,
+        "generation": r.generation,
+        "createdAt": iso(r.created_at), "sentAt": iso(r.sent_at),
+        "acknowledgedAt": iso(r.acknowledged_at), "scheduledAt": iso(r.scheduled_at),
+        "startedAt": iso(r.started_at), "completedAt": iso(r.completed_at),
+        "healthAt": iso(r.health_at), "rolledBackAt": iso(r.rolled_back_at),
+        "updatedAt": iso(r.updated_at),
+    }
+
+
+def device_json(row: DeviceRow, view: DeviceView) -> dict[str, Any]:
+    return {
+        "uuid": row.uuid, "name": row.name, "versions": dict(row.versions),
+        "labels": dict(view.labels), "reportedLabels": dict(row.reported_labels),
+        "inventoryLabels": dict(row.inventory_labels), "deploymentType": row.deployment_type,
+        "ip": row.ip, "online": row.online, "lastSeen": iso(row.last_seen),
+        "containers": [{"name": c.name, "image": c.image, "running": c.running}
+                       for c in row.containers],
+    }
+
+
+def event_json(e: Event) -> dict[str, Any]:
+    return {"time": iso(e.time), "rollout": e.rollout, "device": e.device, "type": e.type,
+            "reason": e.reason, "message": e.message, "actor": e.actor}

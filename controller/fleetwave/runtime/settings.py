@@ -1,0 +1,54 @@
+"""Settings of one controller process, shared by `run`, `operator` and `demo`.
+
+Each field is a flag and an environment variable (DESIGN.md section 8); the
+defaults are the ones a first `fleetwave run` on a laptop needs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_GIT_URL = re.compile(r"^(https?|ssh|git|file)://|^[\w.-]+@[\w.-]+:")
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker: str = "mqtt://127.0.0.1:1883"
+    """`mqtt://host:port` or `mqtts://host:port`."""
+    broker_username: str | None = None
+    broker_password: str | None = None
+    broker_ca_file: str | None = None
+    broker_client_id: str = "fleetwave-controller"
+    """Stable: the broker keeps this client's persistent session across restarts."""
+    shared_group: str | None = None
+    """Set with several replicas: status ingest is spread with `$share/<group>/...`."""
+    store: str = "sqlite:///fleetwave.db"
+    source: str = "./rollouts"
+    branch: str = "main"
+    path: str = "/"
+    poll_interval: float = 30.0
+    """Seconds between source polls; webhooks and file changes sync sooner."""
+    git_token_file: str | None = None
+    git_ssh_key_file: str | None = None
+    git_known_hosts_file: str | None = None
+    listen: str = "127.0.0.1:8080"
+    token_file: str | None = None
+    topic_prefix: str = "iot/device"
+    resync_interval: float = 30.0
+    """Seconds between reconcile passes when nothing happens (the planner's next_wake wins)."""
+    notify_url: str | None = None
+    notify_secret: str | None = None
+    notify_events: tuple[str, ...] = ()
+    webhook_secret: str | None = None
+    workdir: str = field(default_factory=lambda: str(Path(".fleetwave")))
+    retention_days: float = 90.0
+
+    @property
+    def source_is_git(self) -> bool:
+        """A URL, or a local folder that is a git repository (has .git or is bare)."""
+        if _GIT_URL.match(self.source):
+            return True
+        p = Path(self.source)
+        return (p / ".git").exists() or (p / "HEAD").is_file() and (p / "objects").is_dir()
