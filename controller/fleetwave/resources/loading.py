@@ -8,8 +8,10 @@ are collected in one pass; nothing stops at the first.
 
 from __future__ import annotations
 
+import difflib
 import os
-from collections.abc import Iterable, Iterator, Mapping
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -25,11 +27,24 @@ from fleetwave import GROUP_VERSION
 from fleetwave.resources.durations import DurationError, parse_duration
 from fleetwave.resources.model import (
     DEVICE_TIMEZONE,
+    DeviceInventory,
+    Operator,
+    Requirement,
     Resource,
+    Rollout,
+    Selector,
     SourceRef,
+    parse_time,
     resource_from,
 )
-from fleetwave.resources.schema import KINDS, SCHEMAS
+from fleetwave.resources.schema import (
+    KINDS,
+    LABEL_NAME_PATTERN,
+    RESOURCE_NAME_PATTERN,
+    SCHEMAS,
+    SHA256_PATTERN,
+)
+from fleetwave.resources.selectors import empty_selector_reasons, selector_matches
 
 YAML_SUFFIXES = (".yaml", ".yml")
 Path_ = tuple[str | int, ...]
@@ -68,12 +83,25 @@ class LoadedDocument:
     document: Mapping[str, Any]
     file: str
     line: int
+    positions: Mapping[Path_, tuple[int, int]] = field(default_factory=dict)
+    """Line and column (1-based) of each value, so later checks can point at a field too."""
+
+    def locate(self, path: Iterable[str | int]) -> tuple[int, int | None]:
+        """The position of the value at `path`, or of its nearest located parent."""
+        p = tuple(path)
+        while p:
+            if p in self.positions:
+                return self.positions[p]
+            p = p[:-1]
+        return self.positions.get((), (self.line, None))
 
 
 @dataclass(slots=True)
 class LoadResult:
     documents: list[LoadedDocument] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    """Every file read (as shown in problems), valid or not: `validate` counts them."""
 
     @property
     def errors(self) -> list[Problem]:
@@ -90,6 +118,12 @@ class LoadResult:
     def extend(self, other: LoadResult) -> None:
         self.documents.extend(other.documents)
         self.problems.extend(other.problems)
+        self.files.extend(f for f in other.files if f not in self.files)
+
+    def sorted_problems(self) -> list[Problem]:
+        """Problems in reading order: by file, then line and column."""
+        return sorted(self.problems, key=lambda p: (p.file, p.line or 0, p.column or 0,
+                                                    p.field))
 
 
 def field_path(path: Iterable[str | int]) -> str:
@@ -164,12 +198,83 @@ def _yaml_documents(text: str) -> Iterator[tuple[yaml.Node | None, Exception | N
 
 # -- validation ----------------------------------------------------------------
 
-_VALIDATORS = {kind: Draft202012Validator(schema, format_checker=FormatChecker())
+_RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+
+_FORMATS = FormatChecker()
+
+
+def _is_date_time(value: object) -> bool:
+    """RFC 3339 with a zone: the format the CRD's `date-time` demands, so git and cluster agree.
+
+    jsonschema only checks `date-time` with an optional extra package; ours is stricter
+    than `datetime.fromisoformat` (which takes a bare date) on purpose.
+    """
+    if not isinstance(value, str):
+        return True
+    if not _RFC3339.match(value):
+        return False
+    parse_time(value)
+    return True
+
+
+_FORMATS.checks("date-time", raises=ValueError)(_is_date_time)
+
+
+_VALIDATORS = {kind: Draft202012Validator(schema, format_checker=_FORMATS)
                for kind, schema in SCHEMAS.items()}
+
+_PATTERN_HELP = {
+    RESOURCE_NAME_PATTERN: "use lower-case letters, digits, '-' and '.', starting and ending "
+                           "with a letter or digit, like agent-1-0-6",
+    SHA256_PATTERN: "write the 64 lower-case hex digits that `sha256sum` prints",
+    LABEL_NAME_PATTERN: "a label name is letters, digits, '-', '_' and '.', optionally after "
+                        "a prefix like example.com/",
+}
+
+_JSON_TYPES = {"string": "a string", "integer": "a whole number", "number": "a number",
+               "boolean": "true or false", "object": "a mapping (key: value)",
+               "array": "a list", "null": "null"}
+
+
+def _yaml_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    if value is None:
+        return "empty (null)"
+    return type(value).__name__
+
+
+def did_you_mean(word: str, options: Iterable[str]) -> str:
+    """`; did you mean 'maxInFlight'?` for a near miss (case or a typo), else ``."""
+    options = list(options)
+    by_lower = {o.lower(): o for o in options}
+    if word.lower() in by_lower:
+        return f"; did you mean {by_lower[word.lower()]!r}?"
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.7)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _short(description: str) -> str:
+    """A field description's first clause, to quote inside an error message."""
+    text = description.split(";", maxsplit=1)[0].strip().rstrip(".")
+    return text[:1].lower() + text[1:] if text else text
 
 
 def _describe(error: ValidationError) -> tuple[Path_, str, bool]:
-    """Path, message and whether the location is a key rather than a value."""
+    """Path, message and whether the location is a key rather than a value.
+
+    Every message says what is wrong *and* what would be accepted, so a user can
+    fix the file from the message alone.
+    """
     path: Path_ = tuple(error.absolute_path)
     v = error.validator
     schema = error.schema if isinstance(error.schema, dict) else {}
@@ -177,49 +282,82 @@ def _describe(error: ValidationError) -> tuple[Path_, str, bool]:
     if v == "additionalProperties" and isinstance(value, dict):
         allowed = sorted(schema.get("properties", {}))
         extra = sorted(str(k) for k in value if k not in schema.get("properties", {}))
-        hint = f"; allowed here: {', '.join(allowed)}" if allowed else ""
-        return (*path, extra[0]) if extra else path, (
-            f"unknown field {extra[0]!r}{hint}" if extra else error.message), True
+        if not extra:
+            return path, error.message, False
+        return (*path, extra[0]), _unknown_field(extra[0], allowed), True
     if v == "required":
         missing = error.message.split("'")[1] if "'" in error.message else "?"
         desc = schema.get("properties", {}).get(missing, {}).get("description", "")
-        return (*path, missing), f"required field is missing{': ' + desc if desc else ''}", False
+        where = field_path(path) or "the document"
+        hint = f" ({_short(desc)})" if desc else ""
+        # Point at the parent's key (`spec:`), where the field has to be added.
+        return (*path, missing), f"missing required field {missing!r} in {where}{hint}", False
     if v == "enum":
         options = ", ".join(str(o) for o in schema.get("enum", []))
-        return path, f"{value!r} is not allowed; use one of: {options}", False
+        near = did_you_mean(str(value), [str(o) for o in schema.get("enum", [])])
+        return path, f"{value!r} is not allowed; use one of: {options}{near}", False
     if v == "type":
-        return path, f"{value!r} is not of type {schema.get('type')}", False
+        expected = schema.get("type")
+        want = _JSON_TYPES.get(str(expected), str(expected))
+        msg = f"expected {want}, got {_yaml_type(value)} {value!r}"
+        if expected == "string" and isinstance(value, int | float | bool):
+            msg += (f"; put it in quotes (\"{value}\") so YAML keeps it as text: unquoted, "
+                    "1.10 reads as 1.1 and yes as true")
+        elif expected == "integer" and isinstance(value, float):
+            msg += "; use a whole number"
+        return path, msg, False
     if v == "pattern" and "duration" in schema.get("description", "").lower():
-        return path, (f"{value!r} is not a duration: write a positive number followed by a "
+        neg = " (durations cannot be negative)" if str(value).startswith("-") else ""
+        return path, (f"{value!r} is not a duration{neg}: write a positive number followed by a "
                       "unit (ms, s, m, h), like 30s, 10m, 4h or 1h30m"), False
     if v == "pattern":
-        return path, f"{value!r} does not match the pattern {schema.get('pattern')}", False
-    if v == "maximum":
-        return path, f"{value!r} is above the maximum of {schema.get('maximum')}", False
-    if v == "minimum":
-        return path, f"{value!r} is below the minimum of {schema.get('minimum')}", False
+        help_text = _PATTERN_HELP.get(schema.get("pattern", ""),
+                                      f"it must match {schema.get('pattern')}")
+        return path, f"{value!r} is not valid: {help_text}", False
+    if v in ("maximum", "minimum"):
+        low, high = schema.get("minimum"), schema.get("maximum")
+        side = "above the maximum" if v == "maximum" else "below the minimum"
+        limit = high if v == "maximum" else low
+        use = f"; use {low} to {high}" if low is not None and high is not None else ""
+        what = f" ({_short(schema['description'])})" if schema.get("description") else ""
+        return path, f"{value!r} is {side} of {limit}{use}{what}", False
     if v == "format":
-        return path, (f"{value!r} is not a valid {schema.get('format')}; "
-                      "write it like 2026-12-24T00:00:00Z"), False
+        return path, (f"{value!r} is not an RFC 3339 {schema.get('format')}: write the date, "
+                      "time and zone, like 2026-12-24T00:00:00Z or 2026-12-24T02:00:00+01:00"
+                      ), False
     if v == "minItems":
-        return path, "must not be empty", False
+        return path, "must not be empty: give at least one entry", False
     if v == "minLength":
         return path, "must not be empty", False
+    if v == "maxLength":
+        return path, f"is longer than {schema.get('maxLength')} characters", False
     return path, error.message, False
+
+
+def _unknown_field(name: str, allowed: Sequence[str]) -> str:
+    near = did_you_mean(name, allowed)
+    listing = f" (allowed here: {', '.join(allowed)})" if allowed else ""
+    return f"unknown field {name!r}{near or ''}{listing}"
 
 
 def _semantic_problems(doc: Mapping[str, Any]) -> Iterator[tuple[Path_, str, str]]:
     """Checks a JSON Schema cannot express: (path, message, severity)."""
+    spec = doc.get("spec")
+    if not isinstance(spec, dict):
+        return
     if doc.get("kind") == "RolloutPolicy":
-        yield from _spec_checks(doc.get("spec", {}).get("template", {}), ("spec", "template"))
+        template = spec.get("template")
+        if isinstance(template, dict):
+            yield from _spec_checks(template, ("spec", "template"))
         return
     if doc.get("kind") != "Rollout":
         return
-    yield from _spec_checks(doc.get("spec", {}), ("spec",))
+    yield from _spec_checks(spec, ("spec",))
 
 
 def _spec_checks(spec: Mapping[str, Any], base: Path_) -> Iterator[tuple[Path_, str, str]]:
     strategy = spec.get("strategy", {})
+    strategy = strategy if isinstance(strategy, dict) else {}
     steps = strategy.get("steps")
     if isinstance(steps, list) and steps:
         prev = 0
@@ -228,32 +366,35 @@ def _spec_checks(spec: Mapping[str, Any], base: Path_) -> Iterator[tuple[Path_, 
             if isinstance(pct, int) and not isinstance(pct, bool):
                 if pct <= prev and 1 <= pct <= 100:
                     yield ((*base, "strategy", "steps", i, "percent"),
-                           f"steps must increase: {pct} follows {prev}; each step's percent is "
-                           "the cumulative share of devices", "error")
+                           f"steps must increase: {pct} comes after {prev}; each percent is the "
+                           f"cumulative share of devices, so use a value above {prev} or "
+                           "reorder the steps", "error")
                 prev = max(prev, pct)
         last = steps[-1].get("percent") if isinstance(steps[-1], dict) else None
         if isinstance(last, int) and last != 100 and 1 <= last <= 100:
             yield ((*base, "strategy", "steps", len(steps) - 1, "percent"),
-                   f"the last step must be 100 so that every device is reached, not {last}",
-                   "error")
+                   f"the last step must be 100 so that every device is reached, not {last}; "
+                   "add `- percent: 100` at the end", "error")
     window = strategy.get("window")
     if isinstance(window, dict):
         cron = window.get("cron")
         if isinstance(cron, str):
-            try:
-                CronSim(cron, datetime(2026, 1, 1))
-            except (CronSimError, ValueError, KeyError, IndexError) as exc:
+            cron_error = _cron_error(cron)
+            if cron_error:
                 yield ((*base, "strategy", "window", "cron"),
-                       f"{cron!r} is not a valid cron expression ({exc}); use 5 fields: "
-                       "minute hour day-of-month month day-of-week, e.g. '0 2 * * *'", "error")
+                       f"{cron!r} is not a valid cron expression ({cron_error}); use 5 fields: "
+                       "minute (0-59) hour (0-23) day-of-month (1-31) month (1-12) "
+                       "day-of-week (0-6), e.g. '0 2 * * *' for 2 AM daily", "error")
         for key in ("timezone", "fallbackTimezone"):
             tz = window.get(key)
             is_device = key == "timezone" and tz == DEVICE_TIMEZONE
             if isinstance(tz, str) and not is_device and not _is_zone(tz):
+                near = did_you_mean(tz, _zone_names())
                 yield ((*base, "strategy", "window", key),
-                       f"{tz!r} is not an IANA time zone; use a name like Europe/Berlin, "
-                       "America/New_York or UTC" +
-                       (", or 'device'" if key == "timezone" else ""), "error")
+                       f"{tz!r} is not an IANA time zone; use a name like "
+                       "Europe/Berlin, America/New_York or UTC" +
+                       (", or 'device' for each device's own timezone label"
+                        if key == "timezone" else "") + near, "error")
         duration = window.get("duration")
         if isinstance(duration, str):
             try:
@@ -262,29 +403,66 @@ def _spec_checks(spec: Mapping[str, Any], base: Path_) -> Iterator[tuple[Path_, 
                            "a window must last longer than 0s", "error")
             except DurationError:
                 pass
-    for i, freeze in enumerate(strategy.get("freezes", []) or []):
+    for i, freeze in enumerate(strategy.get("freezes", None) or []):
         if isinstance(freeze, dict):
             start, end = freeze.get("start"), freeze.get("end")
             if isinstance(start, str) and isinstance(end, str):
                 try:
-                    from fleetwave.resources.model import parse_time
                     if parse_time(end) <= parse_time(start):
                         yield ((*base, "strategy", "freezes", i, "end"),
-                               "a freeze must end after it starts", "error")
+                               f"a freeze must end after it starts ({start})", "error")
                 except ValueError:
                     pass
     selector = spec.get("selector", {})
     if isinstance(selector, dict):
-        for i, expr in enumerate(selector.get("matchExpressions", []) or []):
+        for i, expr in enumerate(selector.get("matchExpressions", None) or []):
             if not isinstance(expr, dict):
                 continue
             op, values = expr.get("operator"), expr.get("values", [])
             if op in ("In", "NotIn") and not values:
                 yield ((*base, "selector", "matchExpressions", i, "values"),
-                       f"operator {op} needs at least one value", "error")
+                       f"operator {op} needs at least one value: add values: [...]", "error")
             if op in ("Exists", "DoesNotExist") and values:
                 yield ((*base, "selector", "matchExpressions", i, "values"),
-                       f"operator {op} takes no values", "error")
+                       f"operator {op} takes no values: remove values", "error")
+    typed = _selector_or_none(selector)
+    exclude = spec.get("exclude", {})
+    excluded = exclude.get("devices", []) if isinstance(exclude, dict) else []
+    if typed is not None and isinstance(excluded, list):
+        for reason in empty_selector_reasons(typed, [str(d) for d in excluded]):
+            yield ((*base, *reason.path), reason.message, "warning")
+
+
+def _selector_or_none(raw: Any) -> Selector | None:
+    """A typed selector when `raw` is well-formed enough to reason about, else None."""
+    if not isinstance(raw, dict):
+        return None
+    labels = raw.get("matchLabels", {})
+    exprs = raw.get("matchExpressions", [])
+    devices = raw.get("devices", [])
+    if not (isinstance(labels, dict) and isinstance(exprs, list) and isinstance(devices, list)):
+        return None
+    requirements = []
+    for e in exprs:
+        if not (isinstance(e, dict) and isinstance(e.get("key"), str)
+                and e.get("operator") in {o.value for o in Operator}
+                and isinstance(e.get("values", []), list)):
+            return None
+        requirements.append(Requirement(e["key"], Operator(e["operator"]),
+                                        tuple(str(v) for v in e.get("values", []))))
+    return Selector(match_labels={str(k): str(v) for k, v in labels.items()},
+                    match_expressions=tuple(requirements),
+                    devices=tuple(str(d) for d in devices))
+
+
+def _cron_error(expression: str) -> str | None:
+    if len(expression.split()) != 5:
+        return f"it has {len(expression.split())} fields, not 5"
+    try:
+        CronSim(expression, datetime(2026, 1, 1))
+    except (CronSimError, ValueError, KeyError, IndexError) as exc:
+        return str(exc) or type(exc).__name__
+    return None
 
 
 def _is_zone(name: str) -> bool:
@@ -295,18 +473,17 @@ def _is_zone(name: str) -> bool:
     return True
 
 
+def _zone_names() -> set[str]:
+    from zoneinfo import available_timezones
+    return available_timezones()
+
+
 def load_text(text: str, file: str, source: SourceRef | None = None) -> LoadResult:
     """Parse and validate every document in `text`; never raises on bad input."""
-    result = LoadResult()
+    result = LoadResult(files=[file])
     for index, (node, yaml_error) in enumerate(_yaml_documents(text)):
         if yaml_error is not None:
-            mark = getattr(yaml_error, "problem_mark", None)
-            problem = getattr(yaml_error, "problem", None) or str(yaml_error)
-            context = getattr(yaml_error, "context", None)
-            msg = f"invalid YAML: {problem}" + (f" ({context})" if context else "")
-            result.problems.append(Problem(
-                file, mark.line + 1 if mark else None, mark.column + 1 if mark else None,
-                "", msg))
+            result.problems.append(_yaml_problem(yaml_error, file))
             break
         if node is None:
             continue
@@ -317,6 +494,26 @@ def load_text(text: str, file: str, source: SourceRef | None = None) -> LoadResu
         line = node.start_mark.line + 1
         result.extend(_validate_document(doc, pos, file, line, index, source))
     return result
+
+
+def _yaml_problem(error: Exception, file: str) -> Problem:
+    """A YAML syntax error, where the parser noticed it and where the broken part began."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error)
+    context = getattr(error, "context", None)
+    context_mark = getattr(error, "context_mark", None)
+    msg = f"invalid YAML: {problem}"
+    if context:
+        msg += f" ({context}"
+        if context_mark is not None and (mark is None or context_mark.line != mark.line):
+            msg += f" that starts at line {context_mark.line + 1}, column " \
+                   f"{context_mark.column + 1}"
+        msg += ")"
+    msg += "; check indentation, quotes and closing brackets"
+    if "\t" in problem or "tab" in problem:
+        msg += " (YAML does not allow tabs for indentation)"
+    return Problem(file, mark.line + 1 if mark else None, mark.column + 1 if mark else None,
+                   "", msg)
 
 
 def _validate_document(doc: Any, pos: _Positions, file: str, line: int, index: int,
@@ -330,46 +527,60 @@ def _validate_document(doc: Any, pos: _Positions, file: str, line: int, index: i
                                        field_path(path), message, severity, name))
 
     if not isinstance(doc, dict):
-        add((), f"document {index + 1} is a {type(doc).__name__}, expected a mapping with "
+        add((), f"document {index + 1} is {_yaml_type(doc)}, expected a mapping with "
                 f"apiVersion, kind, metadata and spec")
         return result
     api_version, kind = doc.get("apiVersion"), doc.get("kind")
     if api_version != GROUP_VERSION:
         add(("apiVersion",), f"{api_version!r} is not supported; use apiVersion: {GROUP_VERSION}"
-            if api_version is not None else f"required field is missing; use apiVersion: "
-            f"{GROUP_VERSION}")
+            if api_version is not None else f"missing required field 'apiVersion'; add "
+            f"apiVersion: {GROUP_VERSION}")
     if kind not in KINDS:
-        add(("kind",), f"{kind!r} is not a fleetwave kind; use one of: {', '.join(KINDS)}"
-            if kind is not None else f"required field is missing; use one of: {', '.join(KINDS)}")
+        add(("kind",), f"{kind!r} is not a fleetwave kind{did_you_mean(str(kind), KINDS)} "
+                       f"(use one of: {', '.join(KINDS)})"
+            if kind is not None else f"missing required field 'kind'; use one of: "
+                                     f"{', '.join(KINDS)}")
     if result.problems or not isinstance(kind, str):
         return result
     name = doc.get("metadata", {}).get("name") if isinstance(doc.get("metadata"), dict) else None
     name = name if isinstance(name, str) else None
     seen: set[tuple[Path_, str]] = set()
-    for error in sorted(_VALIDATORS[kind].iter_errors(doc), key=lambda e: list(map(str, e.path))):
+    for error in _VALIDATORS[kind].iter_errors(doc):
         path, message, is_key = _describe(error)
         if (path, message) in seen:
             continue
         seen.add((path, message))
+        if error.validator == "required":
+            # The field is absent, so point at its parent's key (`spec:`), where it goes.
+            parent = path[:-1]
+            loc = pos.locate(parent, key=True) if parent else None
+            result.problems.append(Problem(file, loc[0] if loc else line,
+                                           loc[1] if loc else 1, field_path(path), message,
+                                           "error", name))
+            continue
         add(path, message, key=is_key, name=name)
         if error.validator == "additionalProperties" and isinstance(error.instance, dict):
             props = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}
-            allowed = ", ".join(sorted(props))
             for extra in sorted(str(k) for k in error.instance if k not in props)[1:]:
                 add((*tuple(error.absolute_path), extra),
-                    f"unknown field {extra!r}; allowed here: {allowed}", key=True, name=name)
+                    _unknown_field(extra, sorted(props)), key=True, name=name)
     for path, message, severity in _semantic_problems(doc):
-        add(path, message, severity, name=name)
+        if (path, message) not in seen:
+            add(path, message, severity, name=name)
     if any(p.severity == "error" for p in result.problems):
         return result
     src = source or SourceRef(kind="folder")
     src = SourceRef(kind=src.kind, revision=src.revision, path=src.path or file, line=line)
-    result.documents.append(LoadedDocument(resource_from(doc, src), doc, file, line))
+    result.documents.append(LoadedDocument(resource_from(doc, src), doc, file, line,
+                                           dict(pos.values)))
     return result
 
 
 def iter_yaml_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
-    """Files named directly, and `.yaml`/`.yml` files under folders, in a stable order."""
+    """Files named directly, and `.yaml`/`.yml` files under folders, in a stable order.
+
+    Hidden files and folders (`.git`, `.github`) are skipped: they are never rollouts.
+    """
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
@@ -388,6 +599,7 @@ def load_paths(paths: Iterable[str | os.PathLike[str]], source: SourceRef | None
         try:
             text = f.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
+            result.files.append(shown)
             result.problems.append(Problem(shown, None, None, "", f"cannot read file: {exc}"))
             continue
         result.extend(load_text(text, shown, source))
@@ -396,22 +608,95 @@ def load_paths(paths: Iterable[str | os.PathLike[str]], source: SourceRef | None
 
 
 def check_duplicates(documents: list[LoadedDocument]) -> list[Problem]:
-    """Two resources of one kind and name in one source: both places are reported."""
+    """Two resources of one kind and name in one source: an error at the second, naming the first.
+
+    Neither copy is kept in `documents`: which one the author meant is theirs to say.
+    """
     first: dict[tuple[str, str], LoadedDocument] = {}
     problems: list[Problem] = []
     for d in documents:
         key = (type(d.resource).__name__, d.resource.name)
         if key in first:
             other = first[key]
+            line, column = d.locate(("metadata", "name"))
+            other_line, _ = other.locate(("metadata", "name"))
             problems.append(Problem(
-                d.file, d.line, None, "metadata.name",
-                f"duplicate {key[0]} name {key[1]!r}: also defined at {other.file}:{other.line}; "
-                "names must be unique in one source", name=key[1]))
+                d.file, line, column, "metadata.name",
+                f"duplicate {key[0]} name {key[1]!r}: also defined at {other.file}:{other_line}; "
+                "names must be unique per kind in one source, so rename one of them",
+                name=key[1]))
         else:
             first[key] = d
     if problems:
-        # Neither copy is trusted: which one the author meant is theirs to say.
         dup_keys = {(p.field, p.name) for p in problems}
         documents[:] = [d for d in documents
                         if ("metadata.name", d.resource.name) not in dup_keys]
     return problems
+
+
+# -- checks against a fleet snapshot -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FleetDevice:
+    """One device of a fleet snapshot, as `fleetwave devices -o json` prints it."""
+
+    uuid: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    versions: Mapping[str, str] = field(default_factory=dict)
+
+
+class FleetSnapshotError(ValueError):
+    """A fleet snapshot that is not `{"items": [{"uuid": …, "labels": {…}}, …]}`."""
+
+
+def parse_fleet(data: Any) -> list[FleetDevice]:
+    """Read the JSON of `fleetwave devices -o json` (a bare list of devices is accepted too)."""
+    items = data.get("items") if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        raise FleetSnapshotError('expected {"items": [{"uuid": ..., "labels": {...}}, ...]}')
+    devices = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("uuid"), str):
+            raise FleetSnapshotError(f"items[{i}] has no string uuid")
+        labels = item.get("labels") or {}
+        versions = item.get("versions") or {}
+        if not isinstance(labels, dict) or not isinstance(versions, dict):
+            raise FleetSnapshotError(f"items[{i}]: labels and versions must be objects")
+        devices.append(FleetDevice(item["uuid"], {str(k): str(v) for k, v in labels.items()},
+                                   {str(k): str(v) for k, v in versions.items()}))
+    return devices
+
+
+def check_fleet(documents: Sequence[LoadedDocument],
+                fleet: Sequence[FleetDevice]) -> list[Problem]:
+    """Warn for each Rollout whose selector matches no device of `fleet`.
+
+    DeviceInventory labels among `documents` are merged over the reported ones
+    (inventory wins), as the controller would. A warning, not an error: the devices
+    may simply not exist yet.
+    """
+    inventory: dict[str, dict[str, str]] = {}
+    for d in documents:
+        if isinstance(d.resource, DeviceInventory):
+            for uuid, labels in d.resource.labels.items():
+                inventory.setdefault(uuid, {}).update(labels)
+    problems = []
+    for d in documents:
+        if not isinstance(d.resource, Rollout):
+            continue
+        spec = d.resource.spec
+        matched = sum(
+            1 for dev in fleet
+            if dev.uuid not in spec.exclude
+            and selector_matches(spec.selector, {**dev.labels, **inventory.get(dev.uuid, {})},
+                                 dev.uuid))
+        if matched == 0:
+            line, column = d.locate(("spec", "selector"))
+            problems.append(Problem(
+                d.file, line, column, "spec.selector",
+                f"matches none of the {len(fleet)} devices in the fleet snapshot; check the "
+                "label names and values against `fleetwave devices`", "warning",
+                d.resource.name))
+    return problems
+
