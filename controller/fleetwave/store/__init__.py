@@ -1,1 +1,26 @@
-"""The store: devices, update records, rollout status and the audit trail (SQLite, PostgreSQL)."""
+"""The store: devices, update records, rollout status and the audit trail (SQLite, PostgreSQL).
+
+    store = open_store("sqlite:///fleetwave.db")
+    await store.migrate()
+    outcomes = await store.apply_statuses(batch)
+"""
+
+from fleetwave.store.codec import device_json, event_json, record_json
+from fleetwave.store.errors import StoreError
+from fleetwave.store.rows import DeviceRow, Event, EventPage, RolloutRow, StatusOutcome, UpdateStats
+from fleetwave.store.store import Store, open_store
+
+__all__ = [
+    "DeviceRow",
+    "Event",
+    "EventPage",
+    "RolloutRow",
+    "StatusOutcome",
+    "Store",
+    "StoreError",
+    "UpdateStats",
+    "device_json",
+    "event_json",
+    "open_store",
+    "record_json",
+]

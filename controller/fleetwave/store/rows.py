@@ -1,0 +1,107 @@
+"""Values the store returns and accepts beside `UpdateRecord`: plain frozen data."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fleetwave.protocol.messages import Container, Status
+from fleetwave.updates.model import UpdateRecord
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRow:
+    """What the controller knows of a device: its last report, liveness and labels.
+
+    `online` is None for devices that never published an `online` topic (older
+    agents): liveness is then judged from `last_seen`. A device known only
+    from the inventory has `state_received_at` None.
+    """
+
+    uuid: str
+    versions: Mapping[str, str]
+    reported_labels: Mapping[str, str]
+    inventory_labels: Mapping[str, str]
+    labels: Mapping[str, str]
+    """Reported labels with inventory labels merged over them (inventory wins)."""
+    deployment_type: str | None
+    ip: str | None
+    name: str | None
+    containers: tuple[Container, ...]
+    online: bool | None
+    last_seen: float | None
+    state_received_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusOutcome:
+    """What one status did: the record before and after, or why it was ignored."""
+
+    status: Status
+    before: UpdateRecord | None
+    after: UpdateRecord | None
+    ignored: str | None
+
+    @property
+    def changed(self) -> bool:
+        return self.after is not None
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutRow:
+    """A rollout's persisted engine state and status, keyed by name."""
+
+    name: str
+    generation: int
+    spec_hash: str
+    state: Mapping[str, Any]
+    status: Mapping[str, Any]
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One entry of the append-only audit trail; `id` is set when read back."""
+
+    time: float
+    rollout: str
+    type: str
+    reason: str
+    message: str
+    device: str | None = None
+    actor: str = "controller"
+    id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventPage:
+    """A page of a rollout's events, oldest first, and how many there are in all."""
+
+    items: list[Event]
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateStats:
+    """Outcome and duration figures of one rollout's updates to one version.
+
+    `success_rate` is succeeded / (succeeded + failed + timeout), None before any
+    of those; durations (seconds, from start — or creation when the device sent
+    no start — to success) are None without successes.
+    """
+
+    rollout: str
+    component: str
+    version: str
+    total: int
+    open: int
+    succeeded: int
+    failed: int
+    timeout: int
+    cancelled: int
+    rolled_back: int
+    success_rate: float | None
+    duration_p50: float | None
+    duration_p95: float | None
+    duration_mean: float | None

@@ -1,0 +1,695 @@
+"""The async store: one API over SQLite (the default) and PostgreSQL.
+
+Everything the controller must remember across restarts goes through here:
+what devices report, every update attempt, each rollout's engine state and
+the audit trail. Writes come in batches (the MQTT ingest hands over thousands
+of messages a second), each batch in one transaction, and every write is safe
+when two controller processes share the database: SQLite serialises writers
+with `BEGIN IMMEDIATE`, PostgreSQL locks the rows a batch reads before it
+changes them, and the partial unique index keeps one open update per device
+and component whatever the code does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+import sqlalchemy.exc
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+from fleetwave.protocol.messages import Online, ReportedState, Status, StatusType
+from fleetwave.store import codec
+from fleetwave.store.errors import StoreError, translate
+from fleetwave.store.rows import DeviceRow, Event, EventPage, RolloutRow, StatusOutcome, UpdateStats
+from fleetwave.store.schema import devices, events, rollouts, updates
+from fleetwave.updates.model import (
+    OPEN_STATES,
+    TERMINAL_STATES,
+    Decision,
+    UpdateRecord,
+    UpdateState,
+)
+from fleetwave.updates.transitions import (
+    Ignored,
+    apply_decision,
+    apply_status,
+    pick_legacy_record,
+)
+
+T = TypeVar("T")
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+CHUNK = 500
+"""Ids per `IN (...)` query: far below SQLite's and PostgreSQL's bind-parameter limits."""
+RETRIES = 5
+"""Attempts of a batch that PostgreSQL aborted as a deadlock or serialization failure."""
+MIGRATION_LOCK = 0x666C_7477_6176_65
+"""PostgreSQL advisory lock key held while migrating, so two replicas never race."""
+INVALID = "invalid_status"
+"""Outcome of a status the state machine could not handle; the rest of its batch goes on."""
+
+OPEN_VALUES = sorted(s.value for s in OPEN_STATES)
+TERMINAL_VALUES = sorted(s.value for s in TERMINAL_STATES)
+ROLLBACK_STATUSES = frozenset({StatusType.ROLLBACK_SUCCEEDED, StatusType.ROLLBACK_FAILED})
+
+
+def open_store(url: str, *, lock_timeout: float = 10.0, pool_size: int = 5) -> Store:
+    """A store for `url` (`sqlite:///path.db`, `sqlite:///:memory:` or `postgresql://…`).
+
+    Opening does no I/O; call `await store.migrate()` before use (the engine does
+    it on start). `lock_timeout` is how long, in seconds, a write waits for a lock
+    held by another process before giving up with a StoreError.
+    """
+    try:
+        parsed = make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise StoreError(f"cannot parse store URL {url!r}; use sqlite:///path.db or "
+                         f"postgresql://user@host/db") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        database = parsed.database or ":memory:"
+        memory = database == ":memory:" or database.startswith("file::memory:")
+        target = parsed.set(drivername="sqlite+aiosqlite")
+        kwargs: dict[str, Any] = {"connect_args": {"timeout": lock_timeout}}
+        if memory:
+            kwargs["poolclass"] = StaticPool
+        engine = create_async_engine(target, **kwargs)
+        _configure_sqlite(engine, wal=not memory)
+        return Store(engine, where=database)
+    if backend in ("postgresql", "postgres"):
+        target = parsed.set(drivername="postgresql+psycopg")
+        engine = create_async_engine(
+            target, pool_size=pool_size, pool_pre_ping=True,
+            connect_args={"connect_timeout": max(1, round(lock_timeout)),
+                          "options": f"-c lock_timeout={int(lock_timeout * 1000)}"})
+        return Store(engine, where=target.render_as_string(hide_password=True).replace(
+            "postgresql+psycopg", "postgresql"))
+    raise StoreError(f"unsupported store URL scheme {parsed.drivername!r}; use sqlite:///path.db "
+                     f"or postgresql://user@host/db")
+
+
+def _configure_sqlite(engine: AsyncEngine, *, wal: bool) -> None:
+    """WAL + synchronous=NORMAL, and our own BEGIN so writers take the lock up front.
+
+    A deferred transaction that reads and then writes cannot wait for another
+    writer in WAL mode (SQLite answers "locked" at once); `BEGIN IMMEDIATE`
+    waits up to the busy timeout instead. Reads use a plain `BEGIN`.
+    """
+
+    @sa.event.listens_for(engine.sync_engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        if wal:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @sa.event.listens_for(engine.sync_engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql(conn.get_execution_options().get("fleetwave_begin",
+                                                              "BEGIN IMMEDIATE"))
+
+
+def _chunks(items: Sequence[T], size: int = CHUNK) -> Iterable[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _quantile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    pos = (len(sorted_values) - 1) * q
+    low = int(pos)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (pos - low)
+
+
+class Store:
+    """Async access to fleetwave's database; one per process, shared by all tasks."""
+
+    def __init__(self, engine: AsyncEngine, *, where: str) -> None:
+        self._engine = engine
+        self._where = where
+        self._postgres = engine.dialect.name == "postgresql"
+        self._insert = postgresql.insert if self._postgres else sqlite.insert
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The SQLAlchemy engine, for tests and diagnostics; code uses the methods."""
+        return self._engine
+
+    @property
+    def backend(self) -> str:
+        """`sqlite` or `postgresql`."""
+        return self._engine.dialect.name
+
+    async def __aenter__(self) -> Store:
+        await self.migrate()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- transactions ---------------------------------------------------------------------
+
+    async def _write(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Runs `work` in one write transaction, retried when PostgreSQL picked it as a
+        deadlock victim; driver errors become StoreError."""
+        for attempt in range(RETRIES):
+            try:
+                async with self._engine.begin() as conn:
+                    return await work(conn)
+            except sqlalchemy.exc.DBAPIError as exc:
+                code = getattr(exc.orig, "sqlstate", None)
+                if code in ("40P01", "40001") and attempt + 1 < RETRIES:
+                    await asyncio.sleep(0.01 * 2**attempt)
+                    continue
+                raise translate(exc, self._where) from exc
+            except OSError as exc:
+                raise translate(exc, self._where) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _read(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Runs `work` in a read-only transaction (no write lock on SQLite)."""
+        try:
+            async with self._engine.connect() as conn:
+                await conn.execution_options(fleetwave_begin="BEGIN")
+                async with conn.begin():
+                    return await work(conn)
+        except (sqlalchemy.exc.DBAPIError, OSError) as exc:
+            raise translate(exc, self._where) from exc
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+    # -- schema ---------------------------------------------------------------------------
+
+    async def migrate(self) -> None:
+        """Brings the schema to this code's head; a no-op when it is there already.
+
+        Refuses a database migrated by a newer fleetwave, which this code could corrupt.
+        """
+
+        async def work(conn: AsyncConnection) -> None:
+            await conn.run_sync(self._upgrade)
+
+        await self._write(work)
+
+    def _upgrade(self, conn: Connection) -> None:
+        if self._postgres:
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.attributes["connection"] = conn
+        script = ScriptDirectory.from_config(config)
+        known = {rev.revision for rev in script.walk_revisions()}
+        current = MigrationContext.configure(conn).get_current_heads()
+        unknown = [rev for rev in current if rev not in known]
+        if unknown:
+            raise StoreError(
+                f"the database {self._where} has schema revision {', '.join(unknown)}, newer "
+                f"than this fleetwave knows (latest {script.get_current_head()}); upgrade "
+                f"fleetwave or point --store at another database")
+        command.upgrade(config, "head")
+
+    async def schema_revision(self) -> str | None:
+        """The database's schema revision (None before the first migration)."""
+
+        async def work(conn: AsyncConnection) -> str | None:
+            def current(sync: Connection) -> str | None:
+                return MigrationContext.configure(sync).get_current_revision()
+
+            return await conn.run_sync(current)
+
+        return await self._read(work)
+
+    # -- devices --------------------------------------------------------------------------
+
+    async def apply_device_messages(self, msgs: Sequence[ReportedState | Online]) -> None:
+        """Upserts reported state and liveness in one transaction.
+
+        A message never overwrites a newer one already stored (by our receive
+        time), so a late redelivery or a second replica cannot roll a device back.
+        """
+        states: dict[str, ReportedState] = {}
+        onlines: dict[str, Online] = {}
+        for msg in msgs:
+            if isinstance(msg, ReportedState):
+                held = states.get(msg.device)
+                if held is None or msg.received_at > held.received_at:
+                    states[msg.device] = msg
+            else:
+                seen = onlines.get(msg.device)
+                if seen is None or msg.received_at > seen.received_at:
+                    onlines[msg.device] = msg
+        if not states and not onlines:
+            return
+        state_params = [{
+            "uuid": m.device, "versions": dict(m.versions), "reported_labels": dict(m.labels),
+            "inventory_labels": {}, "deployment_type": m.deployment_type, "ip": m.ip,
+            "name": m.name, "containers": codec.containers_json(m.containers),
+            "last_seen": m.received_at, "state_received_at": m.received_at,
+        } for m in states.values()]
+        online_params: list[dict[str, Any]] = [{
+            "uuid": m.device, "versions": {}, "reported_labels": {}, "inventory_labels": {},
+            "containers": [], "online": m.online, "online_at": m.received_at,
+            "last_seen": m.received_at if m.online else None,
+        } for m in onlines.values()]
+
+        async def work(conn: AsyncConnection) -> None:
+            if state_params:
+                stmt = self._insert(devices)
+                ex = stmt.excluded
+                await conn.execute(stmt.on_conflict_do_update(
+                    index_elements=[devices.c.uuid],
+                    set_={"versions": ex.versions, "reported_labels": ex.reported_labels,
+                          "deployment_type": ex.deployment_type, "ip": ex.ip, "name": ex.name,
+                          "containers": ex.containers, "last_seen": self._later(ex.last_seen),
+                          "state_received_at": ex.state_received_at},
+                    where=sa.or_(devices.c.state_received_at.is_(None),
+                                 devices.c.state_received_at < ex.state_received_at)),
+                    state_params)
+            if online_params:
+                stmt = self._insert(devices)
+                ex = stmt.excluded
+                await conn.execute(stmt.on_conflict_do_update(
+                    index_elements=[devices.c.uuid],
+                    set_={"online": ex.online, "online_at": ex.online_at,
+                          "last_seen": self._later(ex.last_seen)},
+                    where=sa.or_(devices.c.online_at.is_(None),
+                                 devices.c.online_at < ex.online_at)),
+                    online_params)
+
+        await self._write(work)
+
+    @staticmethod
+    def _later(incoming: Any) -> sa.ColumnElement[Any]:
+        return sa.case((sa.or_(devices.c.last_seen.is_(None), devices.c.last_seen < incoming),
+                        incoming), else_=devices.c.last_seen)
+
+    async def list_devices(self) -> list[DeviceRow]:
+        async def work(conn: AsyncConnection) -> list[DeviceRow]:
+            rows = await conn.execute(sa.select(devices).order_by(devices.c.uuid))
+            return [codec.device_from_row(row._mapping) for row in rows]
+
+        return await self._read(work)
+
+    async def get_device(self, uuid: str) -> DeviceRow | None:
+        async def work(conn: AsyncConnection) -> DeviceRow | None:
+            row = (await conn.execute(sa.select(devices).where(devices.c.uuid == uuid))).first()
+            return None if row is None else codec.device_from_row(row._mapping)
+
+        return await self._read(work)
+
+    async def set_inventory_labels(self, labels: Mapping[str, Mapping[str, str]]) -> None:
+        """Replaces all inventory labels; devices known only from it get a row of their own,
+        so a selector can target them before they ever report."""
+        wanted = {uuid: dict(values) for uuid, values in labels.items()}
+
+        async def work(conn: AsyncConnection) -> None:
+            rows = await conn.execute(sa.select(devices.c.uuid, devices.c.inventory_labels))
+            held = {row.uuid: dict(row.inventory_labels or {}) for row in rows}
+            changed = [{"_uuid": uuid, "inventory_labels": wanted.get(uuid, {})}
+                       for uuid, current in held.items() if wanted.get(uuid, {}) != current]
+            if changed:
+                await conn.execute(
+                    devices.update().where(devices.c.uuid == sa.bindparam("_uuid"))
+                    .values(inventory_labels=sa.bindparam("inventory_labels")), changed)
+            new = [{"uuid": uuid, "versions": {}, "reported_labels": {},
+                    "inventory_labels": values, "containers": []}
+                   for uuid, values in wanted.items() if uuid not in held]
+            if new:
+                stmt = self._insert(devices)
+                await conn.execute(stmt.on_conflict_do_update(
+                    index_elements=[devices.c.uuid],
+                    set_={"inventory_labels": stmt.excluded.inventory_labels}), new)
+
+        await self._write(work)
+
+    # -- updates --------------------------------------------------------------------------
+
+    async def create_updates(self, records: Sequence[UpdateRecord]) -> list[UpdateRecord]:
+        """Inserts new update records; returns those actually inserted.
+
+        A record whose id exists or whose device and component already have an
+        open update is skipped (the database decides, so two racing processes
+        or a restarted controller never create a second open update).
+        """
+        if not records:
+            return []
+
+        async def work(conn: AsyncConnection) -> list[UpdateRecord]:
+            stmt = (self._insert(updates).on_conflict_do_nothing()
+                    .returning(updates.c.id))
+            inserted: set[str] = set()
+            for chunk in _chunks(records):
+                result = await conn.execute(stmt, [codec.record_params(r) for r in chunk])
+                inserted.update(result.scalars().all())
+            return [r for r in records if r.id in inserted]
+
+        created = await self._write(work)
+        # A batch may repeat an id: report each inserted record once.
+        seen: set[str] = set()
+        unique = []
+        for record in created:
+            if record.id not in seen:
+                seen.add(record.id)
+                unique.append(record)
+        return unique
+
+    def _select_updates(self) -> sa.Select[Any]:
+        stmt = sa.select(updates)
+        return stmt.with_for_update() if self._postgres else stmt
+
+    async def _load(self, conn: AsyncConnection, column: sa.ColumnElement[Any],
+                    keys: Sequence[Any], *extra: sa.ColumnElement[bool]) -> list[UpdateRecord]:
+        found: list[UpdateRecord] = []
+        for chunk in _chunks(sorted(keys)):
+            rows = await conn.execute(self._select_updates()
+                                      .where(column.in_(chunk), *extra).order_by(updates.c.id))
+            found.extend(codec.record_from_row(row._mapping) for row in rows)
+        return found
+
+    async def _save(self, conn: AsyncConnection, records: Iterable[UpdateRecord]) -> None:
+        params = [{"_id": r.id, **codec.record_params(r, codec.MUTABLE_FIELDS)} for r in records]
+        if params:
+            await conn.execute(
+                updates.update().where(updates.c.id == sa.bindparam("_id"))
+                .values({name: sa.bindparam(name) for name in codec.MUTABLE_FIELDS}), params)
+
+    async def apply_statuses(self, statuses: Sequence[Status]) -> list[StatusOutcome]:
+        """Applies a batch of device statuses through the state machine, in one transaction.
+
+        Returns one outcome per status, in order. Statuses with an unknown
+        correlation id, or one that belongs to another device, change nothing;
+        a status the state machine cannot handle is reported, not raised.
+        """
+        batch = list(statuses)
+        if not batch:
+            return []
+
+        async def work(conn: AsyncConnection) -> list[StatusOutcome]:
+            by_id: dict[str, UpdateRecord] = {}
+            correlated = {s.correlation_id for s in batch if s.correlation_id is not None}
+            for record in await self._load(conn, updates.c.correlation_id, list(correlated)):
+                by_id[record.id] = record
+            legacy = {s.device for s in batch if s.correlation_id is None}
+            for record in await self._load(conn, updates.c.device, list(legacy),
+                                           updates.c.state.in_(OPEN_VALUES)):
+                by_id[record.id] = record
+            for device in sorted({s.device for s in batch if s.correlation_id is None
+                                  and s.type in ROLLBACK_STATUSES}):
+                row = (await conn.execute(
+                    self._select_updates().where(updates.c.device == device)
+                    .order_by(updates.c.created_at.desc(), updates.c.attempt.desc())
+                    .limit(1))).first()
+                if row is not None:
+                    newest = codec.record_from_row(row._mapping)
+                    by_id.setdefault(newest.id, newest)
+            by_corr = {r.correlation_id: r.id for r in by_id.values()}
+            by_device: dict[str, set[str]] = defaultdict(set)
+            for record in by_id.values():
+                by_device[record.device].add(record.id)
+
+            outcomes: list[StatusOutcome] = []
+            dirty: set[str] = set()
+            for status in batch:
+                try:
+                    outcome = self._apply_one(status, by_id, by_corr, by_device)
+                except Exception:  # one bad message must never lose the rest of the batch
+                    outcome = StatusOutcome(status, None, None, INVALID)
+                if outcome.after is not None:
+                    by_id[outcome.after.id] = outcome.after
+                    dirty.add(outcome.after.id)
+                outcomes.append(outcome)
+            await self._save(conn, (by_id[i] for i in sorted(dirty)))
+            return outcomes
+
+        return await self._write(work)
+
+    @staticmethod
+    def _apply_one(status: Status, by_id: Mapping[str, UpdateRecord],
+                   by_corr: Mapping[str, str],
+                   by_device: Mapping[str, set[str]]) -> StatusOutcome:
+        if status.correlation_id is not None:
+            record_id = by_corr.get(status.correlation_id)
+            if record_id is None:
+                return StatusOutcome(status, None, None, Ignored.UNKNOWN_UPDATE)
+            record = by_id[record_id]
+        else:
+            candidates = [by_id[i] for i in by_device.get(status.device, ())]
+            picked = pick_legacy_record(status, candidates)
+            if picked.record is None:
+                return StatusOutcome(status, None, None, picked.ignored)
+            record = picked.record
+        if record.device != status.device:
+            # Correlation ids are not secrets: never let one device touch another's record.
+            return StatusOutcome(status, None, None, Ignored.WRONG_DEVICE)
+        transition = apply_status(record, status)
+        after = None if transition.record is None else codec.sanitized(transition.record)
+        return StatusOutcome(status, record, after, transition.ignored)
+
+    async def apply_decisions(self, items: Sequence[tuple[str, Decision]]) -> list[UpdateRecord]:
+        """Applies controller decisions (record id, decision) in one transaction;
+        returns the records that changed, in their final form."""
+        if not items:
+            return []
+
+        async def work(conn: AsyncConnection) -> list[UpdateRecord]:
+            by_id = {r.id: r for r in await self._load(conn, updates.c.id,
+                                                       list({i for i, _ in items}))}
+            changed: dict[str, UpdateRecord] = {}
+            for record_id, decision in items:
+                record = by_id.get(record_id)
+                if record is None:
+                    continue
+                transition = apply_decision(record, decision)
+                if transition.record is not None:
+                    by_id[record_id] = changed[record_id] = transition.record
+            await self._save(conn, changed.values())
+            return list(changed.values())
+
+        return await self._write(work)
+
+    async def _records(self, stmt: sa.Select[Any]) -> list[UpdateRecord]:
+        async def work(conn: AsyncConnection) -> list[UpdateRecord]:
+            return [codec.record_from_row(row._mapping) for row in await conn.execute(stmt)]
+
+        return await self._read(work)
+
+    async def get_update(self, id: str) -> UpdateRecord | None:
+        found = await self._records(sa.select(updates).where(updates.c.id == id))
+        return found[0] if found else None
+
+    async def open_updates(self, rollout: str | None = None) -> list[UpdateRecord]:
+        stmt = sa.select(updates).where(updates.c.state.in_(OPEN_VALUES))
+        if rollout is not None:
+            stmt = stmt.where(updates.c.rollout == rollout)
+        return await self._records(stmt.order_by(updates.c.created_at, updates.c.id))
+
+    async def rollout_updates(self, rollout: str) -> list[UpdateRecord]:
+        """Every attempt of a rollout, oldest first."""
+        return await self._records(sa.select(updates).where(updates.c.rollout == rollout)
+                                   .order_by(updates.c.created_at, updates.c.attempt,
+                                             updates.c.id))
+
+    async def device_history(self, uuid: str, limit: int = 100) -> list[UpdateRecord]:
+        """A device's update records, newest first."""
+        return await self._records(
+            sa.select(updates).where(updates.c.device == uuid)
+            .order_by(updates.c.created_at.desc(), updates.c.attempt.desc(), updates.c.id.desc())
+            .limit(limit))
+
+    async def stale_updates(self, older_than_seconds: float, now: float,
+                            states: Sequence[UpdateState] | None = None) -> list[UpdateRecord]:
+        """Updates still in `states` (default: any open state) created more than
+        `older_than_seconds` before `now`, oldest first."""
+        values = OPEN_VALUES if states is None else sorted({s.value for s in states})
+        return await self._records(
+            sa.select(updates).where(updates.c.state.in_(values),
+                                     updates.c.created_at < now - older_than_seconds)
+            .order_by(updates.c.created_at, updates.c.id))
+
+    async def rollout_counts(self, rollout: str) -> dict[str, int]:
+        """Devices per state, counting each device's latest attempt per component.
+
+        Every state is a key (0 when none), so callers can export them as-is.
+        """
+        stmt = (sa.select(updates.c.device, updates.c.component, updates.c.state,
+                          updates.c.attempt, updates.c.created_at)
+                .where(updates.c.rollout == rollout))
+
+        async def work(conn: AsyncConnection) -> dict[str, int]:
+            latest: dict[tuple[str, str], tuple[tuple[float, int], str]] = {}
+            for row in await conn.execute(stmt):
+                key = (row.device, row.component)
+                rank = (row.created_at, row.attempt)
+                if key not in latest or rank > latest[key][0]:
+                    latest[key] = (rank, row.state)
+            counts = {state.value: 0 for state in UpdateState}
+            for _, state in latest.values():
+                counts[state] += 1
+            return counts
+
+        return await self._read(work)
+
+    async def update_stats(self, rollout: str | None = None) -> list[UpdateStats]:
+        """Success rate and duration figures per rollout, component and target version.
+
+        Rollback records are left out: they measure the way back, not the version.
+        """
+        stmt = (sa.select(updates.c.rollout, updates.c.component, updates.c.to_version,
+                          updates.c.state, updates.c.created_at, updates.c.started_at,
+                          updates.c.completed_at)
+                .where(updates.c.action == "update"))
+        if rollout is not None:
+            stmt = stmt.where(updates.c.rollout == rollout)
+
+        async def work(conn: AsyncConnection) -> list[UpdateStats]:
+            groups: dict[tuple[str, str, str], list[Any]] = defaultdict(list)
+            for row in await conn.execute(stmt):
+                groups[(row.rollout, row.component, row.to_version)].append(row)
+            return [self._stats(key, rows) for key, rows in sorted(groups.items())]
+
+        return await self._read(work)
+
+    @staticmethod
+    def _stats(key: tuple[str, str, str], rows: list[Any]) -> UpdateStats:
+        count: dict[str, int] = defaultdict(int)
+        durations: list[float] = []
+        for row in rows:
+            count[row.state] += 1
+            if row.state == UpdateState.SUCCEEDED and row.completed_at is not None:
+                start = row.started_at if row.started_at is not None else row.created_at
+                durations.append(max(0.0, row.completed_at - start))
+        decided = count["succeeded"] + count["failed"] + count["timeout"]
+        durations.sort()
+        return UpdateStats(
+            rollout=key[0], component=key[1], version=key[2], total=len(rows),
+            open=sum(count[s] for s in OPEN_VALUES), succeeded=count["succeeded"],
+            failed=count["failed"], timeout=count["timeout"], cancelled=count["cancelled"],
+            rolled_back=count["rolled_back"],
+            success_rate=count["succeeded"] / decided if decided else None,
+            duration_p50=_quantile(durations, 0.5) if durations else None,
+            duration_p95=_quantile(durations, 0.95) if durations else None,
+            duration_mean=sum(durations) / len(durations) if durations else None)
+
+    # -- rollouts -------------------------------------------------------------------------
+
+    async def save_rollout(self, name: str, generation: int, spec_hash: str,
+                           state: Mapping[str, Any], status: Mapping[str, Any], *,
+                           now: float | None = None) -> None:
+        """Stores (inserts or replaces) a rollout's engine state and status."""
+        params = {"name": name, "generation": generation, "spec_hash": spec_hash,
+                  "state": dict(state), "status": dict(status),
+                  "updated_at": time.time() if now is None else now}
+
+        async def work(conn: AsyncConnection) -> None:
+            stmt = self._insert(rollouts)
+            ex = stmt.excluded
+            await conn.execute(stmt.on_conflict_do_update(
+                index_elements=[rollouts.c.name],
+                set_={"generation": ex.generation, "spec_hash": ex.spec_hash, "state": ex.state,
+                      "status": ex.status, "updated_at": ex.updated_at}), params)
+
+        await self._write(work)
+
+    async def load_rollouts(self) -> dict[str, RolloutRow]:
+        async def work(conn: AsyncConnection) -> dict[str, RolloutRow]:
+            rows = await conn.execute(sa.select(rollouts).order_by(rollouts.c.name))
+            return {row.name: RolloutRow(name=row.name, generation=row.generation,
+                                         spec_hash=row.spec_hash, state=dict(row.state),
+                                         status=dict(row.status), updated_at=row.updated_at)
+                    for row in rows}
+
+        return await self._read(work)
+
+    async def delete_rollout(self, name: str) -> None:
+        """Forgets a rollout's state; its update records and events stay for the audit."""
+
+        async def work(conn: AsyncConnection) -> None:
+            await conn.execute(rollouts.delete().where(rollouts.c.name == name))
+
+        await self._write(work)
+
+    # -- events ---------------------------------------------------------------------------
+
+    async def append_events(self, new_events: Sequence[Event]) -> None:
+        if not new_events:
+            return
+        params = [{"time": e.time, "rollout": e.rollout, "device": e.device, "type": e.type,
+                   "reason": e.reason, "message": e.message, "actor": e.actor}
+                  for e in new_events]
+
+        async def work(conn: AsyncConnection) -> None:
+            await conn.execute(events.insert(), params)
+
+        await self._write(work)
+
+    async def list_events(self, rollout: str, offset: int = 0, limit: int = 100) -> EventPage:
+        """A page of a rollout's events, oldest first, with the total count."""
+
+        async def work(conn: AsyncConnection) -> EventPage:
+            total = (await conn.execute(sa.select(sa.func.count()).select_from(events)
+                                        .where(events.c.rollout == rollout))).scalar_one()
+            rows = await conn.execute(sa.select(events).where(events.c.rollout == rollout)
+                                      .order_by(events.c.id).offset(offset).limit(limit))
+            return EventPage(items=[_event(row._mapping) for row in rows], total=int(total))
+
+        return await self._read(work)
+
+    # -- retention and export -------------------------------------------------------------
+
+    async def prune(self, older_than_days: float, now: float) -> int:
+        """Deletes terminal update records and events older than the cut-off; open updates
+        stay whatever their age. Returns how many rows went."""
+        cutoff = now - older_than_days * 86400.0
+
+        async def work(conn: AsyncConnection) -> int:
+            gone = await conn.execute(updates.delete().where(
+                updates.c.state.in_(TERMINAL_VALUES), updates.c.updated_at < cutoff))
+            old = await conn.execute(events.delete().where(events.c.time < cutoff))
+            return int(gone.rowcount or 0) + int(old.rowcount or 0)
+
+        return await self._write(work)
+
+    async def export_device(self, uuid: str) -> dict[str, Any]:
+        """A device's whole history as one JSON-ready document (support, audits, GDPR)."""
+
+        async def work(conn: AsyncConnection) -> dict[str, Any]:
+            row = (await conn.execute(sa.select(devices).where(devices.c.uuid == uuid))).first()
+            records = await conn.execute(
+                sa.select(updates).where(updates.c.device == uuid)
+                .order_by(updates.c.created_at.desc(), updates.c.attempt.desc()))
+            device_events = await conn.execute(
+                sa.select(events).where(events.c.device == uuid).order_by(events.c.id))
+            return {
+                "device": None if row is None else codec.device_json(
+                    codec.device_from_row(row._mapping)),
+                "updates": [codec.record_json(codec.record_from_row(r._mapping))
+                            for r in records],
+                "events": [codec.event_json(_event(e._mapping)) for e in device_events],
+            }
+
+        return await self._read(work)
+
+
+def _event(row: Mapping[Any, Any]) -> Event:
+    return Event(time=row["time"], rollout=row["rollout"], type=row["type"],
+                 reason=row["reason"], message=row["message"], device=row["device"],
+                 actor=row["actor"], id=int(row["id"]))
+
+

@@ -1,0 +1,252 @@
+"""The per-device update state machine, as pure functions over immutable records.
+
+QoS 1 redelivers, devices reboot mid-update and the controller restarts, so every
+message may arrive twice, late or out of order. Keeping the rules here, free of
+I/O, lets the store apply them inside a transaction and lets tests drive them
+exhaustively. A transition either returns the new record or says, as a short
+stable token, why the input changed nothing.
+
+    pending -> acknowledged -> scheduled -> in_progress -> succeeded | failed | timeout | cancelled
+    any terminal state (and succeeded in particular) -> rolled_back
+
+Records only move to a higher `RANK`; intermediate states may be skipped (a
+device may report `update_started` without `update_command_received`), and
+each state's timestamp is set once, by the first message that reaches it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fleetwave.protocol.messages import Status, StatusType
+from fleetwave.updates.model import (
+    RANK,
+    Decision,
+    DecisionKind,
+    Health,
+    Reason,
+    UpdateRecord,
+    UpdateState,
+)
+
+
+class Ignored:
+    """Why an input changed nothing: stable tokens, counted and logged by callers."""
+
+    WRONG_DEVICE = "wrong_device"
+    DUPLICATE = "duplicate"
+    BACKWARDS = "backwards"
+    TERMINAL = "terminal"
+    STALE_PROGRESS = "stale_progress"
+    NOT_A_ROLLBACK = "not_a_rollback"
+    NOT_SUCCEEDED = "not_succeeded"
+    OPEN = "open"
+    UNKNOWN_UPDATE = "unknown_update"
+    NO_OPEN_UPDATE = "no_open_update"
+    AMBIGUOUS = "ambiguous"
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """The outcome of one input: a new record, or None and the reason it was a no-op."""
+
+    record: UpdateRecord | None
+    ignored: str | None = None
+
+    @property
+    def changed(self) -> bool:
+        return self.record is not None
+
+
+def _ignore(reason: str) -> Transition:
+    return Transition(None, reason)
+
+
+STATUS_TARGET: Mapping[StatusType, UpdateState] = {
+    StatusType.COMMAND_RECEIVED: UpdateState.ACKNOWLEDGED,
+    StatusType.SCHEDULED: UpdateState.SCHEDULED,
+    StatusType.STARTED: UpdateState.IN_PROGRESS,
+    StatusType.PROGRESS: UpdateState.IN_PROGRESS,
+    StatusType.SUCCEEDED: UpdateState.SUCCEEDED,
+    StatusType.FAILED: UpdateState.FAILED,
+    StatusType.CANCELLED: UpdateState.CANCELLED,
+    StatusType.ROLLBACK_SUCCEEDED: UpdateState.ROLLED_BACK,
+    StatusType.ROLLBACK_FAILED: UpdateState.FAILED,
+}
+"""The state each status type moves a record to (rollback_failed only on rollback records)."""
+
+STATE_TIMESTAMP: Mapping[UpdateState, str] = {
+    UpdateState.ACKNOWLEDGED: "acknowledged_at",
+    UpdateState.SCHEDULED: "scheduled_at",
+    UpdateState.IN_PROGRESS: "started_at",
+    UpdateState.SUCCEEDED: "completed_at",
+    UpdateState.FAILED: "completed_at",
+    UpdateState.TIMEOUT: "completed_at",
+    UpdateState.CANCELLED: "completed_at",
+    UpdateState.ROLLED_BACK: "rolled_back_at",
+}
+"""The field stamped when a record first reaches each state (pending has created_at)."""
+
+
+def _move(record: UpdateRecord, state: UpdateState, at: float,
+          **changes: Any) -> UpdateRecord:
+    """`record` in `state`, its state timestamp set if still unset, plus `changes`."""
+    field = STATE_TIMESTAMP.get(state)
+    if field is not None and getattr(record, field) is None:
+        changes[field] = at
+    return dataclasses.replace(record, state=state, updated_at=max(record.updated_at, at),
+                               **changes)
+
+
+def _check_rank(record: UpdateRecord, target: UpdateState) -> str | None:
+    """The reason a move from record.state to target is not allowed, or None."""
+    if record.state == target:
+        return Ignored.DUPLICATE
+    if record.is_terminal and target != UpdateState.ROLLED_BACK:
+        return Ignored.TERMINAL
+    if RANK[target] < RANK[record.state]:
+        return Ignored.BACKWARDS
+    if RANK[target] == RANK[record.state]:
+        return Ignored.TERMINAL
+    return None
+
+
+def apply_status(record: UpdateRecord, status: Status) -> Transition:
+    """The record after a device's status, or why the status changes nothing."""
+    if status.device != record.device:
+        return _ignore(Ignored.WRONG_DEVICE)
+    at = status.received_at
+    if status.type == StatusType.ROLLBACK_FAILED:
+        return _rollback_failed(record, status)
+    if status.type == StatusType.PROGRESS and record.state == UpdateState.IN_PROGRESS:
+        if status.percent is None or (record.progress is not None
+                                      and status.percent <= record.progress):
+            return _ignore(Ignored.STALE_PROGRESS)
+        return Transition(dataclasses.replace(record, progress=_percent(status.percent),
+                                              updated_at=max(record.updated_at, at)))
+    target = STATUS_TARGET[status.type]
+    refused = _check_rank(record, target)
+    if refused is not None:
+        return _ignore(refused)
+    changes: dict[str, Any] = {}
+    if status.type == StatusType.STARTED and record.from_version is None \
+            and status.current_version is not None:
+        changes["from_version"] = status.current_version
+    if status.type == StatusType.PROGRESS and status.percent is not None:
+        changes["progress"] = _percent(status.percent)
+    if target == UpdateState.SUCCEEDED:
+        changes["progress"] = 100
+    if target == UpdateState.FAILED:
+        changes.update(reason=status.reason or Reason.DEVICE_REPORTED_FAILURE,
+                       error=status.error, exit_code=status.exit_code)
+    return Transition(_move(record, target, at, **changes))
+
+
+def _rollback_failed(record: UpdateRecord, status: Status) -> Transition:
+    """A rollback record fails; on an update record the device's error is only noted.
+
+    The agent rolls back on its own after a failed update and says so with
+    rollback_* statuses on the update's correlation id: a failed rollback then
+    leaves the record failed, with the rollback's error kept for the operator.
+    """
+    error = status.error or status.reason or "rollback failed"
+    if record.action == "rollback":
+        refused = _check_rank(record, UpdateState.FAILED)
+        if refused is not None:
+            return _ignore(refused)
+        return Transition(_move(record, UpdateState.FAILED, status.received_at,
+                                reason=status.reason or Reason.DEVICE_REPORTED_FAILURE,
+                                error=error, exit_code=status.exit_code))
+    if record.state != UpdateState.FAILED:
+        return _ignore(Ignored.NOT_A_ROLLBACK)
+    note = f"rollback failed: {error}"
+    if record.error is not None and note in record.error:
+        return _ignore(Ignored.DUPLICATE)
+    combined = note if record.error is None else f"{record.error}; {note}"
+    return Transition(dataclasses.replace(record, error=combined,
+                                          updated_at=max(record.updated_at,
+                                                         status.received_at)))
+
+
+def _percent(value: int) -> int:
+    return max(0, min(100, value))
+
+
+def apply_decision(record: UpdateRecord, decision: Decision) -> Transition:
+    """The record after a controller decision (timeout, cancel, health, ...), or why not."""
+    at = decision.at
+    kind = decision.kind
+    if kind == DecisionKind.SENT:
+        if not record.is_open:
+            return _ignore(Ignored.TERMINAL)
+        if record.sent_at is not None and record.sent_at >= at:
+            return _ignore(Ignored.DUPLICATE)
+        return Transition(dataclasses.replace(record, sent_at=at,
+                                              updated_at=max(record.updated_at, at)))
+    if kind in (DecisionKind.TIMEOUT, DecisionKind.CANCEL):
+        target = UpdateState.TIMEOUT if kind == DecisionKind.TIMEOUT else UpdateState.CANCELLED
+        refused = _check_rank(record, target)
+        if refused is not None:
+            return _ignore(refused)
+        reason = decision.reason or _default_reason(record, kind)
+        changes: dict[str, Any] = {"reason": reason}
+        if decision.message is not None:
+            changes["error"] = decision.message
+        return Transition(_move(record, target, at, **changes))
+    if kind in (DecisionKind.HEALTHY, DecisionKind.UNHEALTHY):
+        if record.state != UpdateState.SUCCEEDED:
+            return _ignore(Ignored.NOT_SUCCEEDED)
+        health = Health.HEALTHY if kind == DecisionKind.HEALTHY else Health.UNHEALTHY
+        # Unknown -> healthy | unhealthy, healthy -> unhealthy (a device that goes silent
+        # later); never unhealthy -> healthy: the failure has already been counted.
+        if record.health in (health, Health.UNHEALTHY):
+            return _ignore(Ignored.DUPLICATE)
+        changes = {"health": health, "health_at": at, "updated_at": max(record.updated_at, at)}
+        if health == Health.UNHEALTHY:
+            changes["reason"] = decision.reason or Reason.UNHEALTHY
+            if decision.message is not None:
+                changes["error"] = decision.message
+        return Transition(dataclasses.replace(record, **changes))
+    # DecisionKind.ROLLED_BACK
+    if record.is_open:
+        return _ignore(Ignored.OPEN)
+    refused = _check_rank(record, UpdateState.ROLLED_BACK)
+    if refused is not None:
+        return _ignore(refused)
+    return Transition(_move(record, UpdateState.ROLLED_BACK, at))
+
+
+def _default_reason(record: UpdateRecord, kind: DecisionKind) -> str:
+    if kind == DecisionKind.CANCEL:
+        return Reason.CANCELLED_BY_USER
+    return Reason.ACK_TIMEOUT if record.state == UpdateState.PENDING else Reason.UPDATE_TIMEOUT
+
+
+def pick_legacy_record(status: Status, candidates: Iterable[UpdateRecord],
+                       component: str | None = None) -> Transition:
+    """The record a status without correlation id belongs to, as a Transition-like answer.
+
+    Older agents send no correlation id, so a status attaches to the device's one
+    open update (of `component` when the caller knows it). With several open
+    updates the status's version, if any, must name exactly one of them. A
+    rollback_* status may also follow an update that already ended (the agent
+    rolls back after reporting failure): it then attaches to the newest record.
+    Returns the record chosen, unchanged, or None and why.
+    """
+    mine = [r for r in candidates if r.device == status.device
+            and (component is None or r.component == component)]
+    open_ = [r for r in mine if r.is_open]
+    if len(open_) > 1:
+        version = status.target_version or status.version
+        open_ = [r for r in open_ if version is not None and r.to_version == version]
+        if len(open_) != 1:
+            return _ignore(Ignored.AMBIGUOUS)
+    if open_:
+        return Transition(open_[0])
+    if status.type in (StatusType.ROLLBACK_SUCCEEDED, StatusType.ROLLBACK_FAILED) and mine:
+        newest = max(mine, key=lambda r: (r.created_at, r.attempt))
+        return Transition(newest)
+    return _ignore(Ignored.NO_OPEN_UPDATE)
