@@ -4,4 +4,5 @@ under tests/support, registered here as a pytest plugin."""
 pytest_plugins = [
     "tests.support.broker",
     "tests.support.postgres",
+    "tests.support.git",
 ]

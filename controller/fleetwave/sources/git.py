@@ -1,0 +1,326 @@
+"""A git repository as the source of Rollouts (the GitOps home), and the committer for policies.
+
+pygit2 (libgit2) fetches over https, ssh, git:// and file:// (or a plain path)
+into a private bare repository under `workdir`; files are read straight from
+the commit's tree, so there is no checkout to keep clean. libgit2 calls block,
+so each runs in a worker thread (`asyncio.to_thread`), never on the event loop.
+
+Secrets: the URL may carry a token and credentials come from files; every
+message leaving this module (errors, logs, snapshot, metric labels) goes through
+`Redactor`, and the source's display name is the URL without userinfo.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import posixpath
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pygit2
+import structlog
+from pygit2.enums import FetchPrune, FileMode
+
+from fleetwave.metrics import Metrics
+from fleetwave.resources.loading import YAML_SUFFIXES, LoadResult, Problem, load_text
+from fleetwave.resources.model import SourceRef
+from fleetwave.sources.base import Backoff, Generations, PollingSource, SourceError
+from fleetwave.sources.credentials import (
+    Callbacks,
+    GitCredentials,
+    Redactor,
+    known_hosts_home,
+    redact_url,
+)
+from fleetwave.sources.policies import GeneratedRollout
+from fleetwave.sources.pushes import GitPush
+
+__all__ = ["CommitResult", "GitCommitter", "GitCredentials", "GitSource", "redact_url"]
+
+log = structlog.get_logger("fleetwave.sources.git")
+
+MAX_FILE_BYTES = 1024 * 1024
+"""Larger blobs are reported, not parsed: a Rollout is a few KiB; this bounds memory."""
+
+CONNECT_TIMEOUT_MS = 10_000
+IO_TIMEOUT_MS = 60_000
+"""libgit2 waits forever on a silent server by default; a sync must fail and back off instead."""
+
+_configured: list[bool] = []
+_configure_lock = threading.Lock()
+
+
+def _configure_libgit2() -> None:
+    with _configure_lock:
+        if not _configured:
+            pygit2.settings.server_connect_timeout = CONNECT_TIMEOUT_MS
+            pygit2.settings.server_timeout = IO_TIMEOUT_MS
+            _configured.append(True)
+
+
+def _normalise_url(url: str) -> str:
+    """Plain paths become absolute (libgit2 resolves them against its own cwd otherwise)."""
+    if "://" in url or (":" in url and "@" in url.split(":", 1)[0]):
+        return url
+    return str(Path(url).expanduser().resolve())
+
+
+def _subpath(path: str) -> str:
+    """`/`, ``, `./` -> `` ; `/rollouts/` -> `rollouts`."""
+    clean = posixpath.normpath("/" + path.strip()).strip("/")
+    return "" if clean in (".", "") else clean
+
+
+class _Repo:
+    """The private bare repository one source or committer fetches into."""
+
+    def __init__(self, url: str, workdir: Path, credentials: GitCredentials | None) -> None:
+        _configure_libgit2()
+        self.url = _normalise_url(url)
+        self.workdir = workdir
+        self.credentials = credentials
+        self.redact = Redactor(self.url, credentials)
+        self.shown_url = self.redact.shown_url
+
+    def open(self) -> pygit2.Repository:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if (self.workdir / "HEAD").exists():
+            repo = pygit2.Repository(str(self.workdir))
+        else:
+            repo = pygit2.init_repository(str(self.workdir), bare=True)
+        if "origin" in [r.name for r in repo.remotes]:
+            if repo.remotes["origin"].url != self.url:
+                repo.remotes.set_url("origin", self.url)
+        else:
+            repo.remotes.create("origin", self.url)
+        return repo
+
+    def callbacks(self) -> Callbacks:
+        return Callbacks(self.credentials, self.shown_url)
+
+    def fetch(self, repo: pygit2.Repository, branch: str) -> pygit2.Commit:
+        """Fetch `branch` and return its commit; errors become `SourceError`, redacted."""
+        remote_ref = f"refs/remotes/origin/{branch}"
+        try:
+            with known_hosts_home(self.credentials, self.workdir):
+                repo.remotes["origin"].fetch([f"+refs/heads/{branch}:{remote_ref}"],
+                                             callbacks=self.callbacks(), prune=FetchPrune.PRUNE)
+        except SourceError as exc:
+            raise SourceError(self.redact(str(exc))) from None
+        except (pygit2.GitError, OSError, ValueError, KeyError) as exc:
+            raise SourceError(f"cannot fetch {self.shown_url}: "
+                              f"{self.redact(str(exc)) or type(exc).__name__}") from None
+        ref = repo.references.get(remote_ref)
+        if ref is None:
+            raise SourceError(f"branch {branch!r} not found in {self.shown_url}; check --branch")
+        try:
+            return repo[ref.target].peel(pygit2.Commit)
+        except (pygit2.GitError, KeyError, ValueError):
+            raise SourceError(f"branch {branch!r} of {self.shown_url} does not point at a "
+                              "commit") from None
+
+
+class GitSource(PollingSource):
+    """Rollouts, policies and inventories from `path` on `branch` of a git repository.
+
+    `path` is relative to the repository root; `/` means the whole repository.
+    Each Rollout's `source` is `SourceRef("git", <commit id>, <repo-relative file>)`.
+    """
+
+    kind = "git"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        branch: str = "main",
+        path: str = "/",
+        poll_interval: float = 30.0,
+        workdir: str | os.PathLike[str],
+        credentials: GitCredentials | None = None,
+        backoff: Backoff | None = None,
+        metrics: Metrics | None = None,
+        generations: Generations | None = None,
+    ) -> None:
+        self._repo = _Repo(url, Path(workdir), credentials)
+        super().__init__(self._repo.shown_url, poll_interval=poll_interval, backoff=backoff,
+                         metrics=metrics, generations=generations)
+        self.branch = branch
+        self.path = _subpath(path)
+        self._cache: tuple[str, dict[str, LoadResult]] | None = None
+
+    @property
+    def url(self) -> str:
+        """The URL without credentials."""
+        return self._repo.shown_url
+
+    def wants(self, push: GitPush) -> bool:
+        """Whether a push webhook concerns this source's branch (then `trigger()` it)."""
+        return push.branch == self.branch
+
+    async def _read(self) -> tuple[str, Mapping[str, LoadResult]]:
+        return await asyncio.to_thread(self._read_blocking)
+
+    def _read_blocking(self) -> tuple[str, dict[str, LoadResult]]:
+        repo = self._repo.open()
+        commit = self._repo.fetch(repo, self.branch)
+        revision = str(commit.id)
+        if self._cache is not None and self._cache[0] == revision:
+            return self._cache
+        tree: pygit2.Tree = commit.tree
+        if self.path:
+            try:
+                sub = tree[self.path]
+            except KeyError:
+                raise SourceError(f"path {self.path!r} does not exist on branch "
+                                  f"{self.branch!r} at {revision[:12]}; check --path") from None
+            if not isinstance(sub, pygit2.Tree):
+                raise SourceError(f"path {self.path!r} on branch {self.branch!r} is a file, "
+                                  "not a folder; check --path")
+            tree = sub
+        ref = SourceRef(kind="git", revision=revision)
+        results: dict[str, LoadResult] = {}
+        for file, blob in _yaml_blobs(tree, self.path):
+            if blob.size > MAX_FILE_BYTES:
+                results[file] = LoadResult(problems=[Problem(
+                    file, None, None, "", f"file is {blob.size} bytes, over the limit of "
+                    f"{MAX_FILE_BYTES}; split it into smaller files")])
+                continue
+            try:
+                text = blob.data.decode("utf-8")
+            except UnicodeDecodeError:
+                results[file] = LoadResult(problems=[Problem(
+                    file, None, None, "", "file is not UTF-8 text; save it as UTF-8")])
+                continue
+            results[file] = load_text(text, file, ref)
+        self._cache = (revision, results)
+        return self._cache
+
+
+def _yaml_blobs(tree: pygit2.Tree, prefix: str) -> list[tuple[str, pygit2.Blob]]:
+    """YAML blobs under `tree`, with repository-relative paths; dot-files and folders skipped."""
+    out: list[tuple[str, pygit2.Blob]] = []
+    for entry in tree:
+        name = entry.name or ""
+        if name.startswith("."):
+            continue
+        path = f"{prefix}/{name}" if prefix else name
+        if isinstance(entry, pygit2.Tree):
+            out.extend(_yaml_blobs(entry, path))
+        elif isinstance(entry, pygit2.Blob) and name.endswith(YAML_SUFFIXES):
+            out.append((path, entry))
+    return sorted(out, key=lambda item: item[0])
+
+
+# -- committing policy-generated rollouts ---------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    revision: str
+    """The commit that holds the file (a new one, or the current head when unchanged)."""
+    path: str
+    """Repository-relative path of the Rollout file."""
+    created: bool
+    """False when the file already had this content: nothing was committed."""
+
+
+class GitCommitter:
+    """Commits a policy-generated Rollout into the repository and pushes it.
+
+    Git stays the source of truth: the Rollout then comes back through the
+    `GitSource` like any hand-written one (so `commitTo.path` must lie inside
+    the source's `path`). A push that loses a race with another commit is retried
+    on top of the new head.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        branch: str = "main",
+        workdir: str | os.PathLike[str],
+        credentials: GitCredentials | None = None,
+        author_name: str = "fleetwave",
+        author_email: str = "fleetwave@localhost",
+        attempts: int = 3,
+    ) -> None:
+        self._repo = _Repo(url, Path(workdir), credentials)
+        self.branch = branch
+        self.author_name = author_name
+        self.author_email = author_email
+        self.attempts = attempts
+        self._lock = threading.Lock()
+
+    async def commit(self, generated: GeneratedRollout) -> CommitResult:
+        """Write `<commitTo.path>/<name>.yaml`, commit and push; raise `SourceError` on failure."""
+        commit_to = generated.policy.commit_to
+        folder = _subpath(commit_to.path if commit_to is not None else "rollouts/generated")
+        branch = (commit_to.branch if commit_to is not None and commit_to.branch
+                  else self.branch)
+        file = f"{folder}/{generated.name}.yaml" if folder else f"{generated.name}.yaml"
+        return await asyncio.to_thread(self._commit_blocking, file, branch,
+                                       generated.yaml.encode(), generated.commit_message)
+
+    def _commit_blocking(self, file: str, branch: str, content: bytes,
+                         message: str) -> CommitResult:
+        with self._lock:
+            repo = self._repo.open()
+            for _ in range(self.attempts):
+                head = self._repo.fetch(repo, branch)
+                try:
+                    existing = head.tree[file]
+                except KeyError:
+                    existing = None
+                if isinstance(existing, pygit2.Blob) and existing.data == content:
+                    return CommitResult(str(head.id), file, created=False)
+                blob = repo.create_blob(content)
+                tree = _tree_with(repo, head.tree, file.split("/"), blob)
+                author = pygit2.Signature(self.author_name, self.author_email)
+                oid = repo.create_commit(None, author, author, message + "\n", tree, [head.id])
+                local = f"refs/heads/{branch}"
+                repo.references.create(local, oid, force=True)
+                callbacks = self._repo.callbacks()
+                try:
+                    with known_hosts_home(self._repo.credentials, self._repo.workdir):
+                        repo.remotes["origin"].push([f"{local}:{local}"], callbacks=callbacks)
+                except SourceError as exc:
+                    raise SourceError(self._repo.redact(str(exc))) from None
+                except (pygit2.GitError, OSError, ValueError) as exc:
+                    text = self._repo.redact(str(exc))
+                    if "fast-forward" in text or "rejected" in text:
+                        continue
+                    raise SourceError(f"cannot push to {self._repo.shown_url}: {text}") from None
+                if callbacks.rejected:
+                    log.info("git.push_rejected", url=self._repo.shown_url,
+                             reason=self._repo.redact(callbacks.rejected[0][1]))
+                    continue
+                log.info("git.committed", url=self._repo.shown_url, branch=branch, file=file,
+                         revision=str(oid))
+                return CommitResult(str(oid), file, created=True)
+        raise SourceError(f"cannot push to {self._repo.shown_url}: branch {branch!r} kept "
+                          f"moving for {self.attempts} attempts; try again")
+
+
+def _tree_with(repo: pygit2.Repository, tree: pygit2.Tree | None, parts: list[str],
+               blob: pygit2.Oid) -> pygit2.Oid:
+    """A copy of `tree` with `blob` at `parts` (folders created as needed)."""
+    builder = repo.TreeBuilder(tree) if tree is not None else repo.TreeBuilder()
+    head, rest = parts[0], parts[1:]
+    if not rest:
+        builder.insert(head, blob, FileMode.BLOB)
+        return builder.write()
+    sub: pygit2.Tree | None = None
+    if tree is not None:
+        try:
+            found = tree[head]
+        except KeyError:
+            found = None
+        if isinstance(found, pygit2.Tree):
+            sub = found
+    builder.insert(head, _tree_with(repo, sub, rest, blob), FileMode.TREE)
+    return builder.write()
+
