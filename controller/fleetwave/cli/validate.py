@@ -127,6 +127,9 @@ def validate(paths: tuple[Path, ...], strict: bool, fleet_file: Path | None,
     summary = (f"{plural(len(result.files), 'file')}, "
                f"{plural(len(result.documents), 'valid resource')}, "
                f"{plural(errors, 'error')}, {plural(warnings, 'warning')}")
+    if result.skipped:
+        summary += (f" ({plural(len(result.skipped), 'document')} skipped: not a fleetwave "
+                    "resource)")
     if output == "table":
         _report(problems)
         verdict = ("error", "invalid") if failed else ("ok", "valid")
@@ -137,6 +140,6 @@ def validate(paths: tuple[Path, ...], strict: bool, fleet_file: Path | None,
     else:
         emit({"valid": not failed, "files": len(result.files),
               "resources": len(result.documents), "errors": errors, "warnings": warnings,
-              "problems": [p.as_json() for p in problems]}, output)
+              "problems": [p.as_json() for p in problems], "skipped": result.skipped}, output)
         diagnostic(summary)
     sys.exit(1 if failed else 0)

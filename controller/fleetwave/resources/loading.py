@@ -102,6 +102,9 @@ class LoadResult:
     problems: list[Problem] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     """Every file read (as shown in problems), valid or not: `validate` counts them."""
+    skipped: list[str] = field(default_factory=list)
+    """`file:line` of documents that are not fleetwave resources (Prometheus rules, a
+    Deployment, an Argo Rollout): repositories hold other YAML too, so they are not errors."""
 
     @property
     def errors(self) -> list[Problem]:
@@ -119,6 +122,7 @@ class LoadResult:
         self.documents.extend(other.documents)
         self.problems.extend(other.problems)
         self.files.extend(f for f in other.files if f not in self.files)
+        self.skipped.extend(other.skipped)
 
     def sorted_problems(self) -> list[Problem]:
         """Problems in reading order: by file, then line and column."""
@@ -492,8 +496,31 @@ def load_text(text: str, file: str, source: SourceRef | None = None) -> LoadResu
         if doc is None:
             continue
         line = node.start_mark.line + 1
+        if not_ours(doc):
+            result.skipped.append(f"{file}:{line}")
+            continue
         result.extend(_validate_document(doc, pos, file, line, index, source))
     return result
+
+
+def not_ours(doc: Any) -> bool:
+    """Whether a document is plainly some other tool's YAML, to be skipped, not reported.
+
+    Anything that might be a fleetwave resource with a mistake stays ours, so that a
+    typo is an error rather than a silently ignored file: an apiVersion that mentions
+    fleetwave or is close to ours, or no apiVersion with one of our kinds, a `spec`
+    or `metadata`.
+    """
+    if not isinstance(doc, dict):
+        return False
+    api_version, kind = doc.get("apiVersion"), doc.get("kind")
+    if api_version is None:
+        if kind is not None:
+            return not (isinstance(kind, str) and (kind in KINDS or did_you_mean(kind, KINDS)))
+        return "spec" not in doc and "metadata" not in doc
+    text = str(api_version)
+    close = difflib.SequenceMatcher(None, text.lower(), GROUP_VERSION).ratio() >= 0.75
+    return "fleetwave" not in text.lower() and not close
 
 
 def _yaml_problem(error: Exception, file: str) -> Problem:

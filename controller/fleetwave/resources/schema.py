@@ -173,6 +173,8 @@ STRATEGY = _obj(
                            "description": "Wait for `fleetwave promote` before each wave "
                                           "after the first."},
     },
+    # `{}` so that the API server, like the loader, fills in the nested defaults.
+    default={},
 )
 
 CHECK = _obj(
@@ -208,6 +210,7 @@ HEALTH = _obj(
                                "pass its checks this long to count as healthy.", default="5m"),
         "checks": _list("HTTP, TCP and container checks, all of which must pass.", CHECK),
     },
+    default={},
 )
 
 FAILURE_POLICY = _obj(
@@ -233,6 +236,7 @@ FAILURE_POLICY = _obj(
                                   "description": "Put a failed or unhealthy device back on "
                                                  "the version it ran before."},
     },
+    default={},
 )
 
 ROLLOUT_SPEC_PROPERTIES: dict[str, Schema] = {
