@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import heapq
 import uuid as uuidlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from fleetwave.planner.budget import TokenBucket, budget_exceeded, failure_rate
 from fleetwave.planner.conditions import (
@@ -137,7 +137,7 @@ class _Pass:
 
     __slots__ = (
         "actions", "candidates", "checks", "component", "counts", "done", "events", "ext",
-        "external_checks", "failures", "force", "gen", "name", "newly_parked", "nonterm", "now",
+        "external_checks", "failures", "force", "gen", "name", "newly_parked", "open_hashes", "now",
         "open_count", "parked", "policy", "released", "rollback_all", "rollback_devices",
         "rollout", "steps", "terminal_rate", "version", "wake",
     )
@@ -163,9 +163,11 @@ class _Pass:
         self.rollback_all = state.rolled_back is not None
         self.actions: list[Action] = []
         self.events: list[PlannedEvent] = []
-        self.candidates: list[tuple[int, int, DeviceView, int]] = []
+        self.candidates: list[tuple[int, DeviceView, int]] = []
+        """(wave hash, device, attempt) of devices that need a command (if their step runs)."""
         self.counts = dict.fromkeys(COUNT_KEYS, 0)
-        self.nonterm = [0] * (self.steps + 1)
+        self.open_hashes: list[int] = []
+        """Wave hashes of targeted devices not terminal yet: they hold their step open."""
         self.failures = 0
         self.terminal_rate = 0
         self.done = 0
@@ -258,7 +260,7 @@ class _Pass:
         self.wake_at(deadline)
         return True
 
-    def device_with_records(self, device: DeviceView, h: int, s: int,
+    def device_with_records(self, device: DeviceView, h: int,
                             recs: Sequence[UpdateRecord]) -> None:
         latest: UpdateRecord | None = None
         rollback: UpdateRecord | None = None
@@ -276,18 +278,16 @@ class _Pass:
         uuid = device.uuid
         counts = self.counts
         reported = device.versions.get(self.component)
-        in_step = s < self.steps
         if rollback is not None and rollback.is_open and self.open_record(rollback, device):
             self.open_count += 1
         if latest is None:
-            self.fresh(device, h, s, reported, 1)
+            self.fresh(device, h, reported, 1)
             return
         if latest.is_open:
             if latest.to_version != self.version or latest.component != self.component:
                 self.cancel(latest, Reason.SUPERSEDED)
                 counts["cancelled"] += 1
-                if in_step:
-                    self.nonterm[s] += 1
+                self.open_hashes.append(h)
                 return
             if self.rollback_all:
                 self.cancel(latest, DecisionReason.ROLLOUT_ROLLED_BACK)
@@ -296,15 +296,13 @@ class _Pass:
             if self.open_record(latest, device):
                 self.open_count += 1
                 counts[latest.state.value] += 1
-                if in_step:
-                    self.nonterm[s] += 1
+                self.open_hashes.append(h)
             else:
                 # Timed out just now: unreachable waits for the device, a failure is retried.
                 key = "unreachable" if is_offline(device, self.now) else "timeout"
                 counts[key] += 1
-                if in_step:
-                    self.nonterm[s] += key == "timeout"
                 if key == "timeout":
+                    self.open_hashes.append(h)
                     self.failures += 1
                     self.terminal_rate += 1
             return
@@ -315,7 +313,7 @@ class _Pass:
             self.decide(latest, DecisionKind.ROLLED_BACK)
         current = latest.to_version == self.version and latest.component == self.component
         if not current:
-            self.fresh(device, h, s, reported, max_attempt + 1)
+            self.fresh(device, h, reported, max_attempt + 1)
             return
         has_rollback = rollback is not None and rollback.created_at >= latest.created_at
         state = latest.state
@@ -333,8 +331,7 @@ class _Pass:
                 verdict = self.judge(latest, device, reported, done_at, offline_window)
                 if verdict is None:
                     counts["succeeded"] += 1
-                    if in_step:
-                        self.nonterm[s] += 1
+                    self.open_hashes.append(h)
                     return
                 if verdict:
                     counts["succeeded"] += 1
@@ -353,7 +350,7 @@ class _Pass:
                 self.terminal_rate += 1
                 if reported is not None and reported != self.version and not has_rollback:
                     # Drift: bring it back, not a failure of this version.
-                    self.candidates.append((h, s, device, max_attempt + 1))
+                    self.candidates.append((h, device, max_attempt + 1))
                 else:
                     self.done += 1
                 return
@@ -364,7 +361,7 @@ class _Pass:
             if reported == self.version and not self.force:
                 self.done += 1
             elif not is_offline(device, now):
-                self.candidates.append((h, s, device, max_attempt + 1))
+                self.candidates.append((h, device, max_attempt + 1))
             return
         if state in (UpdateState.FAILED, UpdateState.TIMEOUT):
             self.failures += 1
@@ -381,10 +378,9 @@ class _Pass:
             counts[state.value] += 1
             retry_at = (latest.completed_at or latest.updated_at) + \
                 self.policy.retry_backoff.total_seconds() * 2 ** max(0, failed - 1)
-            if in_step:
-                self.nonterm[s] += 1
+            self.open_hashes.append(h)
             if now >= retry_at:
-                self.candidates.append((h, s, device, max_attempt + 1))
+                self.candidates.append((h, device, max_attempt + 1))
             else:
                 self.wake_at(retry_at)
             return
@@ -392,7 +388,7 @@ class _Pass:
             counts["cancelled"] += 1
             if latest.reason == Reason.CANCELLED_BY_USER or self.rollback_all:
                 return
-            self.fresh(device, h, s, reported, max_attempt + 1, count=False)
+            self.fresh(device, h, reported, max_attempt + 1, count=False)
             return
         # ROLLED_BACK: deliberately put back; not retried in this generation.
         counts["rolled_back"] += 1
@@ -400,7 +396,7 @@ class _Pass:
             self.failures += 1
             self.terminal_rate += 1
 
-    def fresh(self, device: DeviceView, h: int, s: int, reported: str | None, attempt: int,
+    def fresh(self, device: DeviceView, h: int, reported: str | None, attempt: int,
               count: bool = True) -> None:
         """A device with no attempt at this version: done if already there, else a candidate."""
         if reported == self.version and not self.force:
@@ -408,9 +404,8 @@ class _Pass:
                 self.counts["upToDate"] += 1
             self.done += 1
             return
-        if s < self.steps:
-            self.nonterm[s] += 1
-        self.candidates.append((h, s, device, attempt))
+        self.open_hashes.append(h)
+        self.candidates.append((h, device, attempt))
 
     def judge(self, record: UpdateRecord, device: DeviceView, reported: str | None,
               done_at: float, offline_window: float) -> bool | None:
@@ -508,39 +503,59 @@ def plan(rollout: Rollout, devices: Sequence[DeviceView],
     p = _Pass(rollout, state, now, check_results)
     p.events = events
 
-    # Wave order: hash every targeted device, sort once, cut per step.
+    # One walk over the targeted devices: wave hash, then classification. Most devices
+    # are either untouched or done and healthy; both take the short paths inline.
     table = (cache or HashCache()).for_rollout(rollout.name)
-    hashes: list[int] = []
     name = rollout.name
-    for d in devices:
-        h = table.get(d.uuid)
-        if h is None:
-            h = table[d.uuid] = device_hash(name, d.uuid)
-        hashes.append(h)
-    limits = thresholds([s.percent for s in strategy.steps], sorted(hashes))
-
-    # Classify every targeted device.
+    hashes: list[int] = []
+    append_hash = hashes.append
     version, component, force = spec.version, spec.component, spec.force
     counts = p.counts
-    targeted_ids: set[str] = set()
-    for d, h in zip(devices, hashes, strict=True):
-        targeted_ids.add(d.uuid)
-        s = step_of(h, limits)
-        recs = records.get(d.uuid)
+    candidates = p.candidates
+    open_hashes = p.open_hashes
+    succeeded, healthy = UpdateState.SUCCEEDED, Health.HEALTHY
+    quick_ok = not p.rollback_all and not p.rollback_devices
+    offline_after = spec.failure_policy.offline_after_update.total_seconds()
+    up_to_date = fast_done = matched = 0
+    for d in devices:
+        uuid = d.uuid
+        h = table.get(uuid)
+        if h is None:
+            h = table[uuid] = device_hash(name, uuid)
+        append_hash(h)
+        recs = records.get(uuid)
         if recs:
-            p.device_with_records(d, h, s, recs)
+            matched += 1
+            if len(recs) == 1 and quick_ok:
+                r0 = recs[0]
+                if (r0.state is succeeded and r0.health is healthy and r0.to_version == version
+                        and d.versions.get(component) == version and r0.action == "update"
+                        and r0.component == component
+                        and (d.online is True or now > (r0.completed_at or r0.updated_at)
+                             + offline_after)):
+                    fast_done += 1
+                    continue
+            p.device_with_records(d, h, recs)
             continue
         if not force and d.versions.get(component) == version:
-            counts["upToDate"] += 1
-            p.done += 1
+            up_to_date += 1
             continue
-        if s < p.steps:
-            p.nonterm[s] += 1
-        p.candidates.append((h, s, d, 1))
-    if len(records) > len(targeted_ids) or any(u not in targeted_ids for u in records):
+        open_hashes.append(h)
+        candidates.append((h, d, 1))
+    counts["upToDate"] += up_to_date
+    counts["succeeded"] += fast_done
+    p.terminal_rate += fast_done
+    p.done += up_to_date + fast_done
+    limits = thresholds([s.percent for s in strategy.steps], sorted(hashes))
+    nonterm = [0] * (p.steps + 1)
+    for h in open_hashes:
+        nonterm[step_of(h, limits)] += 1
+    if matched < len(records):
+        targeted_ids = {d.uuid for d in devices}
+        index = all_devices or {}
         for u, recs in records.items():
             if u not in targeted_ids:
-                p.orphan(u, recs, (all_devices or {}).get(u))
+                p.orphan(u, recs, index.get(u))
     counts["conflicted"] = conflicted
     counts["overridden"] = overridden
 
@@ -590,7 +605,7 @@ def plan(rollout: Rollout, devices: Sequence[DeviceView],
     # Step machine.
     prefix_open = []
     acc = 0
-    for n in p.nonterm[: p.steps]:
+    for n in nonterm[: p.steps]:
         acc += n
         prefix_open.append(acc)
     step_note: str | None = None
@@ -633,7 +648,7 @@ def plan(rollout: Rollout, devices: Sequence[DeviceView],
     sends_allowed = (not stopped and not paused and invalid is None and gate.open
                      and targeted > 0 and state.started_at is not None)
     if sends_allowed:
-        _choose(p, state, device_windows)
+        _choose(p, state, device_windows, limits)
         if device_windows is not None:
             for c in device_windows.next_changes():
                 p.wake_at(c)
@@ -764,14 +779,16 @@ def _conditions(phase: str, reason: str, message: str, generation: int, now: flo
     return out
 
 
-def _choose(p: _Pass, state: RolloutState, device_windows: DeviceWindows | None) -> None:
+def _choose(p: _Pass, state: RolloutState, device_windows: DeviceWindows | None,
+            limits: Sequence[int]) -> None:
     """Pick the devices to command now: members of started steps, lowest hash first."""
     strategy = p.rollout.spec.strategy
     current = state.current_step
-    eligible = [c for c in p.candidates if c[1] <= current]
+    cut = limits[current]  # members of steps 0..current: hash <= cut
+    eligible = [c for c in p.candidates if c[0] <= cut]
     if device_windows is not None:
         eligible = [c for c in eligible
-                    if device_windows.state(c[2].labels.get(TIMEZONE_LABEL))[0]]
+                    if device_windows.state(c[1].labels.get(TIMEZONE_LABEL))[0]]
     if not eligible:
         return
     capacity = max(0, strategy.max_in_flight - p.open_count)
@@ -784,7 +801,7 @@ def _choose(p: _Pass, state: RolloutState, device_windows: DeviceWindows | None)
     if capacity <= 0:
         return
     chosen = heapq.nsmallest(capacity, eligible, key=lambda c: c[0])
-    for _, _, device, attempt in chosen:
+    for _, device, attempt in chosen:
         p.actions.append(p.new_update(device, attempt))
     p.open_count += len(chosen)
 
@@ -844,7 +861,7 @@ def plan_fleet(rollouts: Sequence[Rollout], devices: Sequence[DeviceView],
             for r in contenders:
                 conflicted[r.name] += 1
                 conflicts_with[r.name] |= names - {r.name}
-    index = {d.uuid: d for d in devices}
+    index = _LazyIndex(devices)
     plans: dict[str, Plan] = {}
     wake: float | None = None
     for r in rollouts:
@@ -856,6 +873,28 @@ def plan_fleet(rollouts: Sequence[Rollout], devices: Sequence[DeviceView],
         if result.next_wake is not None and (wake is None or result.next_wake < wake):
             wake = result.next_wake
     return FleetPlan(plans, wake)
+
+
+class _LazyIndex(Mapping[str, DeviceView]):
+    """uuid -> device, built only if some rollout has records of untargeted devices."""
+
+    def __init__(self, devices: Sequence[DeviceView]) -> None:
+        self._devices = devices
+        self._index: dict[str, DeviceView] | None = None
+
+    def _built(self) -> dict[str, DeviceView]:
+        if self._index is None:
+            self._index = {d.uuid: d for d in self._devices}
+        return self._index
+
+    def __getitem__(self, key: str) -> DeviceView:
+        return self._built()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._built())
+
+    def __len__(self) -> int:
+        return len(self._devices)
 
 
 def plan_deleted(name: str, records: Mapping[str, Sequence[UpdateRecord]],

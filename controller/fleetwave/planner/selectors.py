@@ -44,8 +44,10 @@ def compile_selector(selector: Selector, exclude: tuple[str, ...] = ()) -> Match
     excluded = frozenset(exclude)
     explicit = frozenset(selector.devices)
     labels_items = tuple(selector.match_labels.items())
-    expressions = selector.match_expressions
-    has_label_terms = bool(labels_items or expressions)
+    # (key, operator, values) with values as a frozenset: one hash lookup per term.
+    terms = tuple((r.key, r.operator, frozenset(r.values)) for r in selector.match_expressions)
+    has_label_terms = bool(labels_items or terms)
+    in_op, not_in_op, exists_op = Operator.IN, Operator.NOT_IN, Operator.EXISTS
 
     def matches(device: DeviceView) -> bool:
         uuid = device.uuid
@@ -59,7 +61,20 @@ def compile_selector(selector: Selector, exclude: tuple[str, ...] = ()) -> Match
         for key, value in labels_items:
             if labels.get(key) != value:
                 return False
-        return all(requirement_matches(req, labels) for req in expressions)
+        for key, op, values in terms:
+            have = labels.get(key)
+            if op is in_op:
+                if have is None or have not in values:
+                    return False
+            elif op is not_in_op:
+                if have is not None and have in values:
+                    return False
+            elif op is exists_op:
+                if have is None:
+                    return False
+            elif have is not None:
+                return False
+        return True
 
     return matches
 
