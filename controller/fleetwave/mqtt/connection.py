@@ -56,8 +56,10 @@ class ConnectionOptions:
     will_payload: bytes = b""
 
 
-OnConnect = Callable[[paho.Client, bool], None]
-"""Called in the network thread after each successful CONNACK, with `session_present`."""
+OnConnect = Callable[[paho.Client, bool], list[int] | None]
+"""Called in the network thread after each successful CONNACK, with `session_present`; it
+returns the message ids of the SUBSCRIBEs it sent, and the connection counts as connected once
+all are acknowledged (so nothing published right after `wait_connected()` is missed)."""
 OnMessage = Callable[[paho.Client, Any, paho.MQTTMessage], None]
 """paho's own on_message signature: called in the network thread for every message."""
 
@@ -104,6 +106,8 @@ class PahoConnection:
         client.on_disconnect = self._handle_disconnect
         client.on_connect_fail = self._handle_connect_fail
         client.on_publish = self._handle_publish
+        client.on_subscribe = self._handle_subscribe
+        self._awaiting_suback: set[int] = set()
         client.on_message = on_message
         self.client = client
 
@@ -209,12 +213,26 @@ class PahoConnection:
                         reason=str(reason_code))
             return
         self._failures = 0
+        mids: list[int] | None = None
         try:
             if self._on_connect_cb is not None:
-                self._on_connect_cb(client, bool(flags.session_present))
+                mids = self._on_connect_cb(client, bool(flags.session_present))
         except Exception:  # a bug in a callback must not kill the network thread
             log.exception("mqtt.on_connect.error", client_id=self.options.client_id)
-        self._post_connected(True)
+        self._awaiting_suback = set(mids or ())
+        if not self._awaiting_suback:
+            self._post_connected(True)
+
+    def _handle_subscribe(self, client: paho.Client, userdata: Any, mid: int,
+                          reason_codes: Any, properties: Any) -> None:
+        for code in reason_codes:
+            if code.is_failure:
+                log.error("mqtt.subscribe.refused", client_id=self.options.client_id,
+                          reason=str(code))
+        if mid in self._awaiting_suback:
+            self._awaiting_suback.discard(mid)
+            if not self._awaiting_suback:
+                self._post_connected(True)
 
     def _handle_disconnect(self, client: paho.Client, userdata: Any, flags: Any,
                            reason_code: Any, properties: Any) -> None:

@@ -143,20 +143,21 @@ class MqttLink:
 
     # --- network thread ---
 
-    def _handle_connect(self, client: paho.Client, session_present: bool) -> None:
+    def _handle_connect(self, client: paho.Client, session_present: bool) -> list[int] | None:
         # Subscribe on the first connection of this process even when the broker kept our
         # session: a fresh subscription is what makes it send the retained state (resync).
         if self._subscribed_once and session_present:
-            return
+            return None
         self._subscribed_once = True
         opts = SubscribeOptions(qos=1)
         status = self.topics.filter(TopicKind.STATUS)
         if self.settings.shared_group:
             status = f"$share/{self.settings.shared_group}/{status}"
-        client.subscribe([(status, opts), (self.topics.filter(TopicKind.STATE), opts),
-                          (self.topics.filter(TopicKind.ONLINE), opts)])
-        log.info("mqtt.subscribed", client_id=self.settings.client_id,
+        _, mid = client.subscribe([(status, opts), (self.topics.filter(TopicKind.STATE), opts),
+                                   (self.topics.filter(TopicKind.ONLINE), opts)])
+        log.info("mqtt.subscribing", client_id=self.settings.client_id,
                  session_present=session_present, shared_group=self.settings.shared_group)
+        return [mid] if mid is not None else None
 
     def _handle_message(self, client: paho.Client, userdata: Any,
                         msg: paho.MQTTMessage) -> None:
