@@ -1,0 +1,144 @@
+"""Who may write: bearer tokens from `--token-file`, and the secrets webhooks are signed with.
+
+Reads are open (they show what git already shows); every write needs a token.
+Tokens are compared as SHA-256 digests with `hmac.compare_digest` against every
+configured token, so neither the position of a mismatch nor which token matched
+shows in the response time. Without a token file writes are refused outright:
+an API that accepts anonymous `abort` is worse than one that accepts nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class TokenFileError(ValueError):
+    """A token file that cannot be used; the message names the file and what to fix."""
+
+
+class AuthError(Exception):
+    """A write request without an acceptable token: `status` 401 or 403, `code` a stable slug."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+@dataclass(frozen=True)
+class TokenSet:
+    """The bearer tokens allowed to write; empty means writes are disabled.
+
+    Only digests are kept, so a token never sits in memory dumps or reprs in clear.
+    """
+
+    digests: tuple[bytes, ...] = ()
+    source: str | None = field(default=None)
+
+    @classmethod
+    def disabled(cls) -> TokenSet:
+        """No `--token-file`: every write is refused with a message saying how to enable them."""
+        return cls()
+
+    @classmethod
+    def from_tokens(cls, tokens: list[str] | tuple[str, ...],
+                    source: str | None = None) -> TokenSet:
+        cleaned = [t.strip() for t in tokens if t.strip()]
+        return cls(tuple(_digest(t) for t in cleaned), source)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TokenSet:
+        """One token a line; blank lines and lines starting with `#` are ignored.
+
+        A file with no token is an error rather than "writes disabled": the operator
+        asked for tokens, so silently refusing every write would be a surprise.
+        """
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise TokenFileError(f"cannot read token file {p}: {exc.strerror or exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise TokenFileError(f"token file {p} is not UTF-8 text") from exc
+        tokens = [line.strip() for line in text.splitlines()
+                  if line.strip() and not line.strip().startswith("#")]
+        if not tokens:
+            raise TokenFileError(f"token file {p} holds no token: write one token per line")
+        return cls.from_tokens(tokens, str(p))
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.digests)
+
+    def match(self, token: str) -> int | None:
+        """The 1-based index of the matching token, or None; the same work whatever the input."""
+        given = _digest(token)
+        found: int | None = None
+        for i, digest in enumerate(self.digests, start=1):
+            if hmac.compare_digest(given, digest) and found is None:
+                found = i
+        return found
+
+    def authorize(self, header: str | None) -> str:
+        """Check an `Authorization` header; return the actor recorded in the audit trail.
+
+        Raises AuthError: 403 when writes are disabled or the token is wrong,
+        401 when the header is missing or not a bearer token.
+        """
+        if not self.enabled:
+            raise AuthError(403, "writes_disabled",
+                            "writes are disabled on this server: start `fleetwave run` with "
+                            "--token-file FILE (one bearer token per line)")
+        if not header:
+            raise AuthError(401, "unauthorized",
+                            "this request needs a bearer token: send `Authorization: Bearer "
+                            "<token>` (the CLI reads FLEETWAVE_TOKEN)")
+        scheme, _, token = header.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise AuthError(401, "unauthorized",
+                            "the Authorization header must be `Bearer <token>`")
+        index = self.match(token)
+        if index is None:
+            raise AuthError(403, "forbidden",
+                            "the token is not accepted: use one from the server's --token-file")
+        return f"api:token-{index}"
+
+
+@dataclass(frozen=True)
+class WebhookSecrets:
+    """Shared secrets webhook senders sign their bodies with (HMAC-SHA256) or send as a token.
+
+    None for a kind disables that webhook: an unauthenticated webhook would let
+    anyone start a rollout, so there is no "open" mode.
+    """
+
+    git: bytes | None = None
+    registry: bytes | None = None
+
+    @staticmethod
+    def _read(path: str | Path | None) -> bytes | None:
+        if path is None:
+            return None
+        p = Path(path)
+        try:
+            secret = p.read_bytes().strip()
+        except OSError as exc:
+            raise TokenFileError(f"cannot read webhook secret file {p}: "
+                                 f"{exc.strerror or exc}") from exc
+        if not secret:
+            raise TokenFileError(f"webhook secret file {p} is empty")
+        return secret
+
+    @classmethod
+    def from_files(cls, git: str | Path | None = None,
+                   registry: str | Path | None = None) -> WebhookSecrets:
+        return cls(git=cls._read(git), registry=cls._read(registry))
