@@ -88,7 +88,7 @@ def open_store(url: str, *, lock_timeout: float = 10.0, pool_size: int = 5) -> S
             kwargs["poolclass"] = StaticPool
         engine = create_async_engine(target, **kwargs)
         _configure_sqlite(engine, wal=not memory)
-        return Store(engine, where=database)
+        return Store(engine, where=database, path=None if memory else Path(database))
     if backend in ("postgresql", "postgres"):
         target = parsed.set(drivername="postgresql+psycopg")
         engine = create_async_engine(
@@ -140,9 +140,10 @@ def _quantile(sorted_values: Sequence[float], q: float) -> float:
 class Store:
     """Async access to fleetwave's database; one per process, shared by all tasks."""
 
-    def __init__(self, engine: AsyncEngine, *, where: str) -> None:
+    def __init__(self, engine: AsyncEngine, *, where: str, path: Path | None = None) -> None:
         self._engine = engine
         self._where = where
+        self._path = path
         self._postgres = engine.dialect.name == "postgresql"
         self._insert = postgresql.insert if self._postgres else sqlite.insert
 
@@ -202,6 +203,11 @@ class Store:
 
         Refuses a database migrated by a newer fleetwave, which this code could corrupt.
         """
+
+        if self._path is not None and not self._path.parent.is_dir():
+            # Checked here because aiosqlite leaves a worker thread behind when open fails.
+            raise StoreError(f"cannot open the SQLite database {self._where}: its directory "
+                             f"does not exist; create it or change --store")
 
         async def work(conn: AsyncConnection) -> None:
             await conn.run_sync(self._upgrade)
