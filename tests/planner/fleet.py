@@ -46,7 +46,7 @@ def make_rollout(name: str = "agent-1-0-6", *, source: str = "folder", generatio
                           "rollbackFailedDevices": True},
     }
     for key, value in spec.items():
-        if isinstance(value, dict) and isinstance(doc_spec.get(key), dict):
+        if key != "selector" and isinstance(value, dict) and isinstance(doc_spec.get(key), dict):
             doc_spec[key] = {**doc_spec[key], **value}
         else:
             doc_spec[key] = value
@@ -81,12 +81,12 @@ class FakeFleet:
     """Devices, records and rollout states; `step(now)` plans once and plays the result."""
 
     def __init__(self, rollouts: list[Rollout], devices: list[DeviceView],
-                 behaviour: Behaviour = always("succeed")) -> None:
+                 behaviour: Behaviour | None = None) -> None:
         self.rollouts = rollouts
         self.devices = {d.uuid: d for d in devices}
         self.records: dict[str, dict[str, list[UpdateRecord]]] = {r.name: {} for r in rollouts}
         self.states: dict[str, RolloutState] = {}
-        self.behaviour = behaviour
+        self.behaviour = behaviour or always("succeed")
         self.cache = HashCache()
         self.sent: list[tuple[float, str, str]] = []  # (time, device, action)
         self.log: list[Plan] = []
