@@ -1,0 +1,189 @@
+"""chart/: `helm lint --strict` and `helm template` (Helm 3 from scripts/lib/tools.sh) for
+every values file under chart/ci/, each rendered object checked against the Kubernetes
+1.33 OpenAPI schemas, our CRD schemas, or the Prometheus Operator fields the chart uses.
+No API server runs here, so this is the closest to `helm install` the tests can get."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.deploy.conftest import CHART, CI_VALUES, NAMESPACE, RELEASE, Renderer
+from tests.deploy.kube import Doc, custom_resource_validators, name_of, validate
+from tests.deploy.test_manifests import EXPECTED_CLUSTER_RULES, EXPECTED_LEASE_RULES
+from tests.deploy.tools import ROOT, run_tool
+from tests.deploy.workload import workload_problems
+
+CI_IDS = [p.stem for p in CI_VALUES]
+REQUIRED_CI = {"default-values", "standalone-sqlite-values", "operator-postgres-values",
+               "monitoring-enabled-values"}
+
+
+def kinds(docs: list[Doc], kind: str) -> list[Doc]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def only(docs: list[Doc], kind: str) -> Doc:
+    [doc] = kinds(docs, kind)
+    return doc
+
+
+def test_the_ci_values_files_cover_the_main_setups() -> None:
+    assert set(CI_IDS) >= REQUIRED_CI
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=CI_IDS)
+def test_helm_lint_strict(values: Path, helm: tuple[Path, dict[str, str]]) -> None:
+    binary, env = helm
+    result = run_tool([binary, "lint", "--strict", CHART, "--namespace", NAMESPACE, "-f", values],
+                      env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=CI_IDS)
+def test_rendered_objects_are_valid(values: Path, chart: Renderer, crds: list[Doc]) -> None:
+    docs = chart.render("-f", str(values))
+    custom = custom_resource_validators(crds)
+    errors = {name_of(d): validate(d, custom) for d in docs}
+    assert not {k: v for k, v in errors.items() if v}
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=CI_IDS)
+def test_rendered_deployment_is_restricted_and_probed(values: Path, chart: Renderer) -> None:
+    docs = chart.render("-f", str(values))
+    deployment = only(docs, "Deployment")
+    assert workload_problems(deployment) == []
+    labels = deployment["metadata"]["labels"]
+    for key in ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
+                "app.kubernetes.io/managed-by", "helm.sh/chart"):
+        assert key in labels
+    service = only(docs, "Service")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert [p["name"] for p in service["spec"]["ports"]] == ["http"]
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=CI_IDS)
+def test_every_object_carries_the_standard_labels(values: Path, chart: Renderer) -> None:
+    for doc in chart.render("-f", str(values)):
+        labels = doc["metadata"].get("labels", {})
+        assert labels.get("app.kubernetes.io/instance") == RELEASE, name_of(doc)
+        assert labels.get("app.kubernetes.io/managed-by") == "Helm", name_of(doc)
+
+
+def env_of(deployment: Doc) -> dict[str, dict[str, object]]:
+    return {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def test_default_is_one_operator_on_sqlite_with_minimal_rbac(chart: Renderer) -> None:
+    docs = chart.render()
+    deployment = only(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["containers"][0]["args"] == ["operator"]
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert only(docs, "ClusterRole")["rules"] == EXPECTED_CLUSTER_RULES
+    assert only(docs, "Role")["rules"] == EXPECTED_LEASE_RULES
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    claim = only(docs, "PersistentVolumeClaim")
+    assert volumes["data"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    config = only(docs, "ConfigMap")["data"]
+    assert config["FLEETWAVE_STORE"] == "sqlite:////data/fleetwave.db"
+    assert config["FLEETWAVE_LISTEN"] == "0.0.0.0:8080"
+    assert config["FLEETWAVE_LEADER_ELECTION"] == "true"
+    assert not kinds(docs, "Secret"), "the chart creates no Secret: it points at existing ones"
+    assert not [d for d in docs if d["apiVersion"].startswith("monitoring.coreos.com")]
+    assert not [d for d in docs if d["metadata"].get("labels", {}).get("grafana_dashboard")]
+
+
+def test_standalone_runs_git_source_without_kubernetes_api(chart: Renderer) -> None:
+    docs = chart.render("-f", str(CHART / "ci" / "standalone-sqlite-values.yaml"))
+    deployment = only(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["containers"][0]["args"] == ["run"]
+    assert pod["automountServiceAccountToken"] is False
+    assert not [d for d in docs if d["kind"] in ("ClusterRole", "Role", "ClusterRoleBinding",
+                                                 "RoleBinding", "CustomResourceDefinition")]
+    config = only(docs, "ConfigMap")["data"]
+    assert config["FLEETWAVE_SOURCE"] == "ssh://git@git.example.com/fleet/rollouts.git"
+    assert config["FLEETWAVE_BRANCH"] == "production"
+    assert config["FLEETWAVE_PATH"] == "/rollouts"
+    assert config["FLEETWAVE_BROKER_CA_FILE"] == "/etc/fleetwave/broker-ca/ca.crt"
+    assert config["FLEETWAVE_GIT_SSH_KEY_FILE"].startswith("/etc/fleetwave/git/")
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["data"]["persistentVolumeClaim"]["claimName"] == "fleetwave-sqlite"
+    assert volumes["git-credentials"]["secret"]["secretName"] == "fleetwave-git"
+    assert not kinds(docs, "PersistentVolumeClaim"), "an existing claim is used, none created"
+    env = env_of(deployment)
+    assert env["FLEETWAVE_BROKER_PASSWORD"]["valueFrom"] == {
+        "secretKeyRef": {"name": "fleetwave-broker", "key": "password"}}
+
+
+def test_operator_on_postgres_scales_out_with_leader_election(chart: Renderer) -> None:
+    docs = chart.render("-f", str(CHART / "ci" / "operator-postgres-values.yaml"))
+    deployment = only(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    env = env_of(deployment)
+    assert env["FLEETWAVE_STORE"]["valueFrom"] == {
+        "secretKeyRef": {"name": "fleetwave-postgres", "key": "url"}}
+    assert "FLEETWAVE_STORE" not in only(docs, "ConfigMap")["data"]
+    assert only(docs, "ConfigMap")["data"]["FLEETWAVE_LEASE_NAME"] == "fleetwave-planner"
+    assert not kinds(docs, "PersistentVolumeClaim")
+    assert only(docs, "Role")["rules"] == EXPECTED_LEASE_RULES
+    crds = kinds(docs, "CustomResourceDefinition")
+    assert crds and all("annotations" not in c["metadata"] for c in crds)
+
+
+def test_monitoring_objects_carry_the_shipped_rules_and_dashboard(chart: Renderer) -> None:
+    docs = chart.render("-f", str(CHART / "ci" / "monitoring-enabled-values.yaml"))
+    monitor = only(docs, "ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["port"] == "http"
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    service = only(docs, "Service")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= service["metadata"]["labels"].items()
+
+    rule = only(docs, "PrometheusRule")
+    shipped = yaml.safe_load((ROOT / "examples" / "grafana" / "alerts.yaml").read_text())
+    assert rule["spec"] == {"groups": shipped["groups"]}
+
+    [dashboard] = [d for d in kinds(docs, "ConfigMap")
+                   if d["metadata"].get("labels", {}).get("grafana_dashboard") == "1"]
+    assert dashboard["metadata"]["namespace"] == "monitoring"
+    assert dashboard["metadata"]["annotations"] == {"grafana_folder": "fleetwave"}
+    shipped_dashboard = (ROOT / "examples" / "grafana" / "fleetwave-dashboard.json").read_text()
+    assert json.loads(dashboard["data"]["fleetwave.json"]) == json.loads(shipped_dashboard)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    pytest.param(["--set", "mode=cluster"], "mode", id="unknown-mode"),
+    pytest.param(["--set", "store.type=mysql"], "store.type", id="unknown-store"),
+    pytest.param(["--set", "brokr.url=mqtt://x:1883"], "brokr", id="misspelt-value"),
+    pytest.param(["--set", "broker.url=http://x"], "broker.url", id="broker-not-mqtt"),
+    pytest.param(["--set", "replicaCount=2"], "store.type=postgres", id="replicas-on-sqlite"),
+    pytest.param(["--set", "replicaCount=2", "--set", "store.type=postgres",
+                  "--set", "store.postgres.existingSecret=pg",
+                  "--set", "leaderElection.enabled=false"], "leaderElection",
+                 id="replicas-no-leader"),
+    pytest.param(["--set", "store.type=postgres"], "existingSecret", id="postgres-without-secret"),
+    pytest.param(["--set", "mode=standalone"], "source.url", id="standalone-without-source"),
+])
+def test_bad_values_fail_with_a_message_naming_the_value(
+        args: list[str], message: str, chart: Renderer) -> None:
+    result = chart.run(*args)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+
+
+def test_values_schema_is_valid_json_schema() -> None:
+    import jsonschema
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert list(jsonschema.Draft7Validator(schema).iter_errors(values)) == []
