@@ -5,14 +5,15 @@ from __future__ import annotations
 
 def rollout(name: str, version: str, component: str = "agent") -> str:
     return (f"apiVersion: fleetwave.io/v1alpha1\nkind: Rollout\nmetadata: {{name: {name}}}\n"
-            f"spec:\n  component: {component}\n  version: \"{version}\"\n")
+            f"spec:\n  component: {component}\n  version: \"{version}\"\n"
+            "  selector: {matchLabels: {device_type: rpi4}}\n")
 
 
 def broken_rollout(name: str) -> str:
     """A Rollout whose only error is `spec.strategy.steps[0].percent` on line 9."""
     return (f"apiVersion: fleetwave.io/v1alpha1\nkind: Rollout\nmetadata: {{name: {name}}}\n"
             "spec:\n  component: agent\n  version: \"9.9.9\"\n  strategy:\n    steps:\n"
-            "      - {percent: 250}\n")
+            "      - {percent: 250}\n  selector: {matchLabels: {device_type: rpi4}}\n")
 
 
 BROKEN_LINE = 9
@@ -20,11 +21,12 @@ BROKEN_FIELD = "spec.strategy.steps[0].percent"
 
 
 def inventory(name: str, devices: dict[str, dict[str, str]]) -> str:
-    lines = [f"apiVersion: fleetwave.io/v1alpha1\nkind: DeviceInventory\nmetadata: {{name: {name}}}",
-             "spec:", "  devices:"]
+    lines = ["apiVersion: fleetwave.io/v1alpha1", "kind: DeviceInventory",
+             f"metadata: {{name: {name}}}", "spec:", "  devices:"]
     for uuid, labels in devices.items():
         lines.append(f"    - uuid: {uuid}")
-        lines.append("      labels: {" + ", ".join(f"{k}: \"{v}\"" for k, v in labels.items()) + "}")
+        pairs = ", ".join(f'{k}: "{v}"' for k, v in labels.items())
+        lines.append("      labels: {" + pairs + "}")
     return "\n".join(lines) + "\n"
 
 
