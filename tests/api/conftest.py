@@ -8,15 +8,16 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from fleetwave.api.auth import TokenSet, WebhookSecrets
+from fleetwave.api.auth import TokenSet
 from fleetwave.api.server import build_app
+from fleetwave.api.webhooks import WebhookSecrets
 from fleetwave.metrics import Metrics, build_metrics
 from tests.api.fake_control import FakeControl
 
 TOKEN = "t0ken-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-GIT_SECRET = b"git-secret"
-REGISTRY_SECRET = b"registry-secret"
+WEBHOOK_SECRET = b"webhook-secret"
+WEBHOOK_TOKEN = "webhook-token"
 MAX_BODY = 64 * 1024
 
 
@@ -39,7 +40,7 @@ def tokens() -> TokenSet:
 async def client(control: FakeControl, metrics: Metrics,
                  tokens: TokenSet) -> AsyncIterator[TestClient[web.Request, web.Application]]:
     app = build_app(control, metrics, tokens,
-                    webhook_secrets=WebhookSecrets(git=GIT_SECRET, registry=REGISTRY_SECRET),
+                    webhook_secrets=WebhookSecrets.of(WEBHOOK_SECRET, [WEBHOOK_TOKEN]),
                     max_body=MAX_BODY)
     async with TestClient(TestServer(app, host="127.0.0.1")) as c:
         yield c

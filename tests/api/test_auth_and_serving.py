@@ -10,7 +10,7 @@ import pytest
 import structlog
 from aiohttp.test_utils import TestClient, TestServer
 
-from fleetwave.api.auth import TokenFileError, TokenSet, WebhookSecrets
+from fleetwave.api.auth import TokenFileError, TokenSet
 from fleetwave.api.server import ListenError, build_app, parse_listen, serve
 from fleetwave.metrics import build_metrics
 from tests.api.conftest import AUTH, TOKEN
@@ -40,15 +40,6 @@ def test_unusable_token_file_says_why(tmp_path: Path, content: str | None, messa
         TokenSet.from_file(path)
 
 
-def test_webhook_secrets_from_files(tmp_path: Path) -> None:
-    (tmp_path / "git").write_text("s3cret\n")
-    secrets = WebhookSecrets.from_files(git=tmp_path / "git")
-    assert secrets == WebhookSecrets(git=b"s3cret", registry=None)
-    (tmp_path / "empty").write_text("\n")
-    with pytest.raises(TokenFileError, match="empty"):
-        WebhookSecrets.from_files(registry=tmp_path / "empty")
-
-
 async def test_without_token_file_writes_are_refused_with_advice() -> None:
     control = FakeControl()
     app = build_app(control, build_metrics(), TokenSet.disabled())
@@ -60,8 +51,8 @@ async def test_without_token_file_writes_are_refused_with_advice() -> None:
         assert (await client.get("/api/v1/rollouts")).status == 200
         body = b'{"ref": "main"}'
         resp = await client.post("/api/v1/webhooks/git", data=body)
-        assert resp.status == 403
-        assert (await resp.json())["error"]["code"] == "webhook_disabled"
+        assert resp.status == 401
+        assert "no secret configured" in (await resp.json())["error"]["message"]
     assert control.calls == []
 
 

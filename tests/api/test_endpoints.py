@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from fleetwave.metrics import Metrics
-from tests.api.conftest import AUTH, GIT_SECRET, MAX_BODY, REGISTRY_SECRET
+from tests.api.conftest import AUTH, MAX_BODY, WEBHOOK_SECRET, WEBHOOK_TOKEN
 from tests.api.fake_control import FakeControl
 
 Client = TestClient[web.Request, web.Application]
@@ -324,45 +324,73 @@ async def test_engine_bug_is_an_opaque_500(client: Client, control: FakeControl)
     assert "secret internals" not in err["message"]
 
 
-# ---- webhooks ------------------------------------------------------------------------------
+# ---- webhooks (verification and parsing live in fleetwave.api.webhooks) -------------------
 
-def signed(body: bytes, secret: bytes) -> dict[str, str]:
+def signed(body: bytes, secret: bytes = WEBHOOK_SECRET, **extra: str) -> dict[str, str]:
     digest = hmac.new(secret, body, hashlib.sha256).hexdigest()
-    return {"X-Hub-Signature-256": f"sha256={digest}", "Content-Type": "application/json"}
+    return {"X-Hub-Signature-256": f"sha256={digest}", "Content-Type": "application/json",
+            **extra}
+
+
+GIT_PUSH = json.dumps({"ref": "refs/heads/main", "after": "a" * 40,
+                       "repository": {"full_name": "acme/rollouts"}}).encode()
+DOCKER_HUB_PUSH = json.dumps({"repository": {"repo_name": "acme/app"},
+                              "push_data": {"tag": "2.0.1"}}).encode()
 
 
 async def test_git_webhook_signed_syncs(client: Client, control: FakeControl) -> None:
-    body = json.dumps({"ref": "refs/heads/main"}).encode()
-    resp = await client.post("/api/v1/webhooks/git", data=body, headers=signed(body, GIT_SECRET))
+    resp = await client.post("/api/v1/webhooks/git", data=GIT_PUSH,
+                             headers=signed(GIT_PUSH, **{"X-GitHub-Event": "push"}))
     assert resp.status == 202
+    assert (await resp.json())["ref"] == "refs/heads/main"
     assert control.calls[-1] == ("git_push", {"ref": "refs/heads/main"})
 
 
-async def test_registry_webhook_signed_reaches_policies(client: Client,
-                                                        control: FakeControl) -> None:
-    body = json.dumps({"repository": {"repo_name": "acme/app"},
-                       "push_data": {"tag": "2.0.1"}}).encode()
-    resp = await client.post("/api/v1/webhooks/registry", data=body,
-                             headers=signed(body, REGISTRY_SECRET))
-    assert resp.status == 200
-    assert (await resp.json())["items"] == [{"outcome": "ignored"}]
-    assert control.calls[-1][0] == "registry_pushes"
-
-
-@pytest.mark.parametrize("path", ["/api/v1/webhooks/git", "/api/v1/webhooks/registry"])
-@pytest.mark.parametrize("headers", [
-    pytest.param({"Content-Type": "application/json"}, id="unsigned"),
-    pytest.param({"X-Hub-Signature-256": "sha256=" + "0" * 64}, id="bad-signature"),
-    pytest.param(signed(b'{"ref": "other"}', GIT_SECRET), id="signature-of-another-body"),
-])
-async def test_webhook_bad_signature_is_401(client: Client, control: FakeControl, path: str,
-                                            headers: dict[str, str]) -> None:
-    await error_of(await client.post(path, data=b'{"ref": "refs/heads/main"}',
-                                     headers=headers), 401)
+async def test_git_webhook_ping_is_ignored(client: Client, control: FakeControl) -> None:
+    body = b'{"zen": "hello"}'
+    resp = await client.post("/api/v1/webhooks/git", data=body,
+                             headers=signed(body, **{"X-GitHub-Event": "ping"}))
+    assert (resp.status, (await resp.json())["accepted"]) == (200, False)
     assert control.calls == []
 
 
-async def test_webhook_signed_but_malformed_is_400(client: Client) -> None:
-    body = b"not json"
-    await error_of(await client.post("/api/v1/webhooks/git", data=body,
-                                     headers=signed(body, GIT_SECRET)), 400)
+async def test_registry_webhook_with_token_reaches_policies(client: Client,
+                                                           control: FakeControl) -> None:
+    resp = await client.post("/api/v1/webhooks/registry", data=DOCKER_HUB_PUSH,
+                             params={"token": WEBHOOK_TOKEN},
+                             headers={"Content-Type": "application/json"})
+    assert resp.status == 200
+    assert (await resp.json())["items"] == [{"outcome": "ignored"}]
+    name, args = control.calls[-1]
+    assert name == "registry_pushes"
+    assert [p.image for p in args["pushes"]] == ["acme/app:2.0.1"]
+
+
+@pytest.mark.parametrize(("path", "body"), [("/api/v1/webhooks/git", GIT_PUSH),
+                                            ("/api/v1/webhooks/registry", DOCKER_HUB_PUSH)])
+@pytest.mark.parametrize("headers", [
+    pytest.param({"Content-Type": "application/json"}, id="unsigned"),
+    pytest.param({"X-Hub-Signature-256": "sha256=" + "0" * 64}, id="bad-signature"),
+    pytest.param(signed(b'{"ref": "other"}'), id="signature-of-another-body"),
+    pytest.param(signed(GIT_PUSH + DOCKER_HUB_PUSH, b"wrong-secret"), id="wrong-secret"),
+])
+async def test_webhook_bad_signature_is_401(client: Client, control: FakeControl, path: str,
+                                            body: bytes, headers: dict[str, str]) -> None:
+    assert (await error_of(await client.post(path, data=body, headers=headers),
+                           401))["code"] == "unauthorized"
+    assert control.calls == []
+
+
+@pytest.mark.parametrize("path", ["/api/v1/webhooks/git", "/api/v1/webhooks/registry"])
+@pytest.mark.parametrize("body", [b"not json", b"[1]", b'{"unknown": "shape"}'])
+async def test_webhook_signed_but_malformed_is_400(client: Client, control: FakeControl,
+                                                   path: str, body: bytes) -> None:
+    err = await error_of(await client.post(path, data=body, headers=signed(body)), 400)
+    assert err["code"] == "malformed_payload"
+    assert control.calls == []
+
+
+async def test_webhook_oversized_is_413(client: Client) -> None:
+    body = b'{"pad": "' + b"x" * MAX_BODY + b'"}'
+    await error_of(await client.post("/api/v1/webhooks/registry", data=body,
+                                     headers=signed(body)), 413)

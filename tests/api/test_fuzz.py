@@ -11,8 +11,9 @@ import os
 import sys
 from pathlib import Path
 
-from fleetwave.api.auth import TokenSet, WebhookSecrets
+from fleetwave.api.auth import TokenSet
 from fleetwave.api.server import build_app, serve
+from fleetwave.api.webhooks import WebhookSecrets
 from fleetwave.metrics import build_metrics
 from tests.api.conftest import TOKEN
 from tests.api.fake_control import FakeControl
@@ -22,7 +23,7 @@ ST = Path(sys.executable).with_name("st")
 
 async def test_schemathesis_finds_no_server_error(tmp_path: Path) -> None:
     app = build_app(FakeControl(), build_metrics(), TokenSet.from_tokens([TOKEN]),
-                    webhook_secrets=WebhookSecrets(git=b"g", registry=b"r"),
+                    webhook_secrets=WebhookSecrets.of(b"webhook-secret"),
                     max_body=64 * 1024)
     runner = await serve(app, "127.0.0.1:0")
     try:

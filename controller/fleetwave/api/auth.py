@@ -1,4 +1,4 @@
-"""Who may write: bearer tokens from `--token-file`, and the secrets webhooks are signed with.
+"""Who may write: the bearer tokens of `--token-file`.
 
 Reads are open (they show what git already shows); every write needs a token.
 Tokens are compared as SHA-256 digests with `hmac.compare_digest` against every
@@ -111,34 +111,3 @@ class TokenSet:
             raise AuthError(403, "forbidden",
                             "the token is not accepted: use one from the server's --token-file")
         return f"api:token-{index}"
-
-
-@dataclass(frozen=True)
-class WebhookSecrets:
-    """Shared secrets webhook senders sign their bodies with (HMAC-SHA256) or send as a token.
-
-    None for a kind disables that webhook: an unauthenticated webhook would let
-    anyone start a rollout, so there is no "open" mode.
-    """
-
-    git: bytes | None = None
-    registry: bytes | None = None
-
-    @staticmethod
-    def _read(path: str | Path | None) -> bytes | None:
-        if path is None:
-            return None
-        p = Path(path)
-        try:
-            secret = p.read_bytes().strip()
-        except OSError as exc:
-            raise TokenFileError(f"cannot read webhook secret file {p}: "
-                                 f"{exc.strerror or exc}") from exc
-        if not secret:
-            raise TokenFileError(f"webhook secret file {p} is empty")
-        return secret
-
-    @classmethod
-    def from_files(cls, git: str | Path | None = None,
-                   registry: str | Path | None = None) -> WebhookSecrets:
-        return cls(git=cls._read(git), registry=cls._read(registry))

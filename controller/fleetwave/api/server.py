@@ -11,9 +11,8 @@ Every response is JSON (except `/metrics`), every error is
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import date, datetime
@@ -25,9 +24,16 @@ import prometheus_client
 import structlog
 from aiohttp import web
 
-from fleetwave.api.auth import AuthError, TokenSet, WebhookSecrets
+from fleetwave.api.auth import AuthError, TokenSet
 from fleetwave.api.openapi import build_openapi
 from fleetwave.api.ports import ControlError, ControlOp, ControlPlane
+from fleetwave.api.webhooks import (
+    Ignored,
+    WebhookError,
+    WebhookSecrets,
+    verify_git_webhook,
+    verify_registry_webhook,
+)
 from fleetwave.metrics import Metrics
 from fleetwave.resources.durations import DurationError, parse_duration
 from fleetwave.resources.schema import PHASES
@@ -114,6 +120,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_response(exc.status, exc.code, exc.message, headers)
     except ControlError as exc:
         return error_response(exc.status, exc.code, exc.message)
+    except WebhookError as exc:
+        return error_response(exc.status, _snake(exc.code), str(exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -412,81 +420,28 @@ async def list_updates(request: web.Request) -> web.Response:
     return json_response({"items": await _control(request).list_updates(state, older_than)})
 
 
-def _webhook_secret(secret: bytes | None, kind: str) -> bytes:
-    if secret is None:
-        raise ApiError(403, "webhook_disabled",
-                       f"the {kind} webhook is disabled: configure its secret on the server "
-                       "(webhooks are only accepted signed)")
-    return secret
-
-
-SIGNATURE_HEADERS = ("X-Hub-Signature-256", "X-Fleetwave-Signature", "X-Gitea-Signature",
-                     "X-Gogs-Signature")
-TOKEN_HEADERS = ("X-Gitlab-Token", "X-Registry-Token")
-
-
-def _verify_signature(headers: Mapping[str, str], body: bytes, secret: bytes) -> None:
-    """HMAC-SHA256 of the body (GitHub, Gitea, our own header) or the shared secret as a
-    token (GitLab, Harbor's Authorization header); compared in constant time.
-
-    A stand-in until the webhook parsers of `fleetwave.api.webhooks` land: they own the
-    formats of each sender.
-    """
-    expected = hmac.new(secret, body, hashlib.sha256).hexdigest().encode()
-    for name in SIGNATURE_HEADERS:
-        value = headers.get(name)
-        if value is not None:
-            given = value.strip().removeprefix("sha256=").encode()
-            if hmac.compare_digest(given, expected):
-                return
-            raise ApiError(401, "bad_signature",
-                           f"the {name} signature does not match the body: check the "
-                           "webhook secret on both sides")
-    token_values = [headers.get(h) for h in TOKEN_HEADERS]
-    auth = headers.get("Authorization")
-    if auth:
-        token_values.append(auth.split(" ", 1)[-1])
-    for value in token_values:
-        if value is not None:
-            if hmac.compare_digest(hashlib.sha256(value.strip().encode()).digest(),
-                                   hashlib.sha256(secret).digest()):
-                return
-            raise ApiError(401, "bad_signature",
-                           "the webhook token does not match: check the webhook secret")
-    raise ApiError(401, "missing_signature",
-                   "the webhook is not signed: send X-Hub-Signature-256: sha256=<hmac of the "
-                   "body> (or the sender's token header)")
-
-
-def _webhook_json(body: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise ApiError(400, "invalid_json", f"the webhook body is not valid JSON: {exc}") \
-            from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "invalid_body", "the webhook body must be a JSON object")
-    return data
+def _snake(code: str) -> str:
+    """`MalformedPayload` -> `malformed_payload`: one spelling of error codes across the API."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", code).lower()
 
 
 async def git_webhook(request: web.Request) -> web.Response:
+    """A verified push syncs the git source now; verified non-pushes (ping) are answered 200."""
     body = await request.read()
-    secret = _webhook_secret(request.app[SECRETS_KEY].git, "git")
-    _verify_signature(request.headers, body, secret)
-    payload = _webhook_json(body)
-    ref = payload.get("ref")
-    if ref is not None and not isinstance(ref, str):
-        raise ApiError(400, "invalid_body", "`ref` must be a string")
-    await _control(request).git_push(ref)
-    return json_response({"accepted": True, "ref": ref}, status=202)
+    push = verify_git_webhook(request.headers, body, request.app[SECRETS_KEY],
+                              max_body=request.app[MAX_BODY_KEY])
+    if isinstance(push, Ignored):
+        return json_response({"accepted": False,
+                              "ignored": {"event": push.event, "reason": push.reason}})
+    await _control(request).git_push(push.ref)
+    return json_response({"accepted": True, "ref": push.ref, "after": push.after}, status=202)
 
 
 async def registry_webhook(request: web.Request) -> web.Response:
     body = await request.read()
-    secret = _webhook_secret(request.app[SECRETS_KEY].registry, "registry")
-    _verify_signature(request.headers, body, secret)
-    payload = _webhook_json(body)
-    outcomes = await _control(request).registry_pushes([payload])
+    pushes = verify_registry_webhook(request.headers, body, request.app[SECRETS_KEY],
+                                     query=request.query, max_body=request.app[MAX_BODY_KEY])
+    outcomes = await _control(request).registry_pushes(pushes) if pushes else []
     return json_response({"items": outcomes})
 
 
@@ -518,7 +473,11 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
 def build_app(control: ControlPlane, metrics: Metrics, tokens: TokenSet, *,
               webhook_secrets: WebhookSecrets | None = None,
               max_body: int = MAX_BODY) -> web.Application:
-    """The API application; the caller owns the control plane's and the server's lifetimes."""
+    """The API application; the caller owns the control plane's and the server's lifetimes.
+
+    `webhook_secrets` authenticate both webhooks (HMAC key and/or shared tokens);
+    without them every webhook delivery is refused with 401.
+    """
     app = web.Application(client_max_size=max_body,
                           middlewares=[_access_log, _errors])
     app[CONTROL_KEY] = control
