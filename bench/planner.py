@@ -18,10 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "controller"))
 
-from fleetwave.planner.model import DeviceView, HashCache, RolloutState  # noqa: E402
-from fleetwave.planner.plan import plan_fleet, record_ids  # noqa: E402
-from fleetwave.resources.model import Rollout, SourceRef, resource_from  # noqa: E402
-from fleetwave.updates.model import Health, Reason, UpdateRecord, UpdateState  # noqa: E402
+from fleetwave.planner.model import DeviceView, HashCache, RolloutState
+from fleetwave.planner.plan import plan_fleet, record_ids
+from fleetwave.resources.model import Rollout, SourceRef, resource_from
+from fleetwave.updates.model import Health, Reason, UpdateRecord, UpdateState
 
 NOW = 1_790_000_000.0
 

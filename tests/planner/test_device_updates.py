@@ -204,4 +204,4 @@ def test_decisions_are_accepted_by_the_state_machine() -> None:
     d = next(a for a in p.actions if isinstance(a, Decide))
     t = apply_decision(record, d.decision)
     assert t.record is not None and t.record.state == UpdateState.TIMEOUT
-    assert DecisionKind.TIMEOUT == d.decision.kind
+    assert d.decision.kind == DecisionKind.TIMEOUT

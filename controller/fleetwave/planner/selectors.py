@@ -38,8 +38,9 @@ def compile_selector(selector: Selector, exclude: tuple[str, ...] = ()) -> Match
     """A predicate: the device is targeted by `selector` and not excluded.
 
     A device listed in `devices` is targeted whatever its labels; otherwise all of
-    matchLabels and matchExpressions must hold. An empty selector targets nobody:
-    a Rollout that forgets its selector must not update the whole fleet.
+    matchLabels and matchExpressions must hold. An empty selector (`selector: {}`)
+    targets every device, as in Kubernetes; the schema requires the field, so a Rollout
+    that forgets its selector fails validation instead of reaching the whole fleet.
     """
     excluded = frozenset(exclude)
     explicit = frozenset(selector.devices)
@@ -56,7 +57,7 @@ def compile_selector(selector: Selector, exclude: tuple[str, ...] = ()) -> Match
         if uuid in explicit:
             return True
         if not has_label_terms:
-            return False
+            return not explicit
         labels = device.labels
         for key, value in labels_items:
             if labels.get(key) != value:
