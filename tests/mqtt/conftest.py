@@ -35,6 +35,16 @@ class Collector:
                 await self._changed.wait()
 
 
+async def until(predicate: Callable[[], bool], within: float = 10.0) -> None:
+    """Poll a condition owned by another thread (paho's), failing after `within` seconds."""
+    steps = int(within / 0.02)
+    for _ in range(steps):
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"condition not met within {within} s")
+
+
 def settings_for(broker: RunningBroker, **kw: object) -> MqttSettings:
     user, password = broker.controller
     base: dict[str, object] = {"url": broker.url, "username": user, "password": password,

@@ -117,7 +117,7 @@ def test_device_cannot_read_another_devices_topics(
 
 def test_device_cannot_publish_on_another_devices_topics(
         clients: tuple[Client, Client, Client]) -> None:
-    a, b, controller = clients
+    a, _, controller = clients
     for kind in ("status", "state", "online"):
         assert controller.subscribe(f"iot/device/+/agent/{kind}")
     for topic in (T.status(B), T.state(B), T.online(B)):

@@ -13,7 +13,7 @@ from fleetwave.mqtt import MqttLink
 from fleetwave.mqtt.connection import ConnectionOptions, PahoConnection
 from fleetwave.protocol.messages import Command, DeviceMessage, ReportedState, Status
 from fleetwave.protocol.topics import Topics
-from tests.mqtt.conftest import Collector, settings_for
+from tests.mqtt.conftest import Collector, settings_for, until
 from tests.support.broker import RunningBroker
 
 T = Topics()
@@ -158,9 +158,7 @@ async def test_commands_are_retained_and_cleared(
     sub.subscribe(T.filter(T.parse(T.update("x"))[0]), qos=1)  # type: ignore[index]
     sub.loop_start()
     try:
-        async with asyncio.timeout(10):
-            while len(received) < count - 1:
-                await asyncio.sleep(0.05)
+        await until(lambda: len(received) >= count - 1)
     finally:
         sub.loop_stop()
         sub.disconnect()
@@ -192,9 +190,7 @@ async def test_reconnects_after_broker_outage(broker: RunningBroker,
                                               metrics: Metrics) -> None:
     controller, _ = link
     await asyncio.to_thread(broker.stop)
-    async with asyncio.timeout(5):
-        while controller.connected:
-            await asyncio.sleep(0.02)
+    await until(lambda: not controller.connected, within=5)
     assert metrics.registry.get_sample_value("fleetwave_mqtt_connected") == 0
     await asyncio.sleep(1.0)  # a few failed attempts (back-off with jitter)
     await asyncio.to_thread(broker.start)
