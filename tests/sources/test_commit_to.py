@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from fleetwave.resources.model import RolloutPolicy
+from fleetwave.resources.model import Rollout, RolloutPolicy
 from fleetwave.sources.base import SourceError
 from fleetwave.sources.git import GitCommitter, GitSource
-from fleetwave.sources.policies import evaluate_push
+from fleetwave.sources.policies import PolicyRollouts, evaluate_push
 from fleetwave.sources.pushes import ImagePush
+from fleetwave.sources.registry import RegistryPushHandler
 from tests.sources.documents import policy, rollout
 from tests.support.git import BareRepo, GitDaemon, GitHttp
 
@@ -83,3 +84,39 @@ async def test_push_to_an_unreachable_remote_is_a_source_error(
     git_daemon.stop()
     with pytest.raises(SourceError, match="cannot fetch"):
         await GitCommitter(git_daemon.url(), workdir=tmp_path / "c").commit(generated)
+
+
+class TestRegistryPushHandler:
+    """The engine's registry handler: commit with commitTo, else keep in the registry."""
+
+    async def test_commit_to_goes_to_git_and_triggers_the_source(
+            self, git_repo: BareRepo, git_daemon: GitDaemon, tmp_path: Path) -> None:
+        git_repo.commit({"policies/app.yaml": policy("app-auto", "acme/app:*",
+                                                     commit_to="rollouts/generated")})
+        source = GitSource(git_daemon.url(), workdir=tmp_path / "s", poll_interval=60)
+        snap = await source.sync()
+        kept: list[Rollout] = []
+        handler = RegistryPushHandler(
+            policies=lambda: snap.policies, versions=lambda: {"app": {"1.0.0"}},
+            rollouts=lambda: snap.rollouts, registry=PolicyRollouts(), on_rollout=kept.append,
+            committer=GitCommitter(git_daemon.url(), workdir=tmp_path / "c"), source=source)
+        push = ImagePush("acme/app", "2.0.1", delivery_id="d1")
+        [item] = await handler([push])
+        assert item["created"] and item["path"] == "rollouts/generated/app-auto-2-0-1.yaml"
+        assert kept == []
+        assert (await source.sync()).rollouts["app-auto-2-0-1"].source.kind == "git"
+        [again] = await handler([push])
+        assert again["created"] is False and again["reason"] == "DuplicateDelivery"
+
+    async def test_without_commit_to_the_registry_keeps_it(self) -> None:
+        app = RolloutPolicy("app-auto", "acme/app:*",
+                            template={"selector": {"matchLabels": {"a": "b"}}})
+        kept: list[Rollout] = []
+        registry = PolicyRollouts()
+        handler = RegistryPushHandler(policies=lambda: {"app-auto": app}, versions=dict,
+                                      rollouts=dict, registry=registry, on_rollout=kept.append)
+        [item] = await handler([ImagePush("acme/app", "1.0.0")])
+        assert item["created"] and [r.name for r in kept] == ["app-auto-1-0-0"]
+        assert kept[0].source.kind == "policy" and "app-auto-1-0-0" in registry
+        [older] = await handler([ImagePush("acme/app", "0.9.0")])
+        assert older["reason"] == "NotNewer"
