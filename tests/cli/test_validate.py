@@ -39,6 +39,7 @@ spec:
   component: agent
   version: "1.0.6"
 """
+SELECT_ALL = "  selector: {}\n"
 
 
 def write(folder: Path, name: str, text: str) -> Path:
@@ -68,8 +69,9 @@ def test_examples_json_report_lists_every_file() -> None:
 
 
 def test_multi_document_files_and_yml_suffix_are_read(tmp_path: Path) -> None:
-    write(tmp_path, "a.yml", ROLLOUT.format(name="a") + "---\n" + ROLLOUT.format(name="b"))
-    write(tmp_path, "nested/c.yaml", ROLLOUT.format(name="c"))
+    write(tmp_path, "a.yml", ROLLOUT.format(name="a") + SELECT_ALL + "---\n"
+          + ROLLOUT.format(name="b") + SELECT_ALL)
+    write(tmp_path, "nested/c.yaml", ROLLOUT.format(name="c") + SELECT_ALL)
     write(tmp_path, "notes.txt", "not yaml, not read")
     write(tmp_path, ".github/workflow.yaml", "on: push\n")
     code, report = run_json(str(tmp_path))
@@ -100,7 +102,7 @@ BROKEN_CASES = [
                  "did you mean 'Europe/Berlin'", id="unknown-time-zone"),
     pytest.param("negative-duration.yaml", 10, 20, "spec.health.updateTimeout",
                  "durations cannot be negative", id="negative-duration"),
-    pytest.param("duplicate-name.yaml", 12, 9, "metadata.name",
+    pytest.param("duplicate-name.yaml", 13, 9, "metadata.name",
                  "also defined at tests/resources/broken/duplicate-name.yaml:4",
                  id="duplicate-name"),
 ]
@@ -150,7 +152,8 @@ def test_human_report_quotes_the_line_and_points_at_the_column(
 
 def test_all_problems_of_one_file_are_reported(tmp_path: Path) -> None:
     write(tmp_path, "r.yaml", ROLLOUT.format(name="Bad_Name").replace(
-        '"1.0.6"', "1.10") + "  force: maybe\n  strategy:\n    steps: [{percent: 50}]\n")
+        '"1.0.6"', "1.10")
+          + "  force: maybe\n  strategy:\n    steps: [{percent: 50}]\n" + SELECT_ALL)
     code, report = run_json(str(tmp_path))
     assert code == 1
     fields = [p["field"] for p in report["problems"]]
@@ -160,7 +163,8 @@ def test_all_problems_of_one_file_are_reported(tmp_path: Path) -> None:
 
 
 def test_json_output_shape(tmp_path: Path) -> None:
-    write(tmp_path, "r.yaml", ROLLOUT.format(name="r").replace("agent", "agent\n  paused: 3"))
+    write(tmp_path, "r.yaml", ROLLOUT.format(name="r").replace("agent", "agent\n  paused: 3")
+          + SELECT_ALL)
     result = run("-o", "json", str(tmp_path))
     report = json.loads(result.stdout)  # exactly one JSON document, nothing else
     assert set(report) >= {"valid", "files", "problems"}
@@ -173,7 +177,7 @@ def test_json_output_shape(tmp_path: Path) -> None:
 
 def test_yaml_output_is_the_same_document(tmp_path: Path) -> None:
     import yaml
-    write(tmp_path, "r.yaml", ROLLOUT.format(name="r"))
+    write(tmp_path, "r.yaml", ROLLOUT.format(name="r") + SELECT_ALL)
     result = run("-o", "yaml", str(tmp_path))
     assert yaml.safe_load(result.stdout)["valid"] is True
 

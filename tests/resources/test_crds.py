@@ -92,7 +92,7 @@ def test_conversion_keeps_documentation_and_validation_and_drops_the_rest() -> N
     spec = openapi_schema("Rollout")["properties"]["spec"]
     assert spec["properties"]["failurePolicy"]["properties"]["action"]["enum"] == [
         "pause", "rollback", "abort"]
-    assert spec["required"] == ["component", "version"]
+    assert spec["required"] == ["component", "version", "selector"]
     freeze = spec["properties"]["strategy"]["properties"]["freezes"]["items"]
     assert freeze["properties"]["start"]["format"] == "date-time"
 

@@ -24,6 +24,7 @@ metadata:
 spec:
   component: agent
   version: "1.0.6"
+  selector: {}
 """
 
 

@@ -68,8 +68,8 @@ DEVICE_LIST = _list(
 SELECTOR = _obj(
     "Which devices this applies to, with Kubernetes label-selector semantics over the labels "
     "devices report merged with DeviceInventory labels (inventory wins). All given terms must "
-    "match (AND). `devices` adds explicit uuids whatever their labels. An empty selector "
-    "matches every device.",
+    "match (AND). `devices` adds explicit uuids whatever their labels. Required, so that a "
+    "forgotten selector never reaches the whole fleet; write `selector: {}` to mean every device.",
     {
         "matchLabels": _string_map(
             "Labels a device must have, each with exactly this value."),
@@ -258,7 +258,7 @@ ROLLOUT_SPEC_PROPERTIES: dict[str, Schema] = {
 ROLLOUT_SPEC = _obj(
     "The desired version of one component on a set of devices, and how to get there.",
     ROLLOUT_SPEC_PROPERTIES,
-    required=["component", "version"],
+    required=["component", "version", "selector"],
 )
 
 CONDITION = {

@@ -20,7 +20,9 @@ import structlog
 from fleetwave.api.auth import TokenSet
 from fleetwave.api.server import build_app, serve
 from fleetwave.metrics import Metrics, build_metrics
-from fleetwave.mqtt.link import MqttLink, MqttSettings
+from fleetwave.protocol.messages import DeviceMessage
+from fleetwave.mqtt.link import MqttLink
+from fleetwave.mqtt.settings import MqttSettings
 from fleetwave.runtime.engine import Engine
 from fleetwave.runtime.settings import Settings
 from fleetwave.sources.base import Source, SourceSnapshot
@@ -63,19 +65,25 @@ async def run_controller(settings: Settings, *, stop: asyncio.Event | None = Non
             loop.add_signal_handler(sig, stop.set)
 
     metrics = build_metrics()
-    store: Store = await open_store(settings.store)
-    tokens = TokenSet.from_file(settings.token_file) if settings.token_file else TokenSet.empty()
+    store: Store = open_store(settings.store)
+    await store.migrate()
+    tokens = TokenSet.from_file(settings.token_file) if settings.token_file else TokenSet.disabled()
     notifier: Any = None
     if settings.notify_url:
         from fleetwave.api.notify import Notifier
         notifier = Notifier(settings.notify_url, settings.notify_secret,
                             settings.notify_events, metrics)
     try:
-        link = MqttLink(mqtt_settings(settings), metrics)
+        engine_box: list[Engine] = []
+
+        async def on_messages(batch: list[DeviceMessage]) -> None:
+            await engine_box[0].on_device_messages(batch)
+
+        link = MqttLink(mqtt_settings(settings), metrics, on_messages)
         engine = Engine(store, link, metrics, resync_interval=settings.resync_interval,
                         on_event=notifier.publish if notifier is not None else None)
+        engine_box.append(engine)
         engine.broker_connected = lambda: link.connected
-        link.on_messages = engine.on_device_messages
         source = build_source(settings, metrics)
 
         async def on_snapshot(snapshot: SourceSnapshot) -> None:
@@ -87,8 +95,8 @@ async def run_controller(settings: Settings, *, stop: asyncio.Event | None = Non
         await engine.start()
         app = build_app(engine, metrics, tokens)
         runner = await serve(app, settings.listen)
+        await link.start()
         tasks = [
-            asyncio.create_task(link.run(stop), name="mqtt"),
             asyncio.create_task(source.run(on_snapshot, stop), name="source"),
             asyncio.create_task(engine.run(stop), name="engine"),
         ]
@@ -101,13 +109,14 @@ async def run_controller(settings: Settings, *, stop: asyncio.Event | None = Non
         done, _ = await asyncio.wait([asyncio.create_task(stop.wait()), *tasks],
                                      return_when=asyncio.FIRST_COMPLETED)
         for task in done:
-            if task.get_name() in ("mqtt", "source", "engine") and task.exception():
+            if task.get_name() in ("source", "engine") and task.exception():
                 log.error("controller.task_failed", task=task.get_name(),
                           error=str(task.exception()))
         stop.set()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await link.stop()
         await runner.cleanup()
         if notifier is not None:
             await notifier.close()

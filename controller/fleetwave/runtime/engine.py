@@ -109,14 +109,15 @@ class Engine:
         for row in await self.store.list_devices():
             self._set_device(row)
         rows = await self.store.load_rollouts()
-        for name, row in rows.items():
-            self._generations[name] = (row.generation, row.spec_hash)
-            state = dict(row.state)
+        for name, rollout_row in rows.items():
+            self._generations[name] = (rollout_row.generation, rollout_row.spec_hash)
+            state = dict(rollout_row.state)
             if "planner" in state:
                 self._states[name] = RolloutState.from_json(state["planner"])
             if "definition" in state:
-                self._desired.api[name] = self._api_rollout(state["definition"], row.generation)
-            self._status[name] = dict(row.status)
+                self._desired.api[name] = self._api_rollout(state["definition"],
+                                                            rollout_row.generation)
+            self._status[name] = dict(rollout_row.status)
             for record in await self.store.rollout_updates(name):
                 self._remember(record)
         for record in await self.store.open_updates():
@@ -181,8 +182,8 @@ class Engine:
             if statuses:
                 outcomes = await self.store.apply_statuses(statuses)
                 for outcome in outcomes:
-                    if outcome.record_after is not None:
-                        self._remember(outcome.record_after)
+                    if outcome.after is not None:
+                        self._remember(outcome.after)
         self._wake.set()
 
     def _merge_device_message(self, msg: ReportedState | Online) -> None:
@@ -305,11 +306,11 @@ class Engine:
         decisions: list[tuple[str, Decision]] = []
         for action in plan.actions:
             if isinstance(action, SendUpdate | SendRollback | Republish):
-                record = self._by_id.get(action.record.id)
-                if record is None or not record.is_open:
+                known = self._by_id.get(action.record.id)
+                if known is None or not known.is_open:
                     continue  # lost a race with another replica, or already done
-                await self.publisher.publish_command(record.device, action.command)
-                decisions.append((record.id, Decision(DecisionKind.SENT, self.clock())))
+                await self.publisher.publish_command(known.device, action.command)
+                decisions.append((known.id, Decision(DecisionKind.SENT, self.clock())))
             elif isinstance(action, SendCancel):
                 await self.publisher.publish_command(action.record.device, action.command)
             elif isinstance(action, Decide):
@@ -449,8 +450,8 @@ class Engine:
     async def rollout_events(self, name: str, offset: int, limit: int
                              ) -> tuple[list[dict[str, Any]], int]:
         self._require(name)
-        events, total = await self.store.list_events(name, offset=offset, limit=limit)
-        return [event_json(e) for e in events], total
+        page = await self.store.list_events(name, offset=offset, limit=limit)
+        return [event_json(e) for e in page.items], page.total
 
     async def list_devices(self) -> list[dict[str, Any]]:
         return [device_json(r, self._views[r.uuid]) for r in
@@ -546,7 +547,10 @@ class Engine:
         return self._rollout_json(self._require(name))
 
     async def cancel_update(self, uuid: str, update_id: str, *, actor: str) -> dict[str, Any]:
-        record = self._by_id.get(update_id) or await self.store.get_update(update_id)
+        found = self._by_id.get(update_id) or await self.store.get_update(update_id)
+        if found is None or found.device != uuid:
+            raise NotFound(f"no update {update_id!r} for device {uuid!r}")
+        record = found
         if record is None or record.device != uuid:
             raise NotFound(f"no update {update_id!r} for device {uuid!r}")
         if not record.is_open:
