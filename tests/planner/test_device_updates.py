@@ -205,3 +205,15 @@ def test_decisions_are_accepted_by_the_state_machine() -> None:
     t = apply_decision(record, d.decision)
     assert t.record is not None and t.record.state == UpdateState.TIMEOUT
     assert d.decision.kind == DecisionKind.TIMEOUT
+
+
+def test_user_rollback_of_one_device() -> None:
+    from fleetwave.planner.plan import apply_control
+    r = make_rollout(**ALL)
+    records = {"d1": [rec(UpdateState.SUCCEEDED, completed_at=T0, health=Health.HEALTHY)]}
+    state = plan(r, [device("d1", version="1.0.6")], records, None, T0 + 400).state
+    state, events = apply_control(state, "rollback", T0 + 500, device="d1")
+    assert events[0].reason == "DeviceRollbackRequested"
+    p = plan(r, [device("d1", version="1.0.6")], records, state, T0 + 600)
+    assert kinds(p.actions) == ["SendRollback"]
+    assert p.status.phase == "Completed"

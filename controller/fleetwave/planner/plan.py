@@ -11,6 +11,7 @@ what makes a crash between planning and publishing harmless.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import uuid as uuidlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -851,7 +852,23 @@ def plan_fleet(rollouts: Sequence[Rollout], devices: Sequence[DeviceView],
     it and neither touches the device. A rollout whose source is the API (an
     ad-hoc update) wins over the others for its device instead.
     """
-    cache = cache or HashCache()
+    # A pass allocates one small tuple per candidate device; with a million live
+    # devices the cyclic GC would rescan the whole fleet many times over for nothing
+    # (nothing here makes cycles), so it is held off for the pass.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _plan_fleet(rollouts, devices, records, states, now,
+                           check_results=check_results, cache=cache or HashCache())
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _plan_fleet(rollouts: Sequence[Rollout], devices: Sequence[DeviceView],
+                records: Mapping[str, Mapping[str, Sequence[UpdateRecord]]],
+                states: Mapping[str, RolloutState], now: float, *,
+                check_results: CheckResults | None, cache: HashCache) -> FleetPlan:
     by_component: dict[str, list[Rollout]] = {}
     for r in sorted(rollouts, key=lambda r: r.name):
         by_component.setdefault(r.spec.component, []).append(r)
