@@ -13,35 +13,77 @@ from fleetwave.cli.logging import configure_logging
 from fleetwave.runtime.settings import Settings
 
 
+def _option(*decls: str, **attrs: Any) -> Callable[..., Any]:
+    """A click option whose environment variable is FLEETWAVE_<FLAG> (DESIGN.md section 8).
+
+    click's auto_envvar_prefix would name it FLEETWAVE_RUN_<FLAG> under a subcommand, which
+    is not the contract; so each option names its variable itself.
+    """
+    flag = next(d for d in decls if d.startswith("--"))
+    attrs.setdefault("envvar", "FLEETWAVE_" + flag[2:].upper().replace("-", "_"))
+    attrs.setdefault("show_envvar", True)
+    return click.option(*decls, **attrs)
+
+
 def controller_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """The flags every controller process takes; each is also FLEETWAVE_<NAME>."""
     options = [
-        click.option("--broker", default=Settings.broker, show_default=True,
-                     help="MQTT broker, mqtt://host:port or mqtts://host:port."),
-        click.option("--broker-username", envvar="FLEETWAVE_BROKER_USERNAME", default=None,
-                     help="Broker user (FLEETWAVE_BROKER_USERNAME)."),
-        click.option("--broker-password", envvar="FLEETWAVE_BROKER_PASSWORD", default=None,
-                     help="Broker password (FLEETWAVE_BROKER_PASSWORD)."),
-        click.option("--broker-ca-file", default=None, help="CA bundle for mqtts://."),
-        click.option("--client-id", default=Settings.broker_client_id, show_default=True,
-                     help="Stable MQTT client id: the broker keeps its session."),
-        click.option("--shared-group", default=None,
-                     help="Spread status ingest over replicas with $share/<group>/…"),
-        click.option("--store", default=Settings.store, show_default=True,
-                     help="sqlite:///path.db or postgresql://user@host/db."),
-        click.option("--topic-prefix", default=Settings.topic_prefix, show_default=True,
-                     help="Replaces iot/device in every topic."),
-        click.option("--listen", default=Settings.listen, show_default=True,
-                     help="HTTP API address."),
-        click.option("--token-file", default=None, type=click.Path(dir_okay=False),
-                     help="Bearer tokens allowed to write, one a line (none: writes refused)."),
-        click.option("--notify-url", default=None, help="Webhook for rollout events."),
-        click.option("--notify-secret", default=None, help="HMAC secret for --notify-url."),
-        click.option("--webhook-secret", default=None,
-                     help="HMAC secret (or token) for incoming git/registry webhooks."),
-        click.option("--log-format", type=click.Choice(["auto", "json", "console"]),
-                     default="auto", show_default=True, help="json when not on a TTY."),
-        click.option("--log-level", default="info", show_default=True),
+        _option(
+            "--broker",
+            default=Settings.broker,
+            show_default=True,
+            help="MQTT broker, mqtt://host:port or mqtts://host:port.",
+        ),
+        _option("--broker-username", default=None, help="Broker user (FLEETWAVE_BROKER_USERNAME)."),
+        _option(
+            "--broker-password", default=None, help="Broker password (FLEETWAVE_BROKER_PASSWORD)."
+        ),
+        _option("--broker-ca-file", default=None, help="CA bundle for mqtts://."),
+        _option(
+            "--client-id",
+            default=Settings.broker_client_id,
+            show_default=True,
+            help="Stable MQTT client id: the broker keeps its session.",
+        ),
+        _option(
+            "--shared-group",
+            default=None,
+            help="Spread status ingest over replicas with $share/<group>/…",
+        ),
+        _option(
+            "--store",
+            default=Settings.store,
+            show_default=True,
+            help="sqlite:///path.db or postgresql://user@host/db.",
+        ),
+        _option(
+            "--topic-prefix",
+            default=Settings.topic_prefix,
+            show_default=True,
+            help="Replaces iot/device in every topic.",
+        ),
+        _option("--listen", default=Settings.listen, show_default=True, help="HTTP API address."),
+        _option(
+            "--token-file",
+            default=None,
+            type=click.Path(dir_okay=False),
+            help="Bearer tokens allowed to write, one a line (none: writes refused).",
+        ),
+        _option("--notify-url", default=None, help="Webhook for rollout events."),
+        _option("--notify-secret", default=None, help="HMAC secret for --notify-url."),
+        _option(
+            "--webhook-secret",
+            default=None,
+            help="HMAC secret (or token) for incoming git/registry webhooks.",
+        ),
+        _option(
+            "--log-format",
+            type=click.Choice(["auto", "json", "console"]),
+            default="auto",
+            show_default=True,
+            help="json when not on a TTY.",
+        ),
+        _option("--log-level", default="info", show_default=True),
     ]
     for option in reversed(options):
         func = option(func)
@@ -50,16 +92,30 @@ def controller_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def source_options(func: Callable[..., Any]) -> Callable[..., Any]:
     options = [
-        click.option("--source", default=Settings.source, show_default=True,
-                     help="A local folder, or a git URL (https://, ssh://, file://, a repo path)."),
-        click.option("--branch", default=Settings.branch, show_default=True),
-        click.option("--path", "path_", default=Settings.path, show_default=True,
-                     envvar="FLEETWAVE_PATH", help="Folder inside the git repository."),
-        click.option("--poll-interval", default=Settings.poll_interval, show_default=True,
-                     type=float, help="Seconds between source polls."),
-        click.option("--git-token-file", default=None, help="File holding an https token."),
-        click.option("--git-ssh-key-file", default=None, help="Private key for ssh://."),
-        click.option("--git-known-hosts-file", default=None, help="known_hosts for ssh://."),
+        _option(
+            "--source",
+            default=Settings.source,
+            show_default=True,
+            help="A local folder, or a git URL (https://, ssh://, file://, a repo path).",
+        ),
+        _option("--branch", default=Settings.branch, show_default=True),
+        _option(
+            "--path",
+            "path_",
+            default=Settings.path,
+            show_default=True,
+            help="Folder inside the git repository.",
+        ),
+        _option(
+            "--poll-interval",
+            default=Settings.poll_interval,
+            show_default=True,
+            type=float,
+            help="Seconds between source polls.",
+        ),
+        _option("--git-token-file", default=None, help="File holding an https token."),
+        _option("--git-ssh-key-file", default=None, help="Private key for ssh://."),
+        _option("--git-known-hosts-file", default=None, help="known_hosts for ssh://."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -68,18 +124,26 @@ def source_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def settings_from(kwargs: dict[str, Any]) -> Settings:
     return Settings(
-        broker=kwargs["broker"], broker_username=kwargs["broker_username"],
-        broker_password=kwargs["broker_password"], broker_ca_file=kwargs["broker_ca_file"],
-        broker_client_id=kwargs["client_id"], shared_group=kwargs["shared_group"],
-        store=kwargs["store"], source=kwargs.get("source", Settings.source),
-        branch=kwargs.get("branch", Settings.branch), path=kwargs.get("path_", Settings.path),
+        broker=kwargs["broker"],
+        broker_username=kwargs["broker_username"],
+        broker_password=kwargs["broker_password"],
+        broker_ca_file=kwargs["broker_ca_file"],
+        broker_client_id=kwargs["client_id"],
+        shared_group=kwargs["shared_group"],
+        store=kwargs["store"],
+        source=kwargs.get("source", Settings.source),
+        branch=kwargs.get("branch", Settings.branch),
+        path=kwargs.get("path_", Settings.path),
         poll_interval=kwargs.get("poll_interval", Settings.poll_interval),
         git_token_file=kwargs.get("git_token_file"),
         git_ssh_key_file=kwargs.get("git_ssh_key_file"),
         git_known_hosts_file=kwargs.get("git_known_hosts_file"),
-        listen=kwargs["listen"], token_file=kwargs["token_file"],
-        topic_prefix=kwargs["topic_prefix"], notify_url=kwargs["notify_url"],
-        notify_secret=kwargs["notify_secret"], webhook_secret=kwargs["webhook_secret"],
+        listen=kwargs["listen"],
+        token_file=kwargs["token_file"],
+        topic_prefix=kwargs["topic_prefix"],
+        notify_url=kwargs["notify_url"],
+        notify_secret=kwargs["notify_secret"],
+        webhook_secret=kwargs["webhook_secret"],
     )
 
 
@@ -92,6 +156,7 @@ def run(**kwargs: Any) -> None:
     settings = settings_from(kwargs)
     from fleetwave.runtime.controller import run_controller
     from fleetwave.store import StoreError
+
     try:
         asyncio.run(run_controller(settings))
     except StoreError as exc:
