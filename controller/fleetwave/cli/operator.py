@@ -1,0 +1,46 @@
+"""`fleetwave operator`: the Kubernetes operator (Rollouts as custom resources)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+import click
+
+from fleetwave.cli.logging import configure_logging
+from fleetwave.cli.run import controller_options, settings_from
+
+
+@click.command("operator")
+@controller_options
+@click.option("--namespace", default=None,
+              help="Watch Rollouts in this namespace only (default: all namespaces).")
+@click.option("--lease-name", default="fleetwave-operator", show_default=True,
+              help="The coordination.k8s.io Lease that elects the replica that plans.")
+@click.option("--lease-namespace", default=None,
+              help="Namespace of the Lease (default: --namespace, else the pod's namespace, "
+                   "else 'default').")
+@click.option("--lease-duration", default=15.0, show_default=True, type=float,
+              help="Seconds without renewal after which a standby takes over.")
+@click.option("--identity", default=None,
+              help="This replica's name in the Lease (default: hostname-pid).")
+def operator(**kwargs: Any) -> None:
+    """Run as a Kubernetes operator until SIGTERM or Ctrl-C; one replica plans at a time."""
+    configure_logging(kwargs["log_format"], kwargs["log_level"])
+    settings = settings_from(kwargs)
+    from fleetwave.operator.process import run_operator
+    from fleetwave.operator.runtime import OperatorOptions, default_identity, pod_namespace
+    options = OperatorOptions(
+        identity=kwargs["identity"] or default_identity(),
+        namespace=kwargs["namespace"] or None,
+        lease_name=kwargs["lease_name"],
+        lease_namespace=kwargs["lease_namespace"] or kwargs["namespace"] or pod_namespace(),
+        lease_duration=kwargs["lease_duration"],
+    )
+    from fleetwave.store import StoreError
+    try:
+        asyncio.run(run_operator(settings, options))
+    except (StoreError, OSError) as exc:
+        click.echo(f"fleetwave: {exc}", err=True)
+        sys.exit(1)
