@@ -17,6 +17,7 @@ batch being written; retained state and the update timeouts cover that gap.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import threading
 import time
@@ -171,7 +172,6 @@ class MqttLink:
             if type(item) is Dropped:
                 self._drop(item)
                 return
-            self._received[type(item)].inc()
             with self._lock:
                 self._pending.append(item)  # type: ignore[arg-type]
                 n = len(self._pending)
@@ -228,6 +228,9 @@ class MqttLink:
                     await asyncio.wait_for(self._full.wait(), self.settings.batch_delay)
             with self._lock:
                 batch, self._pending = self._pending, []
+            # counted per batch on the loop, not per message in the network thread
+            for cls, n in collections.Counter(map(type, batch)).items():
+                self._received[cls].inc(n)
             for start in range(0, len(batch), batch_max):
                 try:
                     await self._on_messages(batch[start:start + batch_max])
