@@ -48,7 +48,6 @@ def compile_selector(selector: Selector, exclude: tuple[str, ...] = ()) -> Match
     # (key, operator, values) with values as a frozenset: one hash lookup per term.
     terms = tuple((r.key, r.operator, frozenset(r.values)) for r in selector.match_expressions)
     has_label_terms = bool(labels_items or terms)
-    everything = not has_label_terms and not explicit
     in_op, not_in_op, exists_op = Operator.IN, Operator.NOT_IN, Operator.EXISTS
 
     def matches(device: DeviceView) -> bool:
