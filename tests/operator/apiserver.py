@@ -35,6 +35,8 @@ class ApiServer(k8s.KubernetesEmulator):
     """KubernetesEmulator plus resourceVersions, preconditions, /status and 410 injection."""
 
     revision: int = attrs.field(default=100, init=False)
+    conflicts: list[rendering.Request] = attrs.field(factory=list, init=False)
+    """Requests answered 409 because their resourceVersion precondition failed."""
     gone: dict[str, int] = attrs.field(factory=dict, init=False)
     """plural -> how many of its next watch requests answer 410 Gone."""
 
@@ -80,6 +82,7 @@ class ApiServer(k8s.KubernetesEmulator):
         data = request.data
         wanted = (data.get("metadata") or {}).get("resourceVersion")
         if wanted is not None and wanted != meta.get("resourceVersion"):
+            self.conflicts.append(request)
             raise k8s.KubernetesError(
                 status=409, reason="Conflict",
                 message=f"Operation cannot be fulfilled on {request.resource.plural} "
