@@ -20,9 +20,9 @@ import structlog
 from fleetwave.api.auth import TokenSet
 from fleetwave.api.server import build_app, serve
 from fleetwave.metrics import Metrics, build_metrics
-from fleetwave.protocol.messages import DeviceMessage
 from fleetwave.mqtt.link import MqttLink
 from fleetwave.mqtt.settings import MqttSettings
+from fleetwave.protocol.messages import DeviceMessage
 from fleetwave.runtime.engine import Engine
 from fleetwave.runtime.settings import Settings
 from fleetwave.sources.base import Source, SourceSnapshot

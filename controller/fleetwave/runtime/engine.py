@@ -37,7 +37,7 @@ from fleetwave.planner.model import (
 )
 from fleetwave.planner.plan import apply_control, plan_deleted, plan_fleet
 from fleetwave.protocol.messages import Command, DeviceMessage, Online, ReportedState, Status
-from fleetwave.resources.model import Rollout, SourceRef, rollout_spec_from, apply_defaults
+from fleetwave.resources.model import Rollout, SourceRef, apply_defaults, rollout_spec_from
 from fleetwave.resources.schema import SCHEMAS
 from fleetwave.store import DeviceRow, Event, Store
 from fleetwave.updates.model import Decision, DecisionKind, UpdateRecord, UpdateState
@@ -206,8 +206,8 @@ class Engine:
 
     # -- desired state ----------------------------------------------------------------
 
-    def set_source(self, rollouts: Mapping[str, Rollout], inventory: Mapping[str, Mapping[str, str]],
-                   revision: str | None) -> None:
+    def set_source(self, rollouts: Mapping[str, Rollout],
+                   inventory: Mapping[str, Mapping[str, str]], revision: str | None) -> None:
         """A new snapshot of the folder, git or Kubernetes source."""
         self._desired.source = dict(rollouts)
         self._desired.revision = revision

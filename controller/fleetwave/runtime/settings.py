@@ -51,4 +51,4 @@ class Settings:
         if _GIT_URL.match(self.source):
             return True
         p = Path(self.source)
-        return (p / ".git").exists() or (p / "HEAD").is_file() and (p / "objects").is_dir()
+        return (p / ".git").exists() or ((p / "HEAD").is_file() and (p / "objects").is_dir())
