@@ -19,14 +19,18 @@ import structlog
 
 from fleetwave.api.auth import TokenSet
 from fleetwave.api.server import build_app, serve
+from fleetwave.api.webhooks import WebhookSecrets
 from fleetwave.metrics import Metrics, build_metrics
 from fleetwave.mqtt.link import MqttLink
 from fleetwave.mqtt.settings import MqttSettings
 from fleetwave.protocol.messages import DeviceMessage
+from fleetwave.resources.model import RolloutPolicy
 from fleetwave.runtime.engine import Engine
 from fleetwave.runtime.settings import Settings
 from fleetwave.sources.base import Source, SourceSnapshot
 from fleetwave.sources.folder import FolderSource
+from fleetwave.sources.policies import PolicyRollouts
+from fleetwave.sources.registry import RegistryPushHandler
 from fleetwave.store import Store, open_store
 
 log = structlog.get_logger("fleetwave.controller")
@@ -86,14 +90,22 @@ async def run_controller(settings: Settings, *, stop: asyncio.Event | None = Non
         engine.broker_connected = lambda: link.connected
         source = build_source(settings, metrics)
 
+        latest: list[SourceSnapshot] = []
+
         async def on_snapshot(snapshot: SourceSnapshot) -> None:
+            latest[:] = [snapshot]
             engine.set_source(snapshot.rollouts, snapshot.inventories, snapshot.revision)
             for problem in snapshot.problems:
                 log.warning("source.invalid_file", problem=str(problem))
+            if snapshot.error:
+                log.warning("source.sync_failed", error=snapshot.error)
 
         engine.git_sync = _trigger(source)
+        engine.registry_handler = registry_handler(settings, engine, source,
+                                                   lambda: latest[0] if latest else None)
         await engine.start()
-        app = build_app(engine, metrics, tokens)
+        secrets = WebhookSecrets.of(settings.webhook_secret)
+        app = build_app(engine, metrics, tokens, webhook_secrets=secrets)
         runner = await serve(app, settings.listen)
         await link.start()
         tasks = [
@@ -123,6 +135,31 @@ async def run_controller(settings: Settings, *, stop: asyncio.Event | None = Non
     finally:
         await store.close()
         log.info("controller.stopped")
+
+
+def registry_handler(settings: Settings, engine: Engine, source: Source,
+                     snapshot: Callable[[], SourceSnapshot | None]) -> RegistryPushHandler:
+    """RolloutPolicies from the source turn registry pushes into Rollouts: committed to git
+    when the policy says `commitTo` (and the source is git), else kept by the engine."""
+    committer = None
+    if settings.source_is_git:
+        from fleetwave.sources.git import GitCommitter, GitCredentials
+        committer = GitCommitter(
+            settings.source, branch=settings.branch,
+            workdir=str(Path(settings.workdir) / "git-commit"),
+            credentials=GitCredentials(token_file=settings.git_token_file,
+                                       ssh_key_file=settings.git_ssh_key_file,
+                                       known_hosts_file=settings.git_known_hosts_file))
+
+    def policies() -> dict[str, RolloutPolicy]:
+        current = snapshot()
+        return dict(current.policies) if current is not None else {}
+
+    return RegistryPushHandler(
+        policies=policies, versions=engine.desired_versions,
+        rollouts=engine.known_rollouts,
+        registry=PolicyRollouts(), on_rollout=engine.add_policy_rollout,
+        committer=committer, source=source)
 
 
 def _trigger(source: Source) -> Callable[[], Awaitable[None]]:

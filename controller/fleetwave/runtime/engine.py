@@ -90,6 +90,8 @@ class Engine:
         self._views: dict[str, DeviceView] = {}
         self._records: dict[str, dict[str, list[UpdateRecord]]] = {}
         self._by_id: dict[str, UpdateRecord] = {}
+        self._open: dict[str, set[str]] = {}
+        """device -> ids of its open update records."""
         self._states: dict[str, RolloutState] = {}
         self._status: dict[str, dict[str, Any]] = {}
         self._generations: dict[str, tuple[int, str]] = {}
@@ -146,6 +148,14 @@ class Engine:
     def _remember(self, record: UpdateRecord) -> None:
         old = self._by_id.get(record.id)
         self._by_id[record.id] = record
+        if record.is_open:
+            self._open.setdefault(record.device, set()).add(record.id)
+        else:
+            ids = self._open.get(record.device)
+            if ids is not None:
+                ids.discard(record.id)
+                if not ids:
+                    del self._open[record.device]
         attempts = self._records.setdefault(record.rollout, {}).setdefault(record.device, [])
         if old is not None:
             for i, r in enumerate(attempts):
@@ -179,11 +189,19 @@ class Engine:
                 await self.store.apply_device_messages(device_msgs)
                 for msg in device_msgs:
                     self._merge_device_message(msg)
+            finished: set[str] = set()
             if statuses:
                 outcomes = await self.store.apply_statuses(statuses)
                 for outcome in outcomes:
                     if outcome.after is not None:
                         self._remember(outcome.after)
+                        if outcome.after.is_terminal and (
+                                outcome.before is None or outcome.before.is_open):
+                            finished.add(outcome.after.device)
+            # A final state clears the retained command, so a rebooting device is not
+            # updated again, unless another update of that device is already queued.
+            for device in sorted(d for d in finished if not self._open.get(d)):
+                await self.publisher.clear_command(device)
         self._wake.set()
 
     def _merge_device_message(self, msg: ReportedState | Online) -> None:
@@ -419,6 +437,10 @@ class Engine:
         if phase:
             items = [i for i in items if i["status"].get("phase", "").lower() == phase.lower()]
         return items
+
+    def known_rollouts(self) -> dict[str, Rollout]:
+        """Every Rollout the engine runs, whatever its home."""
+        return self._all_known()
 
     def _all_known(self) -> dict[str, Rollout]:
         merged = dict(self._desired.source)
