@@ -52,6 +52,7 @@ async def run_operator(settings: Settings, options: OperatorOptions, *,
     tokens = (TokenSet.from_file(settings.token_file) if settings.token_file
               else TokenSet.disabled())
     try:
+        await store.migrate()
         engine_ref: list[Engine] = []
 
         async def on_messages(batch: Any) -> None:
