@@ -80,8 +80,8 @@ class Client:
             return {t for t, _ in self.received}
 
     def close(self) -> None:
+        self.client.disconnect()  # first, so the network thread leaves select() at once
         self.client.loop_stop()
-        self.client.disconnect()
 
 
 @pytest.fixture
