@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 import sqlalchemy.exc
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-
-import pytest
 
 from fleetwave.store import Store, open_store
 from fleetwave.store.codec import record_params

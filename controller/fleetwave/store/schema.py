@@ -70,7 +70,6 @@ updates = sa.Table(
     sa.Index("ix_updates_device_created", "device", "created_at"),
     sa.Index("ix_updates_rollout_state", "rollout", "state"),
     sa.Index("ix_updates_state_created", "state", "created_at"),
-    sa.Index("ix_updates_updated_at", "updated_at"),
 )
 
 rollouts = sa.Table(

@@ -389,12 +389,24 @@ class Store:
             found.extend(codec.record_from_row(row._mapping) for row in rows)
         return found
 
-    async def _save(self, conn: AsyncConnection, records: Iterable[UpdateRecord]) -> None:
-        params = [{"_id": r.id, **codec.record_params(r, codec.MUTABLE_FIELDS)} for r in records]
-        if params:
+    async def _save(self, conn: AsyncConnection, records: Iterable[UpdateRecord],
+                    originals: Mapping[str, UpdateRecord]) -> None:
+        """Writes what changed, one `executemany` per set of changed columns.
+
+        A batch of statuses mostly changes the same three or four columns; writing
+        only those keeps SQLite from rewriting untouched columns and indexes.
+        """
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+        for record in records:
+            old = originals[record.id]
+            fields = tuple(name for name in codec.MUTABLE_FIELDS
+                           if getattr(record, name) != getattr(old, name))
+            if fields:
+                groups[fields].append({"_id": record.id, **codec.record_params(record, fields)})
+        for fields, params in groups.items():
             await conn.execute(
                 updates.update().where(updates.c.id == sa.bindparam("_id"))
-                .values({name: sa.bindparam(name) for name in codec.MUTABLE_FIELDS}), params)
+                .values({name: sa.bindparam(name) for name in fields}), params)
 
     async def apply_statuses(self, statuses: Sequence[Status]) -> list[StatusOutcome]:
         """Applies a batch of device statuses through the state machine, in one transaction.
@@ -430,6 +442,7 @@ class Store:
             for record in by_id.values():
                 by_device[record.device].add(record.id)
 
+            originals = dict(by_id)
             outcomes: list[StatusOutcome] = []
             dirty: set[str] = set()
             for status in batch:
@@ -441,7 +454,7 @@ class Store:
                     by_id[outcome.after.id] = outcome.after
                     dirty.add(outcome.after.id)
                 outcomes.append(outcome)
-            await self._save(conn, (by_id[i] for i in sorted(dirty)))
+            await self._save(conn, (by_id[i] for i in sorted(dirty)), originals)
             return outcomes
 
         return await self._write(work)
@@ -477,6 +490,7 @@ class Store:
         async def work(conn: AsyncConnection) -> list[UpdateRecord]:
             by_id = {r.id: r for r in await self._load(conn, updates.c.id,
                                                        list({i for i, _ in items}))}
+            originals = dict(by_id)
             changed: dict[str, UpdateRecord] = {}
             for record_id, decision in items:
                 record = by_id.get(record_id)
@@ -485,7 +499,7 @@ class Store:
                 transition = apply_decision(record, decision)
                 if transition.record is not None:
                     by_id[record_id] = changed[record_id] = transition.record
-            await self._save(conn, changed.values())
+            await self._save(conn, changed.values(), originals)
             return list(changed.values())
 
         return await self._write(work)

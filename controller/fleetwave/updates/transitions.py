@@ -61,6 +61,16 @@ class Transition:
         return self.record is not None
 
 
+_FIELDS = tuple(f.name for f in dataclasses.fields(UpdateRecord))
+
+
+def _evolve(record: UpdateRecord, **changes: Any) -> UpdateRecord:
+    """`dataclasses.replace` without its generic checks: the ingest calls it per message."""
+    values = {name: getattr(record, name) for name in _FIELDS}
+    values.update(changes)
+    return UpdateRecord(**values)
+
+
 def _ignore(reason: str) -> Transition:
     return Transition(None, reason)
 
@@ -97,7 +107,7 @@ def _move(record: UpdateRecord, state: UpdateState, at: float,
     field = STATE_TIMESTAMP.get(state)
     if field is not None and getattr(record, field) is None:
         changes[field] = at
-    return dataclasses.replace(record, state=state, updated_at=max(record.updated_at, at),
+    return _evolve(record, state=state, updated_at=max(record.updated_at, at),
                                **changes)
 
 
@@ -125,7 +135,7 @@ def apply_status(record: UpdateRecord, status: Status) -> Transition:
         if status.percent is None or (record.progress is not None
                                       and status.percent <= record.progress):
             return _ignore(Ignored.STALE_PROGRESS)
-        return Transition(dataclasses.replace(record, progress=_percent(status.percent),
+        return Transition(_evolve(record, progress=_percent(status.percent),
                                               updated_at=max(record.updated_at, at)))
     target = STATUS_TARGET[status.type]
     refused = _check_rank(record, target)
@@ -166,7 +176,7 @@ def _rollback_failed(record: UpdateRecord, status: Status) -> Transition:
     if record.error is not None and note in record.error:
         return _ignore(Ignored.DUPLICATE)
     combined = note if record.error is None else f"{record.error}; {note}"
-    return Transition(dataclasses.replace(record, error=combined,
+    return Transition(_evolve(record, error=combined,
                                           updated_at=max(record.updated_at,
                                                          status.received_at)))
 
@@ -184,7 +194,7 @@ def apply_decision(record: UpdateRecord, decision: Decision) -> Transition:
             return _ignore(Ignored.TERMINAL)
         if record.sent_at is not None and record.sent_at >= at:
             return _ignore(Ignored.DUPLICATE)
-        return Transition(dataclasses.replace(record, sent_at=at,
+        return Transition(_evolve(record, sent_at=at,
                                               updated_at=max(record.updated_at, at)))
     if kind in (DecisionKind.TIMEOUT, DecisionKind.CANCEL):
         target = UpdateState.TIMEOUT if kind == DecisionKind.TIMEOUT else UpdateState.CANCELLED
@@ -209,7 +219,7 @@ def apply_decision(record: UpdateRecord, decision: Decision) -> Transition:
             changes["reason"] = decision.reason or Reason.UNHEALTHY
             if decision.message is not None:
                 changes["error"] = decision.message
-        return Transition(dataclasses.replace(record, **changes))
+        return Transition(_evolve(record, **changes))
     # DecisionKind.ROLLED_BACK
     if record.is_open:
         return _ignore(Ignored.OPEN)

@@ -71,7 +71,6 @@ def upgrade() -> None:
     op.create_index("ix_updates_device_created", "updates", ["device", "created_at"])
     op.create_index("ix_updates_rollout_state", "updates", ["rollout", "state"])
     op.create_index("ix_updates_state_created", "updates", ["state", "created_at"])
-    op.create_index("ix_updates_updated_at", "updates", ["updated_at"])
     op.create_table(
         "rollouts",
         sa.Column("name", sa.Text, primary_key=True),

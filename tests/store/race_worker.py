@@ -1,0 +1,44 @@
+"""One of two processes racing on the same database (run by test_concurrency.py).
+
+Usage: python -m tests.store.race_worker URL NAME. Prints the ids it inserted as JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+from fleetwave.protocol.messages import ReportedState, StatusType
+from fleetwave.store import open_store
+from tests.store.records import status, update
+
+DEVICES = 200
+BATCH = 50
+
+
+async def race(url: str, name: str) -> list[str]:
+    store = open_store(url, lock_timeout=60)
+    await store.migrate()
+    shared = [update(f"shared-{i}", device=f"dev-{i}") for i in range(DEVICES)]
+    # Both processes also try to open a second update of their own on the same devices and
+    # a component nobody else uses: the database lets exactly one of each pair in.
+    own = [update(f"{name}-{i}", device=f"dev-{i}", component="nodered") for i in range(DEVICES)]
+    inserted: list[str] = []
+    for start in range(0, DEVICES, BATCH):
+        for chunk in (shared[start:start + BATCH], own[start:start + BATCH]):
+            inserted += [r.id for r in await store.create_updates(chunk)]
+    for type_ in (StatusType.COMMAND_RECEIVED, StatusType.STARTED, StatusType.SUCCEEDED):
+        for start in range(0, DEVICES, BATCH):
+            batch = [status(type_, f"corr-shared-{i}", device=f"dev-{i}")
+                     for i in range(start, start + BATCH)]
+            await store.apply_statuses(batch)
+            await store.apply_device_messages(
+                [ReportedState(f"dev-{i}", {"agent": "1.0.6"}, 1000.0 + i)
+                 for i in range(start, start + BATCH)])
+    await store.close()
+    return inserted
+
+
+if __name__ == "__main__":
+    print(json.dumps(asyncio.run(race(sys.argv[1], sys.argv[2]))))
