@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.support.broker",
     "tests.support.postgres",
     "tests.support.git",
+    "tests.support.processes",
 ]

@@ -67,6 +67,7 @@ def _rate_option(name: str, help: str) -> Callable[[F], F]:
 @click.option("--speed", type=click.FloatRange(min=0.001), default=1.0, show_default=True,
               help="Divides update durations (10 = ten times faster).")
 @_rate_option("--fail-rate", help="Share of updates that fail.")
+@_rate_option("--rollback-fail-rate", help="Share of rollbacks that fail.")
 @_rate_option("--hang-rate", help="Share of updates that never finish.")
 @_rate_option("--unhealthy-rate",
               help="Share of updates that succeed, then crash-loop on the new version.")
@@ -89,7 +90,8 @@ def _rate_option(name: str, help: str) -> Callable[[F], F]:
               show_default=True)
 def simulate(broker: str, broker_username: str | None, broker_password: str | None,
              devices: int, devices_per_connection: int, seed: int, speed: float,
-             fail_rate: float, hang_rate: float, unhealthy_rate: float, offline_rate: float,
+             fail_rate: float, rollback_fail_rate: float, hang_rate: float,
+             unhealthy_rate: float, offline_rate: float,
              offline_duration: float, legacy_rate: float, duplicate_rate: float,
              garbage_rate: float, sha256_mismatch_rate: float, components: dict[str, str],
              artifacts: dict[str, str], topic_prefix: str) -> None:
@@ -103,7 +105,8 @@ def simulate(broker: str, broker_username: str | None, broker_password: str | No
     """
     config = SimulatorConfig(
         broker=broker, username=broker_username, password=broker_password, devices=devices,
-        seed=seed, speed=speed, fail_rate=fail_rate, hang_rate=hang_rate,
+        seed=seed, speed=speed, fail_rate=fail_rate,
+        rollback_fail_rate=rollback_fail_rate, hang_rate=hang_rate,
         unhealthy_rate=unhealthy_rate, offline_rate=offline_rate, legacy_rate=legacy_rate,
         duplicate_rate=duplicate_rate, garbage_rate=garbage_rate,
         sha256_mismatch_rate=sha256_mismatch_rate, offline_duration=offline_duration,

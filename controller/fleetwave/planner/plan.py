@@ -341,7 +341,10 @@ class _Pass:
             return
         has_rollback = rollback is not None and rollback.created_at >= latest.created_at
         state = latest.state
-        touched = state == UpdateState.SUCCEEDED or latest.started_at is not None
+        # Touched: we saw it start or succeed, or the device reports the new version anyway
+        # (a cancel that arrived after the device had begun, so it finished regardless).
+        touched = (state == UpdateState.SUCCEEDED or latest.started_at is not None
+                   or (reported is not None and reported == latest.to_version))
         if (self.rollback_all or uuid in self.rollback_devices) and touched \
                 and not has_rollback and latest.from_version is not None \
                 and reported != latest.from_version and state != UpdateState.ROLLED_BACK:

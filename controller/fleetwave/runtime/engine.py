@@ -294,6 +294,10 @@ class Engine:
             await asyncio.sleep(0.05)
 
     async def reconcile_once(self) -> float | None:
+        if not self._desired.synced:
+            # Before the first snapshot every stored rollout would look deleted: planning
+            # then would cancel open updates of rollouts that are merely not read yet.
+            return None
         started = time.perf_counter()
         async with self._lock:
             now = self.clock()

@@ -37,6 +37,9 @@ class Behaviour:
 
     speed: float = 1.0
     fail_rate: float = 0.0
+    rollback_fail_rate: float = 0.0
+    """Rollbacks fail separately: injected update failures should not also strand the
+    devices that the controller puts back."""
     hang_rate: float = 0.0
     unhealthy_rate: float = 0.0
     offline_rate: float = 0.0
@@ -207,10 +210,10 @@ class SimulatedDevice:
         component = command.component
         current = self.versions.get(component)
         # one draw per decision, in a fixed order, so a seed replays the same run
-        fails = self.rng.random() < b.fail_rate
-        hangs = self.rng.random() < b.hang_rate
-        unhealthy = self.rng.random() < b.unhealthy_rate
-        goes_offline = self.rng.random() < b.offline_rate
+        fails = self.rng.random() < (b.rollback_fail_rate if rollback else b.fail_rate)
+        hangs = self.rng.random() < b.hang_rate and not rollback
+        unhealthy = self.rng.random() < b.unhealthy_rate and not rollback
+        goes_offline = self.rng.random() < b.offline_rate and not rollback
         sha_mismatch = self.rng.random() < b.sha256_mismatch_rate
 
         await self._status("update_command_received", cid, version=command.version)

@@ -58,6 +58,7 @@ class SimulatorConfig:
     speed: float = 1.0
     """Divides every duration: 10 makes an 8 s update take 0.8 s (scheduled times excepted)."""
     fail_rate: float = 0.0
+    rollback_fail_rate: float = 0.0
     hang_rate: float = 0.0
     unhealthy_rate: float = 0.0
     offline_rate: float = 0.0
@@ -193,7 +194,8 @@ class SimulatedFleet:
         self.published = 0
         self.commands_received = 0
         behaviour = Behaviour(
-            speed=config.speed, fail_rate=config.fail_rate, hang_rate=config.hang_rate,
+            speed=config.speed, fail_rate=config.fail_rate,
+            rollback_fail_rate=config.rollback_fail_rate, hang_rate=config.hang_rate,
             unhealthy_rate=config.unhealthy_rate, offline_rate=config.offline_rate,
             duplicate_rate=config.duplicate_rate, garbage_rate=config.garbage_rate,
             sha256_mismatch_rate=config.sha256_mismatch_rate,
