@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import structlog
 
 from fleetwave.api.auth import TokenSet
+from fleetwave.api.notify import Notifier
 from fleetwave.api.server import build_app, serve
 from fleetwave.api.webhooks import WebhookSecrets
 from fleetwave.metrics import Metrics, build_metrics
@@ -59,25 +60,31 @@ def build_source(settings: Settings, metrics: Metrics) -> Source:
                         metrics=metrics)
 
 
-async def run_controller(settings: Settings, *, stop: asyncio.Event | None = None,
-                         ready: Callable[[Engine], Awaitable[None]] | None = None) -> None:
-    """Run until `stop` is set or SIGTERM/SIGINT arrives."""
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, stop.set)
+@dataclass
+class ControllerCore:
+    """The parts every controller process has, whatever its source of desired state:
+    metrics, store, MQTT link, engine, API tokens and notifier. `run` and `operator`
+    both build it with `controller_core`, so they cannot drift apart."""
 
+    settings: Settings
+    metrics: Metrics
+    store: Store
+    link: MqttLink
+    engine: Engine
+    tokens: TokenSet
+    notifier: Notifier | None
+
+
+@contextlib.asynccontextmanager
+async def controller_core(settings: Settings) -> AsyncIterator[ControllerCore]:
+    """Open the store (migrating it), connect the link; close both in reverse order."""
     metrics = build_metrics()
-    store: Store = open_store(settings.store)
-    await store.migrate()
     tokens = TokenSet.from_file(settings.token_file) if settings.token_file else TokenSet.disabled()
-    notifier: Any = None
-    if settings.notify_url:
-        from fleetwave.api.notify import Notifier
-        notifier = Notifier(settings.notify_url, settings.notify_secret,
-                            settings.notify_events, metrics)
+    store: Store = open_store(settings.store)
     try:
+        await store.migrate()
+        notifier = (Notifier(settings.notify_url, settings.notify_secret,
+                             settings.notify_events, metrics) if settings.notify_url else None)
         engine_box: list[Engine] = []
 
         async def on_messages(batch: list[DeviceMessage]) -> None:
@@ -88,8 +95,32 @@ async def run_controller(settings: Settings, *, stop: asyncio.Event | None = Non
                         on_event=notifier.publish if notifier is not None else None)
         engine_box.append(engine)
         engine.broker_connected = lambda: link.connected
-        source = build_source(settings, metrics)
+        await link.start()
+        try:
+            yield ControllerCore(settings, metrics, store, link, engine, tokens, notifier)
+        finally:
+            await link.stop()  # the persistent session stays on the broker
+            if notifier is not None:
+                await notifier.close()
+    finally:
+        await store.close()
 
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+async def run_controller(settings: Settings, *, stop: asyncio.Event | None = None,
+                         ready: Callable[[Engine], Awaitable[None]] | None = None) -> None:
+    """Run until `stop` is set or SIGTERM/SIGINT arrives."""
+    stop = stop or asyncio.Event()
+    install_signal_handlers(stop)
+    async with controller_core(settings) as core:
+        engine = core.engine
+        source = build_source(settings, core.metrics)
         latest: list[SourceSnapshot] = []
 
         async def on_snapshot(snapshot: SourceSnapshot) -> None:
@@ -105,36 +136,30 @@ async def run_controller(settings: Settings, *, stop: asyncio.Event | None = Non
                                                    lambda: latest[0] if latest else None)
         await engine.start()
         secrets = WebhookSecrets.of(settings.webhook_secret)
-        app = build_app(engine, metrics, tokens, webhook_secrets=secrets)
+        app = build_app(engine, core.metrics, core.tokens, webhook_secrets=secrets)
         runner = await serve(app, settings.listen)
-        await link.start()
         tasks = [
             asyncio.create_task(source.run(on_snapshot, stop), name="source"),
             asyncio.create_task(engine.run(stop), name="engine"),
         ]
-        if notifier is not None:
-            tasks.append(asyncio.create_task(notifier.run(), name="notifier"))
         log.info("controller.started", listen=settings.listen, source=_redact(settings.source),
                  store=_redact(settings.store))
-        if ready is not None:
-            await ready(engine)
-        done, _ = await asyncio.wait([asyncio.create_task(stop.wait()), *tasks],
-                                     return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            if task.get_name() in ("source", "engine") and task.exception():
-                log.error("controller.task_failed", task=task.get_name(),
-                          error=str(task.exception()))
-        stop.set()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await link.stop()
-        await runner.cleanup()
-        if notifier is not None:
-            await notifier.close()
-    finally:
-        await store.close()
-        log.info("controller.stopped")
+        try:
+            if ready is not None:
+                await ready(engine)
+            done, _ = await asyncio.wait([asyncio.create_task(stop.wait()), *tasks],
+                                         return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task.get_name() in ("source", "engine") and task.exception():
+                    log.error("controller.task_failed", task=task.get_name(),
+                              error=str(task.exception()))
+        finally:
+            stop.set()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await runner.cleanup()
+    log.info("controller.stopped")
 
 
 def registry_handler(settings: Settings, engine: Engine, source: Source,
