@@ -88,13 +88,17 @@ def _rate_option(name: str, help: str) -> Callable[[F], F]:
               metavar="URL=SHA256", help="Known artifact checksum (repeatable).")
 @click.option("--topic-prefix", envvar="FLEETWAVE_TOPIC_PREFIX", default="iot/device",
               show_default=True)
+@click.option("--device-id", "device_ids", multiple=True, metavar="UUID",
+              help="Use these device ids (repeatable) instead of generated ones, e.g. to "
+                   "give test devices names a health-check endpoint knows.")
 def simulate(broker: str, broker_username: str | None, broker_password: str | None,
              devices: int, devices_per_connection: int, seed: int, speed: float,
              fail_rate: float, rollback_fail_rate: float, hang_rate: float,
              unhealthy_rate: float, offline_rate: float,
              offline_duration: float, legacy_rate: float, duplicate_rate: float,
              garbage_rate: float, sha256_mismatch_rate: float, components: dict[str, str],
-             artifacts: dict[str, str], topic_prefix: str) -> None:
+             artifacts: dict[str, str], topic_prefix: str,
+             device_ids: tuple[str, ...]) -> None:
     """Run a fleet of simulated devices until interrupted.
 
     Each device publishes its retained state and online flag, and answers update, cancel
@@ -111,7 +115,8 @@ def simulate(broker: str, broker_username: str | None, broker_password: str | No
         duplicate_rate=duplicate_rate, garbage_rate=garbage_rate,
         sha256_mismatch_rate=sha256_mismatch_rate, offline_duration=offline_duration,
         component_versions=components, artifact_hashes=artifacts,
-        devices_per_connection=devices_per_connection, topic_prefix=topic_prefix)
+        devices_per_connection=devices_per_connection, topic_prefix=topic_prefix,
+        device_ids=list(device_ids) or None)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -182,8 +182,8 @@ CHECK = _obj(
     {
         "type": _str("http, tcp or container.", enum=["http", "tcp", "container"]),
         "name": _str("A name for the check, shown in status and events."),
-        "url": _str("http: the URL to GET; `{device_ip}` and `{device_name}` are replaced "
-                    "from the device's reported state."),
+        "url": _str("http: the URL to GET; `{device_ip}`, `{device_name}` and `{device_uuid}` "
+                    "are replaced from the device's reported state."),
         "expectStatus": {"type": "integer", "minimum": 100, "maximum": 599, "default": 200,
                          "description": "http: the expected HTTP status code."},
         "bodyContains": _str("http: a substring the response body must contain."),

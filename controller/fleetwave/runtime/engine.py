@@ -39,8 +39,9 @@ from fleetwave.planner.plan import apply_control, plan_deleted, plan_fleet
 from fleetwave.protocol.messages import Command, DeviceMessage, Online, ReportedState, Status
 from fleetwave.resources.model import Rollout, SourceRef, apply_defaults, rollout_spec_from
 from fleetwave.resources.schema import SCHEMAS
+from fleetwave.runtime.checks import CheckRunner, CheckTarget
 from fleetwave.store import DeviceRow, Event, Store
-from fleetwave.updates.model import Decision, DecisionKind, UpdateRecord, UpdateState
+from fleetwave.updates.model import Decision, DecisionKind, Health, UpdateRecord, UpdateState
 
 log = structlog.get_logger("fleetwave.engine")
 
@@ -98,6 +99,9 @@ class Engine:
         self._desired = _Desired(source={}, api={}, inventory={})
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
+        self.checks = CheckRunner()
+        self._checked_at: dict[tuple[str, str], float] = {}
+        self._check_task: asyncio.Task[None] | None = None
         self._started = False
         self.broker_connected: Callable[[], bool] = lambda: True
         self.git_sync: Callable[[], Awaitable[None]] | None = None
@@ -302,8 +306,10 @@ class Engine:
         async with self._lock:
             now = self.clock()
             desired = self._all_desired()
+            self._start_checks(desired, now)
+            results = {key: verdict[0] for key, verdict in self.checks.results.items()}
             fleet = plan_fleet(list(desired.values()), list(self._views.values()),
-                               self._records, self._states, now)
+                               self._records, self._states, now, check_results=results)
             next_wake = fleet.next_wake
             for name, plan in fleet.plans.items():
                 await self._execute(name, plan, desired.get(name))
@@ -318,6 +324,34 @@ class Engine:
             self._update_fleet_metrics(now)
         self.metrics.reconcile_duration.observe(time.perf_counter() - started)
         return next_wake
+
+    def _start_checks(self, desired: Mapping[str, Rollout], now: float,
+                      every: float = 5.0) -> None:
+        """HTTP and TCP checks of devices that succeeded and are not judged yet, in the
+        background: their results reach the planner on a later pass."""
+        if self._check_task is not None and not self._check_task.done():
+            return
+        targets: list[CheckTarget] = []
+        for name, rollout in desired.items():
+            checks = tuple(c for c in rollout.spec.health.checks if c.type in ("http", "tcp"))
+            if not checks:
+                continue
+            for device, attempts in self._records.get(name, {}).items():
+                latest = attempts[-1]
+                key = (name, device)
+                if (latest.action != "update" or latest.state != UpdateState.SUCCEEDED
+                        or latest.health != Health.UNKNOWN
+                        or now - self._checked_at.get(key, 0.0) < every):
+                    continue
+                self._checked_at[key] = now
+                view = self._views.get(device)
+                targets.append(CheckTarget(name, device, view.ip if view else None,
+                                           view.name if view else None, checks))
+        if targets:
+            async def run() -> None:
+                await self.checks.run(targets)
+                self._wake.set()
+            self._check_task = asyncio.create_task(run(), name="health-checks")
 
     async def _execute(self, name: str, plan: Plan, rollout: Rollout | None) -> None:
         new_records = [a.record for a in plan.actions if isinstance(a, SendUpdate | SendRollback)]
