@@ -49,7 +49,10 @@ def write_rollout(folder: Path, text: str) -> None:
 def phase_of(controller: Controller) -> Callable[[], Any]:
     def check() -> Any:
         rollout = controller.get("/api/v1/rollouts/agent-rollout", ok_only=False)
-        return rollout.get("status", {}) if isinstance(rollout, dict) else {}
+        if not isinstance(rollout, dict) or "name" not in rollout:
+            return {}  # not loaded yet (404) or server not up
+        status: dict[str, Any] = rollout["status"]
+        return status
     return check
 
 
@@ -96,10 +99,14 @@ def test_injected_failures_pause_the_rollout_in_its_canary(
         tmp_path: Path, controller_factory: Callable[..., Controller],
         simulator_factory: Callable[..., Simulator]) -> None:
     source = tmp_path / "rollouts"
-    write_rollout(source, rollout_yaml(failure="action: pause"))
+    source.mkdir()
     simulator_factory(DEVICES, "--speed", "40", "--seed", "2", "--fail-rate", "0.3")
     controller = controller_factory(source)
     controller.start()
+    # The whole fleet reports in first: the canary is 5 % of what is targeted, so a
+    # rollout that starts while devices are still connecting picks from fewer devices.
+    wait_until(lambda: len(controller.devices()) == DEVICES, 60, "fleet did not report in")
+    write_rollout(source, rollout_yaml(failure="action: pause"))
     status = wait_until(lambda: (s := phase_of(controller)()).get("phase") == "Paused"
                         and s.get("currentStep") == 0 and s, 120,
                         lambda: f"not paused in the canary: {phase_of(controller)()}\n"
