@@ -40,7 +40,7 @@ from fleetwave.protocol.messages import Command, DeviceMessage, Online, Reported
 from fleetwave.resources.model import Rollout, SourceRef, apply_defaults, rollout_spec_from
 from fleetwave.resources.schema import SCHEMAS
 from fleetwave.runtime.checks import CheckRunner, CheckTarget
-from fleetwave.store import DeviceRow, Event, Store
+from fleetwave.store import DeviceRow, Event, Store, device_json, event_json, record_json
 from fleetwave.updates.model import Decision, DecisionKind, Health, UpdateRecord, UpdateState
 
 log = structlog.get_logger("fleetwave.engine")
@@ -102,6 +102,7 @@ class Engine:
         self.checks = CheckRunner()
         self._checked_at: dict[tuple[str, str], float] = {}
         self._check_task: asyncio.Task[None] | None = None
+        self._inventory_dirty = False
         self._started = False
         self.broker_connected: Callable[[], bool] = lambda: True
         self.git_sync: Callable[[], Awaitable[None]] | None = None
@@ -141,9 +142,11 @@ class Engine:
     # -- observed state ---------------------------------------------------------------
 
     def _set_device(self, row: DeviceRow) -> None:
-        self._devices[row.uuid] = row
+        inventory = self._desired.inventory.get(row.uuid, row.inventory_labels)
         labels = dict(row.reported_labels)
-        labels.update(self._desired.inventory.get(row.uuid, row.inventory_labels))
+        labels.update(inventory)  # inventory wins over what the device says of itself
+        row = replace(row, inventory_labels=dict(inventory), labels=labels)
+        self._devices[row.uuid] = row
         self._views[row.uuid] = DeviceView(
             uuid=row.uuid, versions=row.versions, labels=labels, online=row.online,
             last_seen=row.last_seen, ip=row.ip, name=row.name, containers=row.containers,
@@ -236,6 +239,7 @@ class Engine:
         self._desired.synced = True
         if dict(inventory) != self._desired.inventory:
             self._desired.inventory = {k: dict(v) for k, v in inventory.items()}
+            self._inventory_dirty = True
             for row in list(self._devices.values()):
                 self._set_device(row)
         self._wake.set()
@@ -304,6 +308,9 @@ class Engine:
             return None
         started = time.perf_counter()
         async with self._lock:
+            if self._inventory_dirty:
+                await self.store.set_inventory_labels(self._desired.inventory)
+                self._inventory_dirty = False
             now = self.clock()
             desired = self._all_desired()
             self._start_checks(desired, now)
@@ -514,12 +521,12 @@ class Engine:
         return [event_json(e) for e in page.items], page.total
 
     async def list_devices(self) -> list[dict[str, Any]]:
-        return [device_json(r, self._views[r.uuid]) for r in
+        return [device_json(r) for r in
                 sorted(self._devices.values(), key=lambda r: r.uuid)]
 
     async def get_device(self, uuid: str) -> dict[str, Any] | None:
         row = self._devices.get(uuid)
-        return device_json(row, self._views[uuid]) if row is not None else None
+        return device_json(row) if row is not None else None
 
     async def device_updates(self, uuid: str, limit: int = 100) -> list[dict[str, Any]]:
         if uuid not in self._devices:
@@ -671,43 +678,3 @@ def command_for(record: UpdateRecord) -> Command:
         correlation_id=record.correlation_id, timestamp=int(time.time() * 1000),
         scheduled_time=record.scheduled_time, force=record.force,
     )
-
-
-def iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    from datetime import UTC, datetime
-    return datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z")
-
-
-def record_json(r: UpdateRecord) -> dict[str, Any]:
-    """An update record in the field names of DESIGN.md section 8."""
-    return {
-        "id": r.id, "device": r.device, "rollout": r.rollout, "component": r.component,
-        "fromVersion": r.from_version, "toVersion": r.to_version, "state": r.state.value,
-        "action": r.action, "attempt": r.attempt, "correlationId": r.correlation_id,
-        "reason": r.reason, "error": r.error, "exitCode": r.exit_code,
-        "triggeredBy": r.triggered_by, "health": r.health.value, "progress": r.progress,
-        "generation": r.generation,
-        "createdAt": iso(r.created_at), "sentAt": iso(r.sent_at),
-        "acknowledgedAt": iso(r.acknowledged_at), "scheduledAt": iso(r.scheduled_at),
-        "startedAt": iso(r.started_at), "completedAt": iso(r.completed_at),
-        "healthAt": iso(r.health_at), "rolledBackAt": iso(r.rolled_back_at),
-        "updatedAt": iso(r.updated_at),
-    }
-
-
-def device_json(row: DeviceRow, view: DeviceView) -> dict[str, Any]:
-    return {
-        "uuid": row.uuid, "name": row.name, "versions": dict(row.versions),
-        "labels": dict(view.labels), "reportedLabels": dict(row.reported_labels),
-        "inventoryLabels": dict(row.inventory_labels), "deploymentType": row.deployment_type,
-        "ip": row.ip, "online": row.online, "lastSeen": iso(row.last_seen),
-        "containers": [{"name": c.name, "image": c.image, "running": c.running}
-                       for c in row.containers],
-    }
-
-
-def event_json(e: Event) -> dict[str, Any]:
-    return {"time": iso(e.time), "rollout": e.rollout, "device": e.device, "type": e.type,
-            "reason": e.reason, "message": e.message, "actor": e.actor}

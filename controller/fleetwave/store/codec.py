@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from fleetwave.protocol.messages import Container
@@ -92,9 +93,17 @@ def camel(name: str) -> str:
     return re.sub(r"_([a-z])", lambda m: m.group(1).upper(), name)
 
 
+def iso(ts: float | None) -> str | None:
+    """Epoch seconds as RFC 3339 UTC, the form the API and exports show times in."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
 def record_json(record: UpdateRecord) -> dict[str, Any]:
     """An update record as the API and exports show it (camelCase, DESIGN.md section 8)."""
-    return {camel(name): value for name, value in record_params(record).items()}
+    return {camel(name): iso(value) if name.endswith("_at") else value
+            for name, value in record_params(record).items()}
 
 
 def device_json(device: DeviceRow) -> dict[str, Any]:
@@ -104,11 +113,11 @@ def device_json(device: DeviceRow) -> dict[str, Any]:
         "inventoryLabels": dict(device.inventory_labels),
         "deploymentType": device.deployment_type, "ip": device.ip, "name": device.name,
         "containers": containers_json(device.containers), "online": device.online,
-        "lastSeen": device.last_seen, "stateReceivedAt": device.state_received_at,
+        "lastSeen": iso(device.last_seen), "stateReceivedAt": iso(device.state_received_at),
     }
 
 
 def event_json(event: Event) -> dict[str, Any]:
-    return {"id": event.id, "time": event.time, "rollout": event.rollout,
+    return {"id": event.id, "time": iso(event.time), "rollout": event.rollout,
             "device": event.device, "type": event.type, "reason": event.reason,
             "message": event.message, "actor": event.actor}
