@@ -73,16 +73,18 @@ class _PlainPrinter:
 
     def __init__(self, out: IO[str]) -> None:
         self.out = out
-        self.last: dict[str, tuple[Any, ...]] = {}
+        self.last: dict[str, tuple[tuple[Any, ...], float]] = {}
 
     def show(self, state: DemoState) -> None:
         elapsed = time.monotonic() - state.started
         for item in _rollout_rows(state):
             status = item["status"]
             key = (status.get("phase"), status.get("currentStep"), status.get("progress"))
-            if self.last.get(item["name"]) == key:
-                continue
-            self.last[item["name"]] = key
+            last = self.last.get(item["name"])
+            if last is not None and (last[0] == key or (
+                    last[0][:2] == key[:2] and elapsed - last[1] < 3.0)):
+                continue  # same phase and step: at most a line every 3 s
+            self.last[item["name"]] = (key, elapsed)
             self.out.write(
                 f"[{elapsed:5.0f}s] {item['name']:<20} {item['spec']['version']:<8} "
                 f"{status.get('phase', 'Pending'):<12} step {int(status.get('currentStep', 0)) + 1}"

@@ -48,8 +48,8 @@ spec:
     updateTimeout: 30s
     stableFor: 2s
   failurePolicy:
-    maxFailurePercent: 15
-    minSample: 20
+    maxFailurePercent: 25
+    minSample: 30
     action: pause
     retries: 1
     retryBackoff: 2s
@@ -69,6 +69,7 @@ spec:
   strategy:
     steps: [{percent: 10}, {percent: 100, pause: 2s}]
   health: {ackTimeout: 10s, updateTimeout: 30s, stableFor: 2s}
+  failurePolicy: {maxFailurePercent: 15, minSample: 30, retries: 1, retryBackoff: 2s}
 """
 
 
@@ -82,7 +83,7 @@ class DemoOptions:
     listen: str = "127.0.0.1:8080"
     workdir: str | None = None
     keep: bool = False
-    bump_after: float = 45.0
+    bump_after: float = 90.0
     """Seconds after start at the latest before the demo commits a new version."""
 
 
