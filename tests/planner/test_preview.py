@@ -216,17 +216,27 @@ def test_a_berlin_0200_window_across_dst_starts_when_the_planner_first_sends(
     assert _sends_at(r, devices, opens) == set(wave.devices)
 
 
-def test_device_time_zones_each_open_at_their_own_0200_around_the_spring_change() -> None:
+@pytest.mark.parametrize(("now", "opening"), [
+    pytest.param(utc(2026, 3, 28, 12),
+                 {"Asia/Kolkata": utc(2026, 3, 28, 20, 30), "Europe/Berlin": utc(2026, 3, 29, 1),
+                  "UTC": utc(2026, 3, 29, 2), "America/New_York": utc(2026, 3, 29, 6)},
+                 id="berlin-spring-forward"),
+    pytest.param(utc(2026, 10, 24, 12),
+                 {"Asia/Kolkata": utc(2026, 10, 24, 20, 30),
+                  "Europe/Berlin": utc(2026, 10, 25, 0), "UTC": utc(2026, 10, 25, 2),
+                  "America/New_York": utc(2026, 10, 25, 6)},
+                 id="berlin-fall-back"),
+])
+def test_device_time_zones_each_open_at_their_own_0200_across_dst(
+        now: float, opening: dict[str, float]) -> None:
     """Each zone's devices start at 02:00 local; the wave's earliest start is the first
     zone, its half-sent time is when most of its zones are under way."""
     devices = snapshot()
     r = _window("device")
-    result = only(preview([r], devices, utc(2026, 3, 28, 12)))
+    result = only(preview([r], devices, now))
     wave = result.waves[0]
     by_uuid = {d.uuid: d for d in devices}
-    opening = {"Asia/Kolkata": utc(2026, 3, 28, 20, 30), "Europe/Berlin": utc(2026, 3, 29, 1),
-               "UTC": utc(2026, 3, 29, 2), "America/New_York": utc(2026, 3, 29, 6)}
-    assert result.starts_at == utc(2026, 3, 28, 12)  # the rollout starts; its devices wait
+    assert result.starts_at == now  # the rollout starts; its devices wait
     assert wave.first_send == opening["Asia/Kolkata"]
     assert wave.sending_done == opening["America/New_York"]
     assert wave.half_sent in opening.values()
