@@ -53,7 +53,7 @@ from fleetwave.planner.schedule import (
     not_before_gate,
     window_gate,
 )
-from fleetwave.planner.selectors import compile_selector
+from fleetwave.planner.selectors import resolve_targets
 from fleetwave.planner.waves import device_hash, step_of, thresholds
 from fleetwave.protocol.messages import Command
 from fleetwave.resources.model import Check, FailureAction, Rollout
@@ -872,45 +872,15 @@ def _plan_fleet(rollouts: Sequence[Rollout], devices: Sequence[DeviceView],
                 records: Mapping[str, Mapping[str, Sequence[UpdateRecord]]],
                 states: Mapping[str, RolloutState], now: float, *,
                 check_results: CheckResults | None, cache: HashCache) -> FleetPlan:
-    by_component: dict[str, list[Rollout]] = {}
-    for r in sorted(rollouts, key=lambda r: r.name):
-        by_component.setdefault(r.spec.component, []).append(r)
-    targeted: dict[str, list[DeviceView]] = {r.name: [] for r in rollouts}
-    conflicted: dict[str, int] = dict.fromkeys(targeted, 0)
-    overridden: dict[str, int] = dict.fromkeys(targeted, 0)
-    conflicts_with: dict[str, set[str]] = {n: set() for n in targeted}
-    for group in by_component.values():
-        matchers = [(r, compile_selector(r.spec.selector, r.spec.exclude)) for r in group]
-        if len(matchers) == 1:
-            r, m = matchers[0]
-            targeted[r.name] = [d for d in devices if m(d)]
-            continue
-        for d in devices:
-            hits = [r for r, m in matchers if m(d)]
-            if not hits:
-                continue
-            if len(hits) == 1:
-                targeted[hits[0].name].append(d)
-                continue
-            api = [r for r in hits if r.source.kind == "api"]
-            contenders = api or hits
-            for r in hits:
-                if api and r not in api:
-                    overridden[r.name] += 1
-            if len(contenders) == 1:
-                targeted[contenders[0].name].append(d)
-                continue
-            names = {r.name for r in contenders}
-            for r in contenders:
-                conflicted[r.name] += 1
-                conflicts_with[r.name] |= names - {r.name}
+    targets = resolve_targets(rollouts, devices)
     index = _LazyIndex(devices)
     plans: dict[str, Plan] = {}
     wake: float | None = None
     for r in rollouts:
-        result = plan(r, targeted[r.name], records.get(r.name, {}), states.get(r.name), now,
-                      conflicted=conflicted[r.name], overridden=overridden[r.name],
-                      conflicts_with=sorted(conflicts_with[r.name]),
+        t = targets[r.name]
+        result = plan(r, t.targeted, records.get(r.name, {}), states.get(r.name), now,
+                      conflicted=len(t.conflicted), overridden=len(t.overridden),
+                      conflicts_with=sorted(t.conflicts_with),
                       check_results=check_results, cache=cache, all_devices=index)
         plans[r.name] = result
         if result.next_wake is not None and (wake is None or result.next_wake < wake):

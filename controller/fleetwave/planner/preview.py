@@ -3,7 +3,7 @@
 A reviewer of a Rollout change wants to know which devices the canary will touch and
 when, before the change reaches the controller. The answer must never disagree with
 what the controller later does, so this module decides nothing of its own: targeting
-uses `compile_selector` and the same conflict rule as `plan_fleet`, membership uses
+uses `resolve_targets`, the conflict rule `plan_fleet` itself calls; membership uses
 `device_hash`/`thresholds`/`step_of` from waves.py, and every time comes from the
 gates the planner uses (`_gates` for notBefore, freezes and a rollout-wide window,
 `DeviceWindows` for `timezone: device`) and its `TokenBucket` for maxPerMinute.
@@ -19,7 +19,7 @@ import heapq
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,7 +27,7 @@ from fleetwave.planner.budget import TokenBucket
 from fleetwave.planner.model import DeviceView
 from fleetwave.planner.plan import _gates
 from fleetwave.planner.schedule import DeviceWindows, ScheduleError
-from fleetwave.planner.selectors import compile_selector
+from fleetwave.planner.selectors import Targets, compile_selector, resolve_targets
 from fleetwave.planner.waves import device_hash, step_of, thresholds
 from fleetwave.resources.model import DeviceInventory, Rollout
 
@@ -181,50 +181,6 @@ def apply_inventory(devices: Sequence[DeviceView],
 # -- targeting: plan_fleet's rule ------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _Targets:
-    targeted: list[DeviceView] = field(default_factory=list)
-    conflicted: list[str] = field(default_factory=list)
-    conflicts_with: set[str] = field(default_factory=set)
-    overridden: list[str] = field(default_factory=list)
-
-
-def resolve_targets(rollouts: Sequence[Rollout],
-                    devices: Sequence[DeviceView]) -> dict[str, _Targets]:
-    """Who may touch which device, by `plan_fleet`'s rule.
-
-    Rollouts of one component that select the same device conflict and none of them
-    touches it; a rollout from the API (an ad-hoc update) wins instead. Tests compare
-    the result with `plan_fleet`'s counts on the same fleet.
-    """
-    out = {r.name: _Targets() for r in rollouts}
-    by_component: dict[str, list[Rollout]] = {}
-    for r in sorted(rollouts, key=lambda r: r.name):
-        by_component.setdefault(r.spec.component, []).append(r)
-    for group in by_component.values():
-        matchers = [(r, compile_selector(r.spec.selector, r.spec.exclude)) for r in group]
-        for d in devices:
-            hits = [r for r, m in matchers if m(d)]
-            if not hits:
-                continue
-            if len(hits) == 1:
-                out[hits[0].name].targeted.append(d)
-                continue
-            api = [r for r in hits if r.source.kind == "api"]
-            contenders = api or hits
-            for r in hits:
-                if api and r not in api:
-                    out[r.name].overridden.append(d.uuid)
-            if len(contenders) == 1:
-                out[contenders[0].name].targeted.append(d)
-                continue
-            names = {r.name for r in contenders}
-            for r in contenders:
-                out[r.name].conflicted.append(d.uuid)
-                out[r.name].conflicts_with.update(names - {r.name})
-    return out
-
-
 def wave_members(rollout: Rollout, targeted: Sequence[DeviceView]) -> list[list[DeviceView]]:
     """Targeted devices per step (index len(steps): past the last step), as `plan` cuts them."""
     percents = [s.percent for s in rollout.spec.strategy.steps]
@@ -346,7 +302,7 @@ def _excluded(rollout: Rollout, devices: Sequence[DeviceView]) -> list[str]:
     return sorted(d.uuid for d in devices if d.uuid in excluded and selects(d))
 
 
-def _preview_one(rollout: Rollout, target: _Targets, excluded: Sequence[str], now: float,
+def _preview_one(rollout: Rollout, target: Targets, excluded: Sequence[str], now: float,
                  group_by: Sequence[str], file: str | None) -> RolloutPreview:
     spec = rollout.spec
     strategy = spec.strategy

@@ -6,10 +6,11 @@ one small closure instead of being re-interpreted for 100,000 devices.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from fleetwave.planner.model import DeviceView
-from fleetwave.resources.model import Operator, Requirement, RolloutSpec, Selector
+from fleetwave.resources.model import Operator, Requirement, Rollout, RolloutSpec, Selector
 
 Matcher = Callable[[DeviceView], bool]
 
@@ -83,3 +84,53 @@ def compile_selector(selector: Selector, exclude: tuple[str, ...] = ()) -> Match
 def targets(spec: RolloutSpec, device: DeviceView) -> bool:
     """Convenience for single checks (the planner compiles once instead)."""
     return compile_selector(spec.selector, spec.exclude)(device)
+
+
+@dataclass(slots=True)
+class Targets:
+    """Which devices one rollout may touch, and which it may not because of another."""
+
+    targeted: list[DeviceView] = field(default_factory=list)
+    conflicted: list[str] = field(default_factory=list)
+    conflicts_with: set[str] = field(default_factory=set)
+    overridden: list[str] = field(default_factory=list)
+
+
+def resolve_targets(rollouts: Sequence[Rollout],
+                    devices: Sequence[DeviceView]) -> dict[str, Targets]:
+    """Who may touch which device: the one rule `plan_fleet` and `fleetwave plan` share.
+
+    Rollouts of one component that select the same device conflict and none of them
+    touches it; a rollout from the API (an ad-hoc update) wins instead, and the others
+    count the device as overridden.
+    """
+    out = {r.name: Targets() for r in rollouts}
+    by_component: dict[str, list[Rollout]] = {}
+    for r in sorted(rollouts, key=lambda r: r.name):
+        by_component.setdefault(r.spec.component, []).append(r)
+    for group in by_component.values():
+        matchers = [(r, compile_selector(r.spec.selector, r.spec.exclude)) for r in group]
+        if len(matchers) == 1:  # the common case: nothing to resolve
+            r, m = matchers[0]
+            out[r.name].targeted = [d for d in devices if m(d)]
+            continue
+        for d in devices:
+            hits = [r for r, m in matchers if m(d)]
+            if not hits:
+                continue
+            if len(hits) == 1:
+                out[hits[0].name].targeted.append(d)
+                continue
+            api = [r for r in hits if r.source.kind == "api"]
+            contenders = api or hits
+            for r in hits:
+                if api and r not in api:
+                    out[r.name].overridden.append(d.uuid)
+            if len(contenders) == 1:
+                out[contenders[0].name].targeted.append(d)
+                continue
+            names = {r.name for r in contenders}
+            for r in contenders:
+                out[r.name].conflicted.append(d.uuid)
+                out[r.name].conflicts_with.update(names - {r.name})
+    return out

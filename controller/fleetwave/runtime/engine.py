@@ -505,10 +505,13 @@ class Engine:
 
     async def rollout_devices(self, name: str) -> list[dict[str, Any]]:
         self._require(name)
+        state = self._states.get(name)
+        parked = state.parked if state is not None else frozenset()
         out = []
         for device, attempts in sorted(self._records.get(name, {}).items()):
             latest = attempts[-1]
             out.append({"uuid": device, "state": latest.state.value, "attempt": latest.attempt,
+                        "parked": device in parked,
                         "fromVersion": latest.from_version, "toVersion": latest.to_version,
                         "health": latest.health.value, "reason": latest.reason,
                         "updateId": latest.id})
@@ -517,7 +520,8 @@ class Engine:
     async def rollout_events(self, name: str, offset: int, limit: int
                              ) -> tuple[list[dict[str, Any]], int]:
         self._require(name)
-        page = await self.store.list_events(name, offset=offset, limit=limit)
+        # SQL offsets are 64-bit: a larger one (any client may send it) means "past the end".
+        page = await self.store.list_events(name, offset=min(offset, 2**63 - 1), limit=limit)
         return [event_json(e) for e in page.items], page.total
 
     async def list_devices(self) -> list[dict[str, Any]]:
