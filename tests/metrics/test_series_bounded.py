@@ -5,11 +5,11 @@ size: 1,000 and 10,000 simulated devices, each rolled to 100 % of one Rollout. T
 pages must hold the same series, and no label value may name a device. Device ids
 belong in logs and the API, never in labels (DESIGN.md section 6).
 
-maxInFlight stays below the MQTT link's publish window (1,000 unacknowledged commands):
-with 10,000 commands in one pass the controller deadlocks today (the engine awaits the
-window while holding its lock; the ingest consumer waits for that lock; the paho thread,
-whose PUBACKs would open the window, sleeps in the link's back-pressure loop). That is a
-bug of its own, reported; this test is about series.
+maxInFlight is far above the MQTT link's publish window (1,000 unacknowledged commands),
+so one pass sends 10,000 commands while statuses flood in: this once deadlocked the
+controller (the engine awaited the window while holding its lock, the ingest consumer
+waited for that lock, and the paho thread, whose PUBACKs open the window, waited for the
+consumer). The engine now publishes outside its lock; this test keeps it that way.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ spec:
   selector: {{}}
   strategy:
     steps: [{{percent: 100}}]
-    maxInFlight: 500
+    maxInFlight: 10000
   health: {{ackTimeout: 60s, updateTimeout: 120s, stableFor: 1s}}
   failurePolicy: {{maxFailurePercent: 100, retries: 0}}
 """

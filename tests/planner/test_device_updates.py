@@ -217,3 +217,20 @@ def test_user_rollback_of_one_device() -> None:
     p = plan(r, [device("d1", version="1.0.6")], records, state, T0 + 600)
     assert kinds(p.actions) == ["SendRollback"]
     assert p.status.phase == "Completed"
+
+
+def test_health_waits_for_a_state_report_that_lags_behind_the_success_status() -> None:
+    """`update_succeeded` and the new retained state are separate messages: a device whose
+    last state predates its success is not judged on that stale state, until
+    offlineAfterUpdate; a state received after the success is judged at once."""
+    rollout = make_rollout(**ALL)
+    success = rec(UpdateState.SUCCEEDED, completed_at=T0)
+    stale = dataclasses.replace(device("d1", version="1.0.5"), state_at=T0 - 1)
+    waiting = plan(rollout, [stale], {"d1": [success]}, None, T0 + 300)
+    assert kinds(waiting.actions) == []
+    assert waiting.next_wake is not None and waiting.next_wake <= T0 + 600
+    late = plan(rollout, [stale], {"d1": [success]}, None, T0 + 601)
+    assert "Decide:unhealthy:VersionMismatch" in kinds(late.actions)
+    fresh = dataclasses.replace(device("d1", version="1.0.5"), state_at=T0 + 1)
+    judged = plan(rollout, [fresh], {"d1": [success]}, None, T0 + 300)
+    assert "Decide:unhealthy:VersionMismatch" in kinds(judged.actions)

@@ -452,6 +452,12 @@ class _Pass:
             self.wake_at(stable_at)
             return None
         if reported != self.version:
+            if (device.state_at is not None and device.state_at < done_at
+                    and now < offline_window):
+                # The success status outran the device's new retained state (they are
+                # separate messages): wait for the state, up to offlineAfterUpdate.
+                self.wake_at(offline_window)
+                return None
             self.decide(record, DecisionKind.UNHEALTHY, DecisionReason.VERSION_MISMATCH,
                         f"device reports {reported!r} after succeeding on {self.version!r}")
             return False

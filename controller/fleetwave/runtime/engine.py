@@ -69,6 +69,16 @@ class _Desired:
     synced: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class _Outgoing:
+    """A command to publish after the pass (None: clear the retained command)."""
+
+    device: str
+    command: Command | None
+    record_id: str | None = None
+    """Set for update and rollback commands: the record that gets `sent_at`."""
+
+
 def _rollout_name(text: str) -> str:
     name = re.sub(r"[^a-z0-9.-]+", "-", text.lower()).strip("-.")
     return name[:253] or "rollout"
@@ -99,10 +109,15 @@ class Engine:
         self._desired = _Desired(source={}, api={}, inventory={})
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
+        """Guards the in-memory fleet against ingest and a pass interleaving."""
+        self._pass_lock = asyncio.Lock()
+        """One reconcile pass at a time (the loop and control operations both run them)."""
         self.checks = CheckRunner()
         self._checked_at: dict[tuple[str, str], float] = {}
         self._check_task: asyncio.Task[None] | None = None
         self._inventory_dirty = False
+        self._to_clear: set[str] = set()
+        """Devices whose update ended by their own status: clear their retained command."""
         self._started = False
         self.broker_connected: Callable[[], bool] = lambda: True
         self.git_sync: Callable[[], Awaitable[None]] | None = None
@@ -150,6 +165,7 @@ class Engine:
         self._views[row.uuid] = DeviceView(
             uuid=row.uuid, versions=row.versions, labels=labels, online=row.online,
             last_seen=row.last_seen, ip=row.ip, name=row.name, containers=row.containers,
+            state_at=row.state_received_at,
         )
 
     def _remember(self, record: UpdateRecord) -> None:
@@ -206,9 +222,9 @@ class Engine:
                                 outcome.before is None or outcome.before.is_open):
                             finished.add(outcome.after.device)
             # A final state clears the retained command, so a rebooting device is not
-            # updated again, unless another update of that device is already queued.
-            for device in sorted(d for d in finished if not self._open.get(d)):
-                await self.publisher.clear_command(device)
+            # updated again. The next pass publishes the clears: waiting for the broker
+            # here would hold up the ingest thread that carries its acknowledgements.
+            self._to_clear.update(finished)
         self._wake.set()
 
     def _merge_device_message(self, msg: ReportedState | Online) -> None:
@@ -306,31 +322,54 @@ class Engine:
             # Before the first snapshot every stored rollout would look deleted: planning
             # then would cancel open updates of rollouts that are merely not read yet.
             return None
-        started = time.perf_counter()
-        async with self._lock:
-            if self._inventory_dirty:
-                await self.store.set_inventory_labels(self._desired.inventory)
-                self._inventory_dirty = False
-            now = self.clock()
-            desired = self._all_desired()
-            self._start_checks(desired, now)
-            results = {key: verdict[0] for key, verdict in self.checks.results.items()}
-            fleet = plan_fleet(list(desired.values()), list(self._views.values()),
-                               self._records, self._states, now, check_results=results)
-            next_wake = fleet.next_wake
-            for name, plan in fleet.plans.items():
-                await self._execute(name, plan, desired.get(name))
-            for name in [n for n in self._states if n not in desired]:
-                plan = plan_deleted(name, self._records.get(name, {}), now)
-                await self._execute(name, plan, None)
-                await self.store.delete_rollout(name)
-                self._states.pop(name, None)
-                self._status.pop(name, None)
-                self._records.pop(name, None)
-                self._generations.pop(name, None)
-            self._update_fleet_metrics(now)
-        self.metrics.reconcile_duration.observe(time.perf_counter() - started)
+        async with self._pass_lock:
+            started = time.perf_counter()
+            outbox: list[_Outgoing] = []
+            async with self._lock:
+                if self._inventory_dirty:
+                    await self.store.set_inventory_labels(self._desired.inventory)
+                    self._inventory_dirty = False
+                now = self.clock()
+                desired = self._all_desired()
+                self._start_checks(desired, now)
+                results = {key: verdict[0] for key, verdict in self.checks.results.items()}
+                fleet = plan_fleet(list(desired.values()), list(self._views.values()),
+                                   self._records, self._states, now, check_results=results)
+                next_wake = fleet.next_wake
+                for name, plan in fleet.plans.items():
+                    outbox += await self._execute(name, plan, desired.get(name))
+                for name in [n for n in self._states if n not in desired]:
+                    plan = plan_deleted(name, self._records.get(name, {}), now)
+                    outbox += await self._execute(name, plan, None)
+                    await self.store.delete_rollout(name)
+                    self._states.pop(name, None)
+                    self._status.pop(name, None)
+                    self._records.pop(name, None)
+                    self._generations.pop(name, None)
+                self._update_fleet_metrics(now)
+                # ...unless another update of that device is already queued.
+                outbox += [_Outgoing(d, None) for d in sorted(self._to_clear)
+                           if not self._open.get(d)]
+                self._to_clear.clear()
+            await self._send(outbox)
+            self.metrics.reconcile_duration.observe(time.perf_counter() - started)
         return next_wake
+
+    async def _send(self, outbox: Sequence[_Outgoing]) -> None:
+        """Publish outside the engine lock: waiting for the broker's acknowledgements must
+        never stop ingest, whose thread also carries those acknowledgements."""
+        sent: list[tuple[str, Decision]] = []
+        for item in outbox:
+            if item.command is None:
+                await self.publisher.clear_command(item.device)
+                continue
+            await self.publisher.publish_command(item.device, item.command)
+            if item.record_id is not None:
+                sent.append((item.record_id, Decision(DecisionKind.SENT, self.clock())))
+        if sent:
+            async with self._lock:
+                for record in await self.store.apply_decisions(sent):
+                    self._remember(record)
 
     def _start_checks(self, desired: Mapping[str, Rollout], now: float,
                       every: float = 5.0) -> None:
@@ -360,30 +399,33 @@ class Engine:
                 self._wake.set()
             self._check_task = asyncio.create_task(run(), name="health-checks")
 
-    async def _execute(self, name: str, plan: Plan, rollout: Rollout | None) -> None:
+    async def _execute(self, name: str, plan: Plan, rollout: Rollout | None
+                       ) -> list[_Outgoing]:
+        """Store what the plan decided (records first) and return what to publish."""
         new_records = [a.record for a in plan.actions if isinstance(a, SendUpdate | SendRollback)]
         if new_records:
             created = await self.store.create_updates(new_records)
             for record in created:
                 self._remember(record)
         decisions: list[tuple[str, Decision]] = []
+        outbox: list[_Outgoing] = []
         for action in plan.actions:
             if isinstance(action, SendUpdate | SendRollback | Republish):
                 known = self._by_id.get(action.record.id)
                 if known is None or not known.is_open:
                     continue  # lost a race with another replica, or already done
-                await self.publisher.publish_command(known.device, action.command)
-                decisions.append((known.id, Decision(DecisionKind.SENT, self.clock())))
+                outbox.append(_Outgoing(known.device, action.command, known.id))
             elif isinstance(action, SendCancel):
-                await self.publisher.publish_command(action.record.device, action.command)
+                outbox.append(_Outgoing(action.record.device, action.command))
             elif isinstance(action, Decide):
                 decisions.append((action.record_id, action.decision))
             elif isinstance(action, ClearCommand):
-                await self.publisher.clear_command(action.device)
+                outbox.append(_Outgoing(action.device, None))
         if decisions:
             for record in await self.store.apply_decisions(decisions):
                 self._remember(record)
         await self._persist(name, plan, rollout)
+        return outbox
 
     async def _persist(self, name: str, plan: Plan, rollout: Rollout | None) -> None:
         status = plan.status.to_dict()
