@@ -13,6 +13,7 @@ and component whatever the code does.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -114,7 +115,7 @@ def _configure_sqlite(engine: AsyncEngine, *, wal: bool) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         if wal:
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _retry_locked(lambda: cursor.execute("PRAGMA journal_mode=WAL"))
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
@@ -122,6 +123,24 @@ def _configure_sqlite(engine: AsyncEngine, *, wal: bool) -> None:
     def _begin(conn: Connection) -> None:
         conn.exec_driver_sql(conn.get_execution_options().get("fleetwave_begin",
                                                               "BEGIN IMMEDIATE"))
+
+
+def _retry_locked(statement: Callable[[], object], timeout: float = 30.0) -> None:
+    """Run `statement`, retrying while SQLite says the database is locked.
+
+    Switching to WAL needs an exclusive lock and does not wait on the busy timeout:
+    two processes opening a fresh database at once would otherwise fail at random.
+    Runs in aiosqlite's worker thread, so sleeping blocks no event loop.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            statement()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _chunks(items: Sequence[T], size: int = CHUNK) -> Iterable[Sequence[T]]:
