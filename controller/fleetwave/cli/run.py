@@ -116,6 +116,9 @@ def source_options(func: Callable[..., Any]) -> Callable[..., Any]:
         _option("--git-token-file", default=None, help="File holding an https token."),
         _option("--git-ssh-key-file", default=None, help="Private key for ssh://."),
         _option("--git-known-hosts-file", default=None, help="known_hosts for ssh://."),
+        _option("--propose-reverts", is_flag=True, default=False,
+                help="With a git source: after a rollback, push a branch "
+                     "fleetwave/revert-<rollout>-<version> that sets the version back."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -144,6 +147,7 @@ def settings_from(kwargs: dict[str, Any]) -> Settings:
         notify_url=kwargs["notify_url"],
         notify_secret=kwargs["notify_secret"],
         webhook_secret=kwargs["webhook_secret"],
+        propose_reverts=kwargs.get("propose_reverts", False),
     )
 
 

@@ -25,14 +25,17 @@ from fleetwave.metrics import Metrics, build_metrics
 from fleetwave.mqtt.link import MqttLink
 from fleetwave.mqtt.settings import MqttSettings
 from fleetwave.protocol.messages import DeviceMessage
-from fleetwave.resources.model import RolloutPolicy
+from fleetwave.resources.model import Rollout, RolloutPolicy
 from fleetwave.runtime.engine import Engine
 from fleetwave.runtime.settings import Settings
 from fleetwave.sources.base import Source, SourceSnapshot
 from fleetwave.sources.folder import FolderSource
+from fleetwave.sources.git import GitCommitter, GitCredentials, GitSource
 from fleetwave.sources.policies import PolicyRollouts
 from fleetwave.sources.registry import RegistryPushHandler
+from fleetwave.sources.reverts import previous_version, propose_revert
 from fleetwave.store import Store, open_store
+from fleetwave.updates.model import UpdateRecord
 
 log = structlog.get_logger("fleetwave.controller")
 
@@ -48,7 +51,6 @@ def mqtt_settings(settings: Settings) -> MqttSettings:
 
 def build_source(settings: Settings, metrics: Metrics) -> Source:
     if settings.source_is_git:
-        from fleetwave.sources.git import GitCredentials, GitSource
         credentials = GitCredentials(token_file=settings.git_token_file,
                                      ssh_key_file=settings.git_ssh_key_file,
                                      known_hosts_file=settings.git_known_hosts_file)
@@ -132,8 +134,11 @@ async def run_controller(settings: Settings, *, stop: asyncio.Event | None = Non
                 log.warning("source.sync_failed", error=snapshot.error)
 
         engine.git_sync = _trigger(source)
-        engine.registry_handler = registry_handler(settings, engine, source,
+        committer = git_committer(settings)
+        engine.registry_handler = registry_handler(engine, source, committer,
                                                    lambda: latest[0] if latest else None)
+        if committer is not None and settings.propose_reverts:
+            engine.on_rolled_back = revert_proposer(committer, settings.branch)
         await engine.start()
         secrets = WebhookSecrets.of(settings.webhook_secret)
         app = build_app(engine, core.metrics, core.tokens, webhook_secrets=secrets)
@@ -162,19 +167,31 @@ async def run_controller(settings: Settings, *, stop: asyncio.Event | None = Non
     log.info("controller.stopped")
 
 
-def registry_handler(settings: Settings, engine: Engine, source: Source,
+def git_committer(settings: Settings) -> GitCommitter | None:
+    """Writes to the git source (policy rollouts with commitTo, revert proposals)."""
+    if not settings.source_is_git:
+        return None
+    return GitCommitter(
+        settings.source, branch=settings.branch,
+        workdir=str(Path(settings.workdir) / "git-commit"),
+        credentials=GitCredentials(token_file=settings.git_token_file,
+                                   ssh_key_file=settings.git_ssh_key_file,
+                                   known_hosts_file=settings.git_known_hosts_file))
+
+
+def revert_proposer(committer: GitCommitter, base_branch: str
+                    ) -> Callable[[Rollout, list[UpdateRecord]], Awaitable[None]]:
+    async def propose(rollout: Rollout, records: list[UpdateRecord]) -> None:
+        version = previous_version(records)
+        if version is not None:
+            await propose_revert(committer, rollout, version, base_branch=base_branch)
+    return propose
+
+
+def registry_handler(engine: Engine, source: Source, committer: GitCommitter | None,
                      snapshot: Callable[[], SourceSnapshot | None]) -> RegistryPushHandler:
     """RolloutPolicies from the source turn registry pushes into Rollouts: committed to git
     when the policy says `commitTo` (and the source is git), else kept by the engine."""
-    committer = None
-    if settings.source_is_git:
-        from fleetwave.sources.git import GitCommitter, GitCredentials
-        committer = GitCommitter(
-            settings.source, branch=settings.branch,
-            workdir=str(Path(settings.workdir) / "git-commit"),
-            credentials=GitCredentials(token_file=settings.git_token_file,
-                                       ssh_key_file=settings.git_ssh_key_file,
-                                       known_hosts_file=settings.git_known_hosts_file))
 
     def policies() -> dict[str, RolloutPolicy]:
         current = snapshot()

@@ -117,6 +117,10 @@ class Engine:
         self._check_task: asyncio.Task[None] | None = None
         self._inventory_dirty = False
         self._to_clear: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.on_rolled_back: Callable[[Rollout, list[UpdateRecord]], Awaitable[None]] | None = (
+            None)
+        """Called once when a rollout becomes RolledBack (the git revert proposal)."""
         """Devices whose update ended by their own status: clear their retained command."""
         self._started = False
         self.broker_connected: Callable[[], bool] = lambda: True
@@ -434,6 +438,11 @@ class Engine:
             status["observedGeneration"] = rollout.generation
         changed_state = self._states.get(name) != plan.state
         changed_status = self._status.get(name) != status
+        was = self._status.get(name, {}).get("phase")
+        if (rollout is not None and was != "RolledBack" and status.get("phase") == "RolledBack"
+                and self.on_rolled_back is not None):
+            attempts = [r for rs in self._records.get(name, {}).values() for r in rs]
+            self._background(self.on_rolled_back(rollout, attempts), "rolled-back hook")
         self._states[name] = plan.state
         self._status[name] = status
         if plan.events:
@@ -454,6 +463,17 @@ class Engine:
             await self.store.save_rollout(name, generation, digest, state, status)
             if self.on_status is not None:
                 await self.on_status(name, status)
+
+    def _background(self, work: Awaitable[None], what: str) -> None:
+        """Run `work` beside the loop; a failure is logged, never raised into a pass."""
+        async def guarded() -> None:
+            try:
+                await work
+            except Exception:
+                log.exception("engine.background_failed", what=what)
+        task = asyncio.create_task(guarded(), name=what)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _emit(self, rollout: str, event: PlannedEvent) -> None:
         log.info("rollout.event", rollout=rollout, type=event.type, reason=event.reason,

@@ -42,6 +42,8 @@ class Settings:
     notify_secret: str | None = None
     notify_events: tuple[str, ...] = ()
     webhook_secret: str | None = None
+    propose_reverts: bool = False
+    """With a git source: after a rollback, push a branch that sets the version back."""
     workdir: str = field(default_factory=lambda: str(Path(".fleetwave")))
     retention_days: float = 90.0
 

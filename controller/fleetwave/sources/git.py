@@ -265,12 +265,31 @@ class GitCommitter:
         return await asyncio.to_thread(self._commit_blocking, file, branch,
                                        generated.yaml.encode(), generated.commit_message)
 
+    async def propose(self, file: str, content: bytes, message: str, *, branch: str,
+                      base: str) -> CommitResult:
+        """Commit `file` on `branch`, started from `base`'s head and force-pushed: a change
+        offered for review (a revert after a rollback), never pushed to `base` itself."""
+        return await asyncio.to_thread(self._commit_blocking, file, branch, content, message,
+                                       base)
+
+    async def read(self, file: str, branch: str | None = None) -> bytes | None:
+        """The content of `file` at the head of `branch` (None when it does not exist)."""
+        def blocking() -> bytes | None:
+            with self._lock:
+                head = self._repo.fetch(self._repo.open(), branch or self.branch)
+                try:
+                    blob = head.tree[file]
+                except KeyError:
+                    return None
+                return bytes(blob.data) if isinstance(blob, pygit2.Blob) else None
+        return await asyncio.to_thread(blocking)
+
     def _commit_blocking(self, file: str, branch: str, content: bytes,
-                         message: str) -> CommitResult:
+                         message: str, base: str | None = None) -> CommitResult:
         with self._lock:
             repo = self._repo.open()
             for _ in range(self.attempts):
-                head = self._repo.fetch(repo, branch)
+                head = self._repo.fetch(repo, base or branch)
                 try:
                     existing = head.tree[file]
                 except KeyError:
@@ -285,8 +304,9 @@ class GitCommitter:
                 repo.references.create(local, oid, force=True)
                 callbacks = self._repo.callbacks()
                 try:
+                    refspec = f"+{local}:{local}" if base else f"{local}:{local}"
                     with known_hosts_home(self._repo.credentials, self._repo.workdir):
-                        repo.remotes["origin"].push([f"{local}:{local}"], callbacks=callbacks)
+                        repo.remotes["origin"].push([refspec], callbacks=callbacks)
                 except SourceError as exc:
                     raise SourceError(self._repo.redact(str(exc))) from None
                 except (pygit2.GitError, OSError, ValueError) as exc:
