@@ -10,7 +10,6 @@ Exit status 0 ok, 1 invalid files or unreachable server, 2 usage.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from fleetwave.cli.output import (
     render_table,
     use_colour,
 )
+from fleetwave.cli.validate import read_fleet
 from fleetwave.planner.model import DeviceView
 from fleetwave.planner.preview import (
     DEFAULT_GROUP_BY,
@@ -63,15 +63,8 @@ def _fleet_from(data: Any, where: str) -> list[DeviceView]:
 
 
 def _read_snapshot(path: Path) -> list[DeviceView]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise click.BadParameter(f"cannot read {path}: {exc}", param_hint="--fleet") from exc
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"{path} is not JSON ({exc}); write it with "
-                                 "`fleetwave devices -o json > fleet.json`",
-                                 param_hint="--fleet") from exc
-    return _fleet_from(data, str(path))
+    return [DeviceView(uuid=d.uuid, versions=dict(d.versions), labels=dict(d.labels))
+            for d in read_fleet(path)]
 
 
 def _live_rollouts(items: Any) -> list[Rollout]:

@@ -36,9 +36,9 @@ from fleetwave.resources.loading import (
 )
 
 
-def _read_fleet(path: Path | None) -> list[FleetDevice] | None:
-    if path is None:
-        return None
+def read_fleet(path: Path) -> list[FleetDevice]:
+    """A `fleetwave devices -o json` snapshot (validate --fleet, plan --fleet); bad files are
+    usage errors that say how to write a good one."""
     try:
         return parse_fleet(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, UnicodeDecodeError) as exc:
@@ -116,7 +116,7 @@ def validate(paths: tuple[Path, ...], strict: bool, fleet_file: Path | None,
     if not paths:
         raise click.UsageError("give at least one file or folder, e.g. "
                                "`fleetwave validate rollouts/`")
-    fleet = _read_fleet(fleet_file)
+    fleet = read_fleet(fleet_file) if fleet_file is not None else None
     result: LoadResult = load_paths(paths)
     result.problems.extend(_empty_folder_warnings(paths))
     if fleet is not None:
