@@ -48,6 +48,8 @@ CASES = [
     pytest.param([], dict(), 0, ["SendUpdate"], id="new-device-gets-command"),
     pytest.param([], dict(version="1.0.6"), 0, [], id="already-at-version-is-done"),
     pytest.param([rec()], dict(), 60, [], id="pending-within-ack-timeout"),
+    pytest.param([rec(sent_at=None)], dict(), 1, ["Republish"],
+                 id="stored-but-never-sent-is-sent-now"),
     pytest.param([rec()], dict(), 200, ["Republish"], id="republish-every-ackTimeout/4"),
     pytest.param([rec()], dict(online=False), 200, [], id="no-republish-while-offline"),
     pytest.param([rec()], dict(), 601, ["Decide:timeout:AckTimeout", "ClearCommand"],

@@ -264,9 +264,11 @@ class _Pass:
                 self.actions.append(ClearCommand(record.device))
                 return False
             self.wake_at(deadline)
-            if not offline and record.sent_at is not None:
+            if not offline:
                 every = health.ack_timeout.total_seconds() / 4
-                if now >= record.sent_at + every:
+                # Never sent (a controller stopped between storing the record and
+                # publishing it): send now, with the same correlation id.
+                if record.sent_at is None or now >= record.sent_at + every:
                     self.actions.append(Republish(record, self.command(record, record.action)))
                     self.wake_at(now + every)
                 else:

@@ -149,14 +149,11 @@ class Engine:
         for record in await self.store.open_updates():
             self._remember(record)
         self._started = True
-        # A record stored but never published (killed between the two): publish it now,
-        # with its own correlation id, so the device sees one attempt, not two.
-        unsent = [r for r in self._by_id.values() if r.is_open and r.sent_at is None]
-        for record in unsent:
-            await self._publish(record)
+        # A record stored but never published (killed between the two) is sent by the
+        # planner's first pass, with its own correlation id and the full command.
         log.info("engine.started", devices=len(self._devices), rollouts=len(rows),
                  open_updates=sum(1 for r in self._by_id.values() if r.is_open),
-                 republished=len(unsent))
+                 unsent=sum(1 for r in self._by_id.values() if r.is_open and r.sent_at is None))
 
     # -- observed state ---------------------------------------------------------------
 
@@ -483,13 +480,6 @@ class Engine:
                            "message": event.message, "device": event.device,
                            "time": self.clock()})
 
-    async def _publish(self, record: UpdateRecord) -> None:
-        command = command_for(record)
-        await self.publisher.publish_command(record.device, command)
-        for updated in await self.store.apply_decisions(
-                [(record.id, Decision(DecisionKind.SENT, self.clock()))]):
-            self._remember(updated)
-
     def _update_fleet_metrics(self, now: float) -> None:
         m = self.metrics
         versions: dict[tuple[str, str], int] = {}
@@ -736,11 +726,3 @@ def _done_count(status: Mapping[str, Any]) -> int:
             return 0
     return 0
 
-
-def command_for(record: UpdateRecord) -> Command:
-    return Command(
-        action="rollback" if record.action == "rollback" else "update",
-        component=record.component, version=record.to_version,
-        correlation_id=record.correlation_id, timestamp=int(time.time() * 1000),
-        scheduled_time=record.scheduled_time, force=record.force,
-    )
