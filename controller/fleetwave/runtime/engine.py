@@ -509,10 +509,19 @@ class Engine:
                 float(status.get("failureRate", 0.0)) / 100.0)
             done = _done_count(status)
             m.rollout_progress.labels(rollout=name).set(done / targeted if targeted else 0.0)
+        # Stale: open for longer than its rollout's ack and update timeouts together, which
+        # the planner should never allow: the alert rule for stuck updates reads this.
+        known = self._all_known()
         stale = 0
-        for record in self._by_id.values():
-            if record.is_open and now - record.created_at > 3600:
-                stale += 1
+        for ids in self._open.values():
+            for record_id in ids:
+                record = self._by_id[record_id]
+                rollout = known.get(record.rollout)
+                limit = 3600.0 if rollout is None else (
+                    rollout.spec.health.ack_timeout + rollout.spec.health.update_timeout
+                ).total_seconds()
+                if now - record.created_at > limit:
+                    stale += 1
         m.stale_updates.set(stale)
 
     # -- ControlPlane: reads --------------------------------------------------------------
