@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import subprocess
 import tempfile
@@ -20,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleetwave.mqtt.broker import BrokerConfig, MosquittoProcess, free_port
+from fleetwave.mqtt.broker import MOSQUITTO, BrokerConfig, MosquittoProcess, free_port
 from fleetwave.runtime.controller import run_controller
 from fleetwave.runtime.engine import Engine
 from fleetwave.runtime.settings import Settings
@@ -101,6 +102,25 @@ class DemoState:
     commits: list[str] | None = None
 
 
+def ensure_installed() -> None:
+    """Install Mosquitto and git with apt-get where they are missing and we may (root);
+    otherwise say what to install."""
+    missing = [pkg for pkg, binary in (("mosquitto", MOSQUITTO), ("git", "git"))
+               if shutil.which(binary) is None and not Path(binary).exists()]
+    if not missing:
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise RuntimeError(f"{' and '.join(missing)} not installed: install "
+                           f"{' '.join(missing)} (e.g. apt-get install {' '.join(missing)}) "
+                           "or run ./scripts/demo as root")
+    for command in (["apt-get", "update", "-qq"],
+                    ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]):
+        subprocess.run(command, check=True, env={**os.environ,
+                                                 "DEBIAN_FRONTEND": "noninteractive"})
+    # Debian starts a system broker on 1883; the demo runs its own on a free port.
+    subprocess.run(["service", "mosquitto", "stop"], check=False, capture_output=True)
+
+
 def _git(repo: Path, *args: str) -> str:
     result = subprocess.run(
         ["git", "-C", str(repo), "-c", "user.name=Fleet Operator",
@@ -129,8 +149,7 @@ def commit_new_version(repo: Path) -> str:
 async def run_demo(options: DemoOptions, stop: asyncio.Event,
                    show: Callable[[DemoState], Awaitable[None]]) -> None:
     """Start everything, run until `stop`, then stop everything in reverse order."""
-    if shutil.which("git") is None:
-        raise RuntimeError("git is not installed: apt-get install git")
+    await asyncio.to_thread(ensure_installed)
     workdir = Path(options.workdir or tempfile.mkdtemp(prefix="fleetwave-demo-"))
     await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
     port = free_port()
