@@ -9,21 +9,21 @@ from typing import Any
 import click
 
 from fleetwave.cli.logging import configure_logging
-from fleetwave.cli.run import controller_options, settings_from
+from fleetwave.cli.run import controller_options, flag_option, settings_from
 
 
 @click.command("operator")
 @controller_options
-@click.option("--namespace", default=None,
+@flag_option("--namespace", default=None,
               help="Watch Rollouts in this namespace only (default: all namespaces).")
-@click.option("--lease-name", default="fleetwave-operator", show_default=True,
+@flag_option("--lease-name", default="fleetwave-operator", show_default=True,
               help="The coordination.k8s.io Lease that elects the replica that plans.")
-@click.option("--lease-namespace", default=None,
+@flag_option("--lease-namespace", default=None,
               help="Namespace of the Lease (default: --namespace, else the pod's namespace, "
                    "else 'default').")
-@click.option("--lease-duration", default=15.0, show_default=True, type=float,
+@flag_option("--lease-duration", default=15.0, show_default=True, type=float,
               help="Seconds without renewal after which a standby takes over.")
-@click.option("--identity", default=None,
+@flag_option("--identity", default=None, envvar=["FLEETWAVE_IDENTITY", "POD_NAME"],
               help="This replica's name in the Lease (default: hostname-pid).")
 def operator(**kwargs: Any) -> None:
     """Run as a Kubernetes operator until SIGTERM or Ctrl-C; one replica plans at a time."""

@@ -13,7 +13,7 @@ from fleetwave.cli.logging import configure_logging
 from fleetwave.runtime.settings import Settings
 
 
-def _option(*decls: str, **attrs: Any) -> Callable[..., Any]:
+def flag_option(*decls: str, **attrs: Any) -> Callable[..., Any]:
     """A click option whose environment variable is FLEETWAVE_<FLAG> (DESIGN.md section 8).
 
     click's auto_envvar_prefix would name it FLEETWAVE_RUN_<FLAG> under a subcommand, which
@@ -28,62 +28,66 @@ def _option(*decls: str, **attrs: Any) -> Callable[..., Any]:
 def controller_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """The flags every controller process takes; each is also FLEETWAVE_<NAME>."""
     options = [
-        _option(
+        flag_option(
             "--broker",
             default=Settings.broker,
             show_default=True,
             help="MQTT broker, mqtt://host:port or mqtts://host:port.",
         ),
-        _option("--broker-username", default=None, help="Broker user (FLEETWAVE_BROKER_USERNAME)."),
-        _option(
+        flag_option(
+            "--broker-username", default=None, help="Broker user (FLEETWAVE_BROKER_USERNAME)."
+        ),
+        flag_option(
             "--broker-password", default=None, help="Broker password (FLEETWAVE_BROKER_PASSWORD)."
         ),
-        _option("--broker-ca-file", default=None, help="CA bundle for mqtts://."),
-        _option(
+        flag_option("--broker-ca-file", default=None, help="CA bundle for mqtts://."),
+        flag_option(
             "--client-id",
             default=Settings.broker_client_id,
             show_default=True,
             help="Stable MQTT client id: the broker keeps its session.",
         ),
-        _option(
+        flag_option(
             "--shared-group",
             default=None,
             help="Spread status ingest over replicas with $share/<group>/…",
         ),
-        _option(
+        flag_option(
             "--store",
             default=Settings.store,
             show_default=True,
             help="sqlite:///path.db or postgresql://user@host/db.",
         ),
-        _option(
+        flag_option(
             "--topic-prefix",
             default=Settings.topic_prefix,
             show_default=True,
             help="Replaces iot/device in every topic.",
         ),
-        _option("--listen", default=Settings.listen, show_default=True, help="HTTP API address."),
-        _option(
+        flag_option(
+            "--listen", default=Settings.listen, show_default=True, help="HTTP API address."
+        ),
+        flag_option(
             "--token-file",
             default=None,
             type=click.Path(dir_okay=False),
             help="Bearer tokens allowed to write, one a line (none: writes refused).",
         ),
-        _option("--notify-url", default=None, help="Webhook for rollout events."),
-        _option("--notify-secret", default=None, help="HMAC secret for --notify-url."),
-        _option(
+        flag_option("--notify-url", default=None, help="Webhook for rollout events."),
+        flag_option("--notify-secret", default=None, help="HMAC secret for --notify-url."),
+        flag_option(
             "--webhook-secret",
             default=None,
             help="HMAC secret (or token) for incoming git/registry webhooks.",
         ),
-        _option(
+        flag_option(
             "--log-format",
             type=click.Choice(["auto", "json", "console"]),
             default="auto",
             show_default=True,
             help="json when not on a TTY.",
         ),
-        _option("--log-level", default="info", show_default=True),
+        flag_option("--log-level", default="info", show_default=True),
     ]
     for option in reversed(options):
         func = option(func)
@@ -92,33 +96,37 @@ def controller_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def source_options(func: Callable[..., Any]) -> Callable[..., Any]:
     options = [
-        _option(
+        flag_option(
             "--source",
             default=Settings.source,
             show_default=True,
             help="A local folder, or a git URL (https://, ssh://, file://, a repo path).",
         ),
-        _option("--branch", default=Settings.branch, show_default=True),
-        _option(
+        flag_option("--branch", default=Settings.branch, show_default=True),
+        flag_option(
             "--path",
             "path_",
             default=Settings.path,
             show_default=True,
             help="Folder inside the git repository.",
         ),
-        _option(
+        flag_option(
             "--poll-interval",
             default=Settings.poll_interval,
             show_default=True,
             type=float,
             help="Seconds between source polls.",
         ),
-        _option("--git-token-file", default=None, help="File holding an https token."),
-        _option("--git-ssh-key-file", default=None, help="Private key for ssh://."),
-        _option("--git-known-hosts-file", default=None, help="known_hosts for ssh://."),
-        _option("--propose-reverts", is_flag=True, default=False,
-                help="With a git source: after a rollback, push a branch "
-                     "fleetwave/revert-<rollout>-<version> that sets the version back."),
+        flag_option("--git-token-file", default=None, help="File holding an https token."),
+        flag_option("--git-ssh-key-file", default=None, help="Private key for ssh://."),
+        flag_option("--git-known-hosts-file", default=None, help="known_hosts for ssh://."),
+        flag_option(
+            "--propose-reverts",
+            is_flag=True,
+            default=False,
+            help="With a git source: after a rollback, push a branch "
+            "fleetwave/revert-<rollout>-<version> that sets the version back.",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
