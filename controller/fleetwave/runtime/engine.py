@@ -41,7 +41,14 @@ from fleetwave.resources.model import Rollout, SourceRef, apply_defaults, rollou
 from fleetwave.resources.schema import SCHEMAS
 from fleetwave.runtime.checks import CheckRunner, CheckTarget
 from fleetwave.store import DeviceRow, Event, Store, device_json, event_json, record_json
-from fleetwave.updates.model import Decision, DecisionKind, Health, UpdateRecord, UpdateState
+from fleetwave.updates.model import (
+    RANK,
+    Decision,
+    DecisionKind,
+    Health,
+    UpdateRecord,
+    UpdateState,
+)
 
 log = structlog.get_logger("fleetwave.engine")
 
@@ -131,7 +138,16 @@ class Engine:
     # -- start-up -------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load what the store remembers: devices, records and each rollout's state."""
+        """Load what the store remembers: devices, records and each rollout's state.
+
+        Under the engine lock: ingest that starts before (the link connects first) has
+        written the store already and is read back here; ingest that arrives during the
+        load waits, so an older read never overwrites a newer record in memory.
+        """
+        async with self._lock:
+            await self._load()
+
+    async def _load(self) -> None:
         for row in await self.store.list_devices():
             self._set_device(row)
         rows = await self.store.load_rollouts()
@@ -171,6 +187,8 @@ class Engine:
 
     def _remember(self, record: UpdateRecord) -> None:
         old = self._by_id.get(record.id)
+        if old is not None and RANK[record.state] < RANK[old.state]:
+            return  # a stale copy (read before a newer write): memory never moves back
         self._by_id[record.id] = record
         if record.is_open:
             self._open.setdefault(record.device, set()).add(record.id)
