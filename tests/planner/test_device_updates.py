@@ -236,3 +236,18 @@ def test_health_waits_for_a_state_report_that_lags_behind_the_success_status() -
     fresh = dataclasses.replace(device("d1", version="1.0.5"), state_at=T0 + 1)
     judged = plan(rollout, [fresh], {"d1": [success]}, None, T0 + 300)
     assert "Decide:unhealthy:VersionMismatch" in kinds(judged.actions)
+
+
+def test_an_api_rollout_with_a_scheduled_time_puts_it_in_the_command() -> None:
+    """Ad-hoc updates may name a time (the predecessor's `scheduled_time`): the record
+    and the command carry it, so the device updates then, not on receipt."""
+    rollout = dataclasses.replace(
+        make_rollout(source="api", **ALL),
+        annotations={"fleetwave.io/scheduled-time": "2026-12-01T02:00:00Z"})
+    result = plan(rollout, [device("d1")], {}, None, T0)
+    [send] = [a for a in result.actions if isinstance(a, SendUpdate)]
+    assert send.record.scheduled_time == "2026-12-01T02:00:00Z"
+    assert send.command.scheduled_time == "2026-12-01T02:00:00Z"
+    plain = plan(make_rollout(**ALL), [device("d1")], {}, None, T0)
+    [send] = [a for a in plain.actions if isinstance(a, SendUpdate)]
+    assert send.command.scheduled_time is None

@@ -56,7 +56,7 @@ from fleetwave.planner.schedule import (
 from fleetwave.planner.selectors import resolve_targets
 from fleetwave.planner.waves import device_hash, step_of, thresholds
 from fleetwave.protocol.messages import Command
-from fleetwave.resources.model import Check, FailureAction, Rollout
+from fleetwave.resources.model import SCHEDULED_TIME_ANNOTATION, Check, FailureAction, Rollout
 from fleetwave.updates.model import (
     Decision,
     DecisionKind,
@@ -213,6 +213,7 @@ class _Pass:
             component=record.component, version=record.to_version,
             correlation_id=record.correlation_id, timestamp=int(self.now * 1000),
             force=record.force,
+            scheduled_time=record.scheduled_time if action == "update" else None,
             artifact_url=artifact.url if artifact else None,
             artifact_sha256=artifact.sha256 if artifact else None,
         )
@@ -225,6 +226,7 @@ class _Pass:
             correlation_id=cid, created_at=self.now, updated_at=self.now,
             from_version=device.versions.get(self.component), generation=self.gen,
             force=self.force,
+            scheduled_time=self.rollout.annotations.get(SCHEDULED_TIME_ANNOTATION),
         )
         return SendUpdate(record, self.command(record))
 

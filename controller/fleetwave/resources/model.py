@@ -32,6 +32,9 @@ class Operator(StrEnum):
     DOES_NOT_EXIST = "DoesNotExist"
 
 
+SCHEDULED_TIME_ANNOTATION = "fleetwave.io/scheduled-time"
+"""On a Rollout from the API: the RFC 3339 time its command asks the device to update at."""
+
 DEVICE_TIMEZONE = "device"
 """`window.timezone` value meaning: each device's own `timezone` label."""
 

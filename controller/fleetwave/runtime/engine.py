@@ -37,7 +37,13 @@ from fleetwave.planner.model import (
 )
 from fleetwave.planner.plan import apply_control, plan_deleted, plan_fleet
 from fleetwave.protocol.messages import Command, DeviceMessage, Online, ReportedState, Status
-from fleetwave.resources.model import Rollout, SourceRef, apply_defaults, rollout_spec_from
+from fleetwave.resources.model import (
+    SCHEDULED_TIME_ANNOTATION,
+    Rollout,
+    SourceRef,
+    apply_defaults,
+    rollout_spec_from,
+)
 from fleetwave.resources.schema import SCHEMAS
 from fleetwave.runtime.checks import CheckRunner, CheckTarget
 from fleetwave.store import DeviceRow, Event, Store, device_json, event_json, record_json
@@ -84,6 +90,12 @@ class _Outgoing:
     command: Command | None
     record_id: str | None = None
     """Set for update and rollback commands: the record that gets `sent_at`."""
+
+
+def _definition(rollout: Rollout) -> dict[str, Any]:
+    """What the store keeps of a Rollout that lives nowhere else (API and policy ones)."""
+    return {"name": rollout.name, "kind": rollout.source.kind, "spec": dict(rollout.raw_spec),
+            "annotations": dict(rollout.annotations)}
 
 
 def _rollout_name(text: str) -> str:
@@ -307,7 +319,8 @@ class Engine:
         raw = apply_defaults(dict(definition["spec"]), SCHEMAS["Rollout"]["properties"]["spec"])
         return Rollout(name=definition["name"], spec=rollout_spec_from(raw), raw_spec=raw,
                        source=SourceRef(kind=definition.get("kind", "api")),
-                       generation=generation)
+                       generation=generation,
+                       annotations=dict(definition.get("annotations", {})))
 
     # -- the loop -------------------------------------------------------------------
 
@@ -473,8 +486,7 @@ class Engine:
                                                               rollout.spec_hash))
             state: dict[str, Any] = {"planner": plan.state.to_json()}
             if rollout.source.kind in ("api", "policy"):
-                state["definition"] = {"name": name, "kind": rollout.source.kind,
-                                       "spec": dict(rollout.raw_spec)}
+                state["definition"] = _definition(rollout)
             await self.store.save_rollout(name, generation, digest, state, status)
             if self.on_status is not None:
                 await self.on_status(name, status)
@@ -652,8 +664,7 @@ class Engine:
                                                               rollout.spec_hash))
             state_json: dict[str, Any] = {"planner": new_state.to_json()}
             if rollout.source.kind in ("api", "policy"):
-                state_json["definition"] = {"name": name, "kind": rollout.source.kind,
-                                            "spec": dict(rollout.raw_spec)}
+                state_json["definition"] = _definition(rollout)
             await self.store.save_rollout(name, generation, digest, state_json,
                                           self._status.get(name, {}))
         self._wake.set()
@@ -686,8 +697,18 @@ class Engine:
                 "selector": {"devices": [uuid]},
                 "strategy": {"steps": [{"percent": 100}]},
                 "failurePolicy": {"minSample": 1, "retries": 0}}
-        rollout = self._api_rollout({"name": name, "kind": "api", "spec": spec}, 1)
-        self._desired.api[name] = replace(rollout, annotations={"fleetwave.io/actor": actor})
+        annotations = {"fleetwave.io/actor": actor}
+        if scheduled_time:
+            annotations[SCHEDULED_TIME_ANNOTATION] = scheduled_time
+        # A newer ad-hoc update of the same device and component replaces the older one
+        # (two API rollouts on one device would conflict and neither would act).
+        for other, existing in list(self._desired.api.items()):
+            if (other != name and existing.source.kind == "api"
+                    and existing.spec.component == component
+                    and existing.spec.selector.devices == (uuid,)):
+                del self._desired.api[other]
+        self._desired.api[name] = self._api_rollout(
+            {"name": name, "kind": "api", "spec": spec, "annotations": annotations}, 1)
         await self.store.append_events([Event(time=self.clock(), rollout=name, type="Normal",
                                               reason="Created",
                                               message=f"ad-hoc update of {uuid} to {component} "
