@@ -331,11 +331,13 @@ class Engine:
         """Reconcile on every relevant change and whenever the clock changes the plan."""
         while not stop.is_set():
             next_wake: float | None = None
+            began = time.perf_counter()
             try:
                 next_wake = await self.reconcile_once()
             except Exception:
                 self.metrics.reconcile_errors.inc()
                 log.exception("engine.reconcile_failed")
+            took = time.perf_counter() - began
             delay = self.resync_interval
             if next_wake is not None:
                 delay = min(delay, max(0.05, next_wake - self.clock()))
@@ -346,8 +348,10 @@ class Engine:
                                             return_when=asyncio.FIRST_COMPLETED)
             for task in pending:
                 task.cancel()
-            # Coalesce bursts of ingest into one pass.
-            await asyncio.sleep(0.05)
+            # Coalesce bursts of ingest into one pass, and leave the loop to ingest at least
+            # as long as the last pass took: a 100,000-device fleet mid-rollout wakes the
+            # engine with every batch, and planning must not starve the status it plans on.
+            await asyncio.sleep(min(2.0, max(0.05, took)))
 
     async def reconcile_once(self) -> float | None:
         if not self._desired.synced:
