@@ -41,10 +41,8 @@ from fleetwave.resources.model import (
     SCHEDULED_TIME_ANNOTATION,
     Rollout,
     SourceRef,
-    apply_defaults,
-    rollout_spec_from,
+    resource_from,
 )
-from fleetwave.resources.schema import SCHEMAS
 from fleetwave.runtime.checks import CheckRunner, CheckTarget
 from fleetwave.store import DeviceRow, Event, Store, device_json, event_json, record_json
 from fleetwave.updates.model import (
@@ -292,10 +290,7 @@ class Engine:
         self._wake.set()
 
     def _all_desired(self) -> dict[str, Rollout]:
-        merged = dict(self._desired.source)
-        for name, rollout in self._desired.api.items():
-            merged.setdefault(name, rollout)
-        return {name: self._with_generation(r) for name, r in merged.items()}
+        return {name: self._with_generation(r) for name, r in self.known_rollouts().items()}
 
     def _with_generation(self, rollout: Rollout) -> Rollout:
         """Outside Kubernetes a generation is counted here: +1 whenever the spec changes."""
@@ -316,11 +311,13 @@ class Engine:
         return replace(rollout, generation=generation)
 
     def _api_rollout(self, definition: Mapping[str, Any], generation: int) -> Rollout:
-        raw = apply_defaults(dict(definition["spec"]), SCHEMAS["Rollout"]["properties"]["spec"])
-        return Rollout(name=definition["name"], spec=rollout_spec_from(raw), raw_spec=raw,
-                       source=SourceRef(kind=definition.get("kind", "api")),
-                       generation=generation,
-                       annotations=dict(definition.get("annotations", {})))
+        rollout = resource_from(
+            {"kind": "Rollout", "spec": definition["spec"],
+             "metadata": {"name": definition["name"], "generation": generation,
+                          "annotations": dict(definition.get("annotations", {}))}},
+            SourceRef(kind=definition.get("kind", "api")))
+        assert isinstance(rollout, Rollout)
+        return rollout
 
     # -- the loop -------------------------------------------------------------------
 
@@ -477,23 +474,34 @@ class Engine:
             self._background(self.on_rolled_back(rollout, attempts), "rolled-back hook")
         self._states[name] = plan.state
         self._status[name] = status
-        if plan.events:
-            now = self.clock()
-            events = [Event(time=now, rollout=name, type=e.type, reason=e.reason,
-                            message=e.message, device=e.device, actor="controller")
-                      for e in plan.events]
-            await self.store.append_events(events)
-            for e in plan.events:
-                self._emit(name, e)
+        await self._record_events(name, plan.events, "controller")
         if rollout is not None and (changed_state or changed_status or plan.events):
-            generation, digest = self._generations.get(name, (rollout.generation,
-                                                              rollout.spec_hash))
-            state: dict[str, Any] = {"planner": plan.state.to_json()}
-            if rollout.source.kind in ("api", "policy"):
-                state["definition"] = _definition(rollout)
-            await self.store.save_rollout(name, generation, digest, state, status)
+            await self._save(rollout, plan.state, status)
             if self.on_status is not None:
                 await self.on_status(name, status)
+
+    async def _record_events(self, name: str, events: Sequence[PlannedEvent],
+                             actor: str) -> None:
+        """Append to the audit trail, then tell the log and the notifier."""
+        if not events:
+            return
+        now = self.clock()
+        await self.store.append_events([
+            Event(time=now, rollout=name, type=e.type, reason=e.reason, message=e.message,
+                  device=e.device, actor=actor) for e in events])
+        for e in events:
+            self._emit(name, e)
+
+    async def _save(self, rollout: Rollout, state: RolloutState,
+                    status: Mapping[str, Any]) -> None:
+        """Persist the planner's state (and the definition of an API or policy rollout,
+        which lives nowhere else) beside its status."""
+        generation, digest = self._generations.get(rollout.name, (rollout.generation,
+                                                                  rollout.spec_hash))
+        doc: dict[str, Any] = {"planner": state.to_json()}
+        if rollout.source.kind in ("api", "policy"):
+            doc["definition"] = _definition(rollout)
+        await self.store.save_rollout(rollout.name, generation, digest, doc, status)
 
     def _background(self, work: Awaitable[None], what: str) -> None:
         """Run `work` beside the loop; a failure is logged, never raised into a pass."""
@@ -545,7 +553,7 @@ class Engine:
             m.rollout_progress.labels(rollout=name).set(done / targeted if targeted else 0.0)
         # Stale: open for longer than its rollout's ack and update timeouts together, which
         # the planner should never allow: the alert rule for stuck updates reads this.
-        known = self._all_known()
+        known = self.known_rollouts()
         stale = 0
         for ids in self._open.values():
             for record_id in ids:
@@ -572,28 +580,25 @@ class Engine:
         }
 
     def list_rollouts(self, phase: str | None = None) -> list[dict[str, Any]]:
-        items = [self._rollout_json(r) for r in sorted(self._all_known().values(),
+        items = [self._rollout_json(r) for r in sorted(self.known_rollouts().values(),
                                                        key=lambda r: r.name)]
         if phase:
             items = [i for i in items if i["status"].get("phase", "").lower() == phase.lower()]
         return items
 
     def known_rollouts(self) -> dict[str, Rollout]:
-        """Every Rollout the engine runs, whatever its home."""
-        return self._all_known()
-
-    def _all_known(self) -> dict[str, Rollout]:
+        """Every Rollout the engine runs, whatever its home (a source file wins a name)."""
         merged = dict(self._desired.source)
         for name, rollout in self._desired.api.items():
             merged.setdefault(name, rollout)
         return merged
 
     def get_rollout(self, name: str) -> dict[str, Any] | None:
-        rollout = self._all_known().get(name)
+        rollout = self.known_rollouts().get(name)
         return self._rollout_json(rollout) if rollout is not None else None
 
     def _require(self, name: str) -> Rollout:
-        rollout = self._all_known().get(name)
+        rollout = self.known_rollouts().get(name)
         if rollout is None:
             raise NotFound(f"no rollout named {name!r}")
         return rollout
@@ -658,19 +663,8 @@ class Engine:
                 state = RolloutState.initial(rollout, self.clock())
             new_state, events = apply_control(state, op, self.clock(), device=device)
             self._states[name] = new_state
-            now = self.clock()
-            await self.store.append_events([
-                Event(time=now, rollout=name, type=e.type, reason=e.reason, message=e.message,
-                      device=e.device, actor=actor) for e in events])
-            for e in events:
-                self._emit(name, e)
-            generation, digest = self._generations.get(name, (rollout.generation,
-                                                              rollout.spec_hash))
-            state_json: dict[str, Any] = {"planner": new_state.to_json()}
-            if rollout.source.kind in ("api", "policy"):
-                state_json["definition"] = _definition(rollout)
-            await self.store.save_rollout(name, generation, digest, state_json,
-                                          self._status.get(name, {}))
+            await self._record_events(name, events, actor)
+            await self._save(rollout, new_state, self._status.get(name, {}))
         self._wake.set()
         await self.reconcile_once()
         return self._rollout_json(self._require(name))
@@ -761,7 +755,7 @@ class Engine:
 
     def desired_versions(self) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
-        for rollout in self._all_known().values():
+        for rollout in self.known_rollouts().values():
             out.setdefault(rollout.spec.component, set()).add(rollout.spec.version)
         for row in self._devices.values():
             for component, version in row.versions.items():
