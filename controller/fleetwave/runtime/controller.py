@@ -29,6 +29,7 @@ from fleetwave.resources.model import Rollout, RolloutPolicy
 from fleetwave.runtime.engine import Engine
 from fleetwave.runtime.settings import Settings
 from fleetwave.sources.base import Source, SourceSnapshot
+from fleetwave.sources.credentials import redact_url
 from fleetwave.sources.folder import FolderSource
 from fleetwave.sources.git import GitCommitter, GitCredentials, GitSource
 from fleetwave.sources.policies import PolicyRollouts
@@ -147,8 +148,8 @@ async def run_controller(settings: Settings, *, stop: asyncio.Event | None = Non
             asyncio.create_task(source.run(on_snapshot, stop), name="source"),
             asyncio.create_task(engine.run(stop), name="engine"),
         ]
-        log.info("controller.started", listen=settings.listen, source=_redact(settings.source),
-                 store=_redact(settings.store))
+        log.info("controller.started", listen=settings.listen, source=redact_url(settings.source),
+                 store=redact_url(settings.store))
         try:
             if ready is not None:
                 await ready(engine)
@@ -208,11 +209,3 @@ def _trigger(source: Source) -> Callable[[], Awaitable[None]]:
     async def trigger() -> None:
         source.trigger()
     return trigger
-
-
-def _redact(url: str) -> str:
-    """Drop userinfo (tokens, passwords) from a URL before it reaches a log."""
-    if "://" in url and "@" in url.split("://", 1)[1].split("/", 1)[0]:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
