@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fleetwave.runtime.demo import DemoOptions, DemoState, run_demo
+from fleetwave.runtime.engine import done_count
 
 PHASE_STYLE = {"Completed": "green", "Progressing": "cyan", "Paused": "yellow",
                "Waiting": "blue", "Failed": "red", "Aborted": "red", "RolledBack": "magenta"}
@@ -52,7 +53,7 @@ def _render(state: DemoState) -> Group:
         status = item["status"]
         counts = status.get("counts", {})
         targeted = int(status.get("targeted", 0))
-        done = int(str(status.get("progress", "0/0")).split("/")[0] or 0)
+        done = done_count(status)
         in_flight = sum(counts.get(k, 0) for k in ("pending", "acknowledged", "scheduled",
                                                    "in_progress"))
         phase = status.get("phase", "Pending")
