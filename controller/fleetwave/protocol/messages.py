@@ -84,7 +84,12 @@ CommandAction = Literal["update", "cancel", "rollback"]
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    """What the controller asks of a device; published retained, QoS 1."""
+    """What the controller asks of a device; published retained, QoS 1, signed.
+
+    `device`, `release` and `expires_at` bind a command to one device, one attempt and a
+    time (DESIGN.md 9.1); the signature over them is added when it is published
+    (`fleetwave.protocol.signing.SigningKey.sign` over `to_body()`).
+    """
 
     action: CommandAction
     component: str
@@ -95,8 +100,18 @@ class Command:
     force: bool = False
     artifact_url: str | None = None
     artifact_sha256: str | None = None
+    artifact_digest: str | None = None
+    """`sha256:…` of a container image: devices pull by digest, never by a mutable tag."""
+    device: str | None = None
+    release: int | None = None
+    """Strictly increases per new attempt on one device and component; a re-publish of the
+    same attempt keeps it, so a device refuses replays of older commands."""
+    expires_at: str | None = None
+    """RFC 3339 UTC; a device refuses the command after it."""
+    downgrade: bool = False
+    """Set only where a Rollout itself declares the lower version (a revert, a pin)."""
 
-    def to_payload(self) -> bytes:
+    def to_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {
             "action": self.action,
             "version": self.version,
@@ -106,9 +121,27 @@ class Command:
             "force": self.force,
             "timestamp": self.timestamp,
         }
-        if self.artifact_url is not None:
-            body["artifact"] = {"url": self.artifact_url, "sha256": self.artifact_sha256}
-        return json.dumps(body, separators=(",", ":")).encode()
+        if self.artifact_url is not None or self.artifact_digest is not None:
+            artifact: dict[str, Any] = {}
+            if self.artifact_url is not None:
+                artifact["url"] = self.artifact_url
+                artifact["sha256"] = self.artifact_sha256
+            if self.artifact_digest is not None:
+                artifact["digest"] = self.artifact_digest
+            body["artifact"] = artifact
+        if self.device is not None:
+            body["device"] = self.device
+        if self.release is not None:
+            body["release"] = self.release
+        if self.expires_at is not None:
+            body["expires_at"] = self.expires_at
+        if self.downgrade:
+            body["downgrade"] = True
+        return body
+
+    def to_payload(self) -> bytes:
+        """The unsigned wire form (tests and devices of the older protocol)."""
+        return json.dumps(self.to_body(), separators=(",", ":")).encode()
 
 
 DeviceMessage = Status | ReportedState | Online

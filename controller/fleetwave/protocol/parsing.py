@@ -223,6 +223,11 @@ def parse_command(payload: bytes) -> Command:
         raise CommandError("command is not JSON") from exc
     if type(body) is not dict:
         raise CommandError("command must be a JSON object")
+    return command_from_body(body)
+
+
+def command_from_body(body: Mapping[str, Any]) -> Command:
+    """The fields of a command object (already JSON-decoded); raises `CommandError`."""
     action = body.get("action")
     if action not in _ACTIONS:
         raise CommandError(f"action must be one of {', '.join(_ACTIONS)}")
@@ -232,21 +237,29 @@ def parse_command(payload: bytes) -> Command:
         component = _opt_str(body, "component") or "agent"
         scheduled_time = _opt_str(body, "scheduled_time")
         timestamp = _opt_int(body, "timestamp") or 0
+        device = _opt_str(body, "device")
+        expires_at = _opt_str(body, "expires_at")
+        release = body.get("release")
+        if release is not None and (type(release) is not int or release < 0):
+            raise _Invalid("release must be a non-negative integer")
         artifact = body.get("artifact")
-        url = sha = None
+        url = sha = digest = None
         if artifact is not None:
             if type(artifact) is not dict:
                 raise _Invalid("artifact must be an object")
             url = _opt_str(artifact, "url")
             sha = _opt_str(artifact, "sha256")
+            digest = _opt_str(artifact, "digest")
     except _Invalid as exc:
         raise CommandError(str(exc)) from exc
     force = body.get("force", False)
-    if type(force) is not bool:
-        raise CommandError("force must be a boolean")
+    downgrade = body.get("downgrade", False)
+    if type(force) is not bool or type(downgrade) is not bool:
+        raise CommandError("force and downgrade must be booleans")
     if action != "cancel" and not version:
         raise CommandError(f"{action} needs a version")
     return Command(action=action, component=component, version=version,
                    correlation_id=correlation_id, timestamp=timestamp,
                    scheduled_time=scheduled_time, force=force, artifact_url=url,
-                   artifact_sha256=sha)
+                   artifact_sha256=sha, artifact_digest=digest, device=device,
+                   release=release, expires_at=expires_at, downgrade=downgrade)
