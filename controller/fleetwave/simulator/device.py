@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -22,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from fleetwave.protocol import reports
 from fleetwave.protocol.messages import Command
 from fleetwave.protocol.topics import Topics
 
@@ -108,9 +108,9 @@ class SimulatedDevice:
             containers = [{"name": name, "image": f"acme/{name}:{version}",
                            "running": name not in self.crash_looping}
                           for name, version in sorted(self.versions.items())]
-        return {"uuid": self.uuid, "versions": dict(self.versions), "labels": self.profile.labels,
-                "deployment_type": self.profile.deployment_type, "ip": self.profile.ip,
-                "containers": containers, "timestamp": _now_ms()}
+        return reports.state_body(self.uuid, self.versions, _now_ms(), labels=self.profile.labels,
+                                  deployment_type=self.profile.deployment_type,
+                                  ip=self.profile.ip, containers=containers)
 
     async def announce(self) -> None:
         """What a device does on (re)connect: retained state, then online."""
@@ -118,22 +118,21 @@ class SimulatedDevice:
             return
         await self.publish_state()
         await self._publish(self.topics.online(self.uuid),
-                            json.dumps({"online": True, "timestamp": _now_ms()}).encode(), True)
+                            reports.encode(reports.online_body(True, _now_ms())), True)
 
     async def publish_state(self) -> None:
-        await self._publish(self.topics.state(self.uuid),
-                            json.dumps(self.state_body(), separators=(",", ":")).encode(), True)
+        await self._publish(self.topics.state(self.uuid), reports.encode(self.state_body()),
+                            True)
 
     async def _status(self, type_: str, cid: str | None, **fields: Any) -> dict[str, Any]:
-        body: dict[str, Any] = {"type": type_, "timestamp": _now_ms(), **fields}
-        if cid and not self.profile.legacy:
-            body["correlation_id"] = cid
+        body = reports.status_body(type_, None if self.profile.legacy else cid, _now_ms(),
+                                   **fields)
         await self._send_status(body)
         self.statuses.append((type_, cid))
         return body
 
     async def _send_status(self, body: dict[str, Any]) -> None:
-        payload = json.dumps(body, separators=(",", ":")).encode()
+        payload = reports.encode(body)
         topic = self.topics.status(self.uuid)
         if self.rng.random() < self.behaviour.garbage_rate:
             await self._garbage()
@@ -274,7 +273,7 @@ class SimulatedDevice:
     async def publish_offline(self) -> None:
         """Retained online=false, what the device's last will would publish."""
         await self._publish(self.topics.online(self.uuid),
-                            json.dumps({"online": False, "timestamp": _now_ms()}).encode(), True)
+                            reports.encode(reports.online_body(False, _now_ms())), True)
 
     async def _come_back(self, after: float) -> None:
         await asyncio.sleep(after)

@@ -35,6 +35,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from fleetwave.mqtt.connection import ConnectionOptions, PahoConnection
 from fleetwave.mqtt.settings import parse_broker_url
+from fleetwave.protocol import reports
 from fleetwave.protocol.parsing import CommandError, parse_command
 from fleetwave.protocol.topics import TopicKind, Topics
 from fleetwave.simulator.device import Behaviour, DeviceProfile, SimulatedDevice
@@ -118,7 +119,7 @@ class _Group:
         will_payload = b""
         if len(devices) == 1:
             will_topic = fleet.topics.online(devices[0].uuid)
-            will_payload = b'{"online":false}'
+            will_payload = reports.encode(reports.online_body(False))
         self.conn = PahoConnection(
             ConnectionOptions(
                 host=address.host, port=address.port,
