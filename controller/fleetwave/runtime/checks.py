@@ -25,11 +25,12 @@ import re
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import aiohttp
 import structlog
 from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
 
 from fleetwave.metrics import Metrics
 from fleetwave.resources.model import Check
@@ -205,13 +206,15 @@ async def _http(check: Check, target: CheckTarget, session: aiohttp.ClientSessio
                 resolver: _PinnedResolver, policy: AddressPolicy) -> tuple[bool, str]:
     if not check.url:
         return False, "http check without url"
-    url = _fill(check.url, target, url=True)
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise Refused("not_an_address", f"{url[:120]} is not an http(s) URL with a host")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    addresses = await resolve_checked(parts.hostname, port, policy)
-    resolver.pinned[(parts.hostname, port)] = addresses
+    text = _fill(check.url, target, url=True)
+    try:
+        url = URL(text)  # the parser aiohttp itself uses, so both see the same host
+    except ValueError:
+        url = URL()
+    if url.scheme not in ("http", "https") or not url.raw_host or url.port is None:
+        raise Refused("not_an_address", f"{text[:120]} is not an http(s) URL with a host")
+    addresses = await resolve_checked(url.raw_host, url.port, policy)
+    resolver.pinned[(url.raw_host, url.port)] = addresses
     async with session.get(url, allow_redirects=False) as response:
         if 300 <= response.status < 400:
             raise Refused("redirect", f"GET {url}: redirect {response.status} to "
