@@ -188,3 +188,25 @@ def test_a_redirect_fails_and_is_not_followed(hostile: HostileServer,
     assert "redirect 302" in why and "not followed" in why
     assert sentinel.accepted == 0
     assert refused(metrics)["redirect"] == 1
+
+
+def test_a_device_name_is_held_to_the_same_rules(sentinel: Sentinel) -> None:
+    metrics = build_metrics()
+    url = f"http://{{device_name}}:{sentinel.port}/health"
+    targets = [CheckTarget("r", "injected", "10.0.0.1", f"127.0.0.1:{sentinel.port}/health?",
+                           (http(url),)),
+               CheckTarget("r", "loopback", "10.0.0.1", "localhost", (http(url),))]
+    results = run(CheckRunner(policy=AddressPolicy.of(environ={}), metrics=metrics), *targets)
+    assert sentinel.accepted == 0
+    assert "neither an IP address nor a host name" in results["injected"][1]
+    assert "localhost resolves to it" in results["loopback"][1]
+    assert refused(metrics)["not_an_address"] == 1
+
+
+def test_a_device_without_an_ip_fails_without_counting_a_refusal() -> None:
+    metrics = build_metrics()
+    target = CheckTarget("r", "d", None, None, (http("http://{device_ip}:1880/health"),))
+    passed, why = run(CheckRunner(metrics=metrics), target)["d"]
+    assert not passed
+    assert "device reports no ip" in why
+    assert sum(refused(metrics).values()) == 0

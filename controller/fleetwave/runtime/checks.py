@@ -190,11 +190,12 @@ class CheckTarget:
 def _fill(template: str, target: CheckTarget, *, url: bool) -> str:
     """The template with the device's values, each validated before it is substituted."""
     out = template
-    for placeholder, value in (("{device_ip}", target.ip), ("{device_name}", target.name)):
+    for placeholder, value in (("{device_ip}", target.ip),
+                               ("{device_name}", target.name or target.device)):
         if placeholder not in out:
             continue
         if not value:
-            raise Refused("not_an_address", f"device reports no {placeholder[8:-1]}")
+            raise ValueError(f"device reports no {placeholder[8:-1]}")
         host = parse_host(value)
         text = f"[{host}]" if url and isinstance(host, ipaddress.IPv6Address) else str(host)
         out = out.replace(placeholder, text)
