@@ -191,6 +191,8 @@ def _construct_scalar(node: yaml.Node) -> Any:
 
 MAX_FILE_BYTES = 1024 * 1024
 """A Rollout file is a few KiB; a bigger one is refused before it is parsed."""
+MAX_DOCUMENTS = 1000
+"""Documents in one file: 150,000 empty `---` documents fit in 1 MiB and take seconds."""
 MAX_DEPTH = 64
 """Nesting of collections; a Rollout needs about 8. Deeper is refused while composing, so
 a 50,000-deep `[[[...]]]` stops after 64 levels instead of exhausting Python's stack."""
@@ -551,6 +553,12 @@ def load_text(text: str, file: str, source: SourceRef | None = None) -> LoadResu
         result.problems.append(too_big(file, len(text.encode("utf-8"))))
         return result
     for index, (node, yaml_error) in enumerate(_yaml_documents(text)):
+        if index == MAX_DOCUMENTS:
+            line = node.start_mark.line + 1 if node is not None else None
+            result.problems.append(Problem(file, line, None, "", f"more than {MAX_DOCUMENTS} "
+                                           "documents in one file; split it into smaller "
+                                           "files"))
+            break
         if yaml_error is not None:
             result.problems.append(_yaml_problem(yaml_error, file))
             break
