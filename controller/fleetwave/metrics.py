@@ -23,6 +23,10 @@ DROP_REASONS = ("too_large", "invalid_json", "invalid_schema", "uuid_mismatch", 
                 "unknown_update")
 """Why an inbound message was dropped: the only values of the `reason` label."""
 
+HEALTH_CHECK_REFUSALS = ("not_an_address", "loopback", "link_local", "unspecified",
+                         "multicast", "broadcast", "denied", "redirect", "body_too_large")
+"""Why a health check was refused (runtime/checks.py): the only values of its `reason`."""
+
 
 @dataclass(frozen=True)
 class Metrics:
@@ -56,6 +60,8 @@ class Metrics:
     source_invalid_files: Gauge
     # notifications
     notifications: Counter
+    # health checks
+    health_checks_refused: Counter
 
 
 def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
@@ -117,8 +123,13 @@ def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
                                    registry=reg),
         notifications=Counter(f"{p}_notifications", "Outbound notifications by result.",
                               ["result"], registry=reg),
+        health_checks_refused=Counter(
+            f"{p}_health_checks_refused", "Health checks refused: an address the controller "
+            "does not connect to, a redirect, an oversized body.", ["reason"], registry=reg),
     )
     m.build.info({"version": __version__})
     for reason in DROP_REASONS:
         m.mqtt_dropped.labels(reason=reason)
+    for reason in HEALTH_CHECK_REFUSALS:
+        m.health_checks_refused.labels(reason=reason)
     return m

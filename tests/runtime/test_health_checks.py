@@ -14,10 +14,12 @@ from aiohttp import web
 
 from fleetwave.mqtt.broker import free_port
 from fleetwave.resources.model import Check
-from fleetwave.runtime.checks import CheckRunner, CheckTarget
+from fleetwave.runtime.checks import AddressPolicy, CheckRunner, CheckTarget
 from tests.support.processes import Controller, Simulator, wait_until
 
 BAD = "bad"
+LOOPBACK = AddressPolicy.of(["127.0.0.0/8"])
+"""These servers listen on loopback, which checks refuse unless allowed."""
 
 
 @pytest.fixture
@@ -68,7 +70,7 @@ def http_check(port: int, **extra: object) -> Check:
 ])
 def test_http_check_verdicts(health_server: int, device: str, check: dict[str, object],
                              passed: bool, why: str) -> None:
-    runner = CheckRunner()
+    runner = CheckRunner(policy=LOOPBACK)
     target = CheckTarget("r", device, "127.0.0.1", None, (http_check(health_server, **check),))
     results = asyncio.run(runner.run([target]))
     verdict = results[("r", device)]
@@ -82,7 +84,7 @@ def test_tcp_check_passes_on_an_open_port_and_fails_on_a_closed_one() -> None:
         listener.listen()
         open_port = listener.getsockname()[1]
         closed_port = free_port()
-        runner = CheckRunner()
+        runner = CheckRunner(policy=LOOPBACK)
         targets = [
             CheckTarget("r", "open", "127.0.0.1", None,
                         (Check(type="tcp", port=open_port, timeout=timedelta(seconds=2)),)),
@@ -95,7 +97,7 @@ def test_tcp_check_passes_on_an_open_port_and_fails_on_a_closed_one() -> None:
 
 
 def test_an_unreachable_url_is_a_failed_check_not_an_error() -> None:
-    runner = CheckRunner()
+    runner = CheckRunner(policy=LOOPBACK)
     check = Check(type="http", url=f"http://127.0.0.1:{free_port()}/x",
                   timeout=timedelta(seconds=1))
     results = asyncio.run(runner.run([CheckTarget("r", "d", None, None, (check,))]))
@@ -133,7 +135,7 @@ spec:
     for device in good + bad:
         args += ["--device-id", device]
     simulator_factory(len(good) + len(bad), *args)
-    controller = controller_factory(source)
+    controller = controller_factory(source, extra_args=("--health-check-allow", "127.0.0.0/8"))
     controller.start()
 
     def settled() -> dict[str, int] | None:

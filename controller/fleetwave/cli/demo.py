@@ -18,6 +18,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from fleetwave.cli.run import cidr_list
 from fleetwave.runtime.demo import DemoOptions, DemoState, run_demo
 from fleetwave.runtime.engine import done_count
 
@@ -111,14 +112,19 @@ class _PlainPrinter:
 @click.option("--keep", is_flag=True, help="Do not delete the demo's files at the end.")
 @click.option("--duration", default=0.0, type=float,
               help="Stop by itself after this many seconds (0: run until Ctrl-C).")
+@click.option("--health-check-allow", multiple=True, metavar="CIDR", callback=cidr_list,
+              default=DemoOptions.health_check_allow, show_default=True,
+              envvar="FLEETWAVE_HEALTH_CHECK_ALLOW",
+              help="Ranges health checks may reach although refused by default; repeatable.")
 def demo(devices: int, speed: float, fail_rate: float, offline_rate: float, seed: int,
-         listen: str, workdir: str | None, keep: bool, duration: float) -> None:
+         listen: str, workdir: str | None, keep: bool, duration: float,
+         health_check_allow: tuple[str, ...]) -> None:
     """Run a broker, a controller on SQLite, a simulated fleet and a local git repository
     of Rollouts, and show the rollout moving through its waves. Midway the demo commits a
     new version to the repository: GitOps picks it up. Ctrl-C stops all of it."""
     options = DemoOptions(devices=devices, speed=speed, fail_rate=fail_rate,
                           offline_rate=offline_rate, seed=seed, listen=listen,
-                          workdir=workdir, keep=keep)
+                          workdir=workdir, keep=keep, health_check_allow=health_check_allow)
     log_path = None
     if workdir:
         os.makedirs(workdir, exist_ok=True)

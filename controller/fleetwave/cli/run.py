@@ -88,10 +88,32 @@ def controller_options(func: Callable[..., Any]) -> Callable[..., Any]:
             help="json when not on a TTY.",
         ),
         flag_option("--log-level", default="info", show_default=True),
+        *health_check_options(),
     ]
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def cidr_list(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+           ) -> tuple[str, ...]:
+    from fleetwave.runtime.checks import parse_cidrs
+    try:
+        return tuple(str(net) for net in parse_cidrs(value))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def health_check_options() -> list[Callable[..., Any]]:
+    """Where health checks may connect (run, operator and demo)."""
+    return [
+        flag_option("--health-check-allow", multiple=True, metavar="CIDR", callback=cidr_list,
+                    help="Let health checks reach this range although refused by default "
+                    "(loopback, link-local, ...); repeatable, env space/comma separated."),
+        flag_option("--health-check-deny", multiple=True, metavar="CIDR", callback=cidr_list,
+                    help="Never let health checks reach this range (the cluster's own); "
+                    "repeatable. KUBERNETES_SERVICE_HOST is always denied."),
+    ]
 
 
 def source_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -156,6 +178,8 @@ def settings_from(kwargs: dict[str, Any]) -> Settings:
         notify_secret=kwargs["notify_secret"],
         webhook_secret=kwargs["webhook_secret"],
         propose_reverts=kwargs.get("propose_reverts", False),
+        health_check_allow=kwargs.get("health_check_allow", ()),
+        health_check_deny=kwargs.get("health_check_deny", ()),
     )
 
 

@@ -189,8 +189,72 @@ def _construct_scalar(node: yaml.Node) -> Any:
     return _SAFE.construct_object(node, deep=True)
 
 
+MAX_FILE_BYTES = 1024 * 1024
+"""A Rollout file is a few KiB; a bigger one is refused before it is parsed."""
+MAX_DOCUMENTS = 1000
+"""Documents in one file: 150,000 empty `---` documents fit in 1 MiB and take seconds."""
+MAX_DEPTH = 64
+"""Nesting of collections; a Rollout needs about 8. Deeper is refused while composing, so
+a 50,000-deep `[[[...]]]` stops after 64 levels instead of exhausting Python's stack."""
+_STANDARD_TAGS = frozenset(f"tag:yaml.org,2002:{name}" for name in (
+    "null", "bool", "int", "float", "str", "seq", "map", "timestamp"))
+
+
+class RefusedYAML(yaml.composer.ComposerError):
+    """Valid YAML that fleetwave will not read: anchors and aliases (an alias bomb expands
+    a few hundred bytes into gigabytes), tags other than the standard ones (`!!python/...`),
+    nesting deeper than MAX_DEPTH."""
+
+
+def _shown_tag(tag: str) -> str:
+    return "!!" + tag.removeprefix("tag:yaml.org,2002:") if tag.startswith("tag:yaml.org,") \
+        else tag
+
+
+class _GuardedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses, at the event that starts it, anything RefusedYAML names.
+
+    The checks sit in `compose_node`, before PyYAML builds (or recurses into) a node, so
+    neither an alias's expansion nor a deep nesting is ever built.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        nests = isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent)
+        self._depth += nests
+        try:
+            reason = _refusal(event, self._depth)
+            if reason is not None:
+                raise RefusedYAML(None, None, reason, event.start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= nests
+
+
+def _refusal(event: yaml.Event, depth: int) -> str | None:
+    """Why the node `event` starts is refused, or None."""
+    if isinstance(event, yaml.AliasEvent):
+        return (f"alias *{event.anchor} is not allowed (fleetwave files use no anchors or "
+                "aliases); write the value out")
+    anchor = getattr(event, "anchor", None)
+    if anchor is not None:
+        return (f"anchor &{anchor} is not allowed (fleetwave files use no anchors or "
+                "aliases); write the value out")
+    tag = getattr(event, "tag", None)
+    if tag is not None and tag != "!" and tag not in _STANDARD_TAGS:
+        return (f"tag {_shown_tag(tag)} is not allowed; remove it (only plain strings, "
+                "numbers, booleans, lists and maps are read)")
+    if depth > MAX_DEPTH:
+        return f"nesting deeper than {MAX_DEPTH} levels is not allowed; flatten the document"
+    return None
+
+
 def _yaml_documents(text: str) -> Iterator[tuple[yaml.Node | None, Exception | None]]:
-    loader = yaml.SafeLoader(text)
+    loader = _GuardedLoader(text)
     try:
         while loader.check_node():
             yield loader.get_node(), None
@@ -485,7 +549,16 @@ def _zone_names() -> set[str]:
 def load_text(text: str, file: str, source: SourceRef | None = None) -> LoadResult:
     """Parse and validate every document in `text`; never raises on bad input."""
     result = LoadResult(files=[file])
+    if len(text) > MAX_FILE_BYTES:
+        result.problems.append(too_big(file, len(text.encode("utf-8"))))
+        return result
     for index, (node, yaml_error) in enumerate(_yaml_documents(text)):
+        if index == MAX_DOCUMENTS:
+            line = node.start_mark.line + 1 if node is not None else None
+            result.problems.append(Problem(file, line, None, "", f"more than {MAX_DOCUMENTS} "
+                                           "documents in one file; split it into smaller "
+                                           "files"))
+            break
         if yaml_error is not None:
             result.problems.append(_yaml_problem(yaml_error, file))
             break
@@ -501,6 +574,11 @@ def load_text(text: str, file: str, source: SourceRef | None = None) -> LoadResu
             continue
         result.extend(_validate_document(doc, pos, file, line, index, source))
     return result
+
+
+def too_big(file: str, size: int) -> Problem:
+    return Problem(file, None, None, "", f"file is {size} bytes, over the limit of "
+                   f"{MAX_FILE_BYTES}; split it into smaller files")
 
 
 def not_ours(doc: Any) -> bool:
@@ -536,6 +614,9 @@ def _yaml_problem(error: Exception, file: str) -> Problem:
             msg += f" that starts at line {context_mark.line + 1}, column " \
                    f"{context_mark.column + 1}"
         msg += ")"
+    if isinstance(error, RefusedYAML):
+        return Problem(file, mark.line + 1 if mark else None,
+                       mark.column + 1 if mark else None, "", f"refused YAML: {problem}")
     msg += "; check indentation, quotes and closing brackets"
     if "\t" in problem or "tab" in problem:
         msg += " (YAML does not allow tabs for indentation)"
@@ -624,6 +705,11 @@ def load_paths(paths: Iterable[str | os.PathLike[str]], source: SourceRef | None
     for f in iter_yaml_files(paths):
         shown = str(f.relative_to(display_root)) if display_root else str(f)
         try:
+            size = f.stat().st_size
+            if size > MAX_FILE_BYTES:
+                result.files.append(shown)
+                result.problems.append(too_big(shown, size))
+                continue
             text = f.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             result.files.append(shown)

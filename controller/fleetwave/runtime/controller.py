@@ -26,6 +26,7 @@ from fleetwave.mqtt.link import MqttLink
 from fleetwave.mqtt.settings import MqttSettings
 from fleetwave.protocol.messages import DeviceMessage
 from fleetwave.resources.model import Rollout, RolloutPolicy
+from fleetwave.runtime.checks import AddressPolicy, CheckRunner
 from fleetwave.runtime.engine import Engine
 from fleetwave.runtime.settings import Settings
 from fleetwave.sources.base import Source, SourceSnapshot
@@ -97,6 +98,9 @@ async def controller_core(settings: Settings) -> AsyncIterator[ControllerCore]:
         engine = Engine(store, link, metrics, resync_interval=settings.resync_interval,
                         on_event=notifier.publish if notifier is not None else None)
         engine_box.append(engine)
+        engine.checks = CheckRunner(
+            policy=AddressPolicy.of(settings.health_check_allow, settings.health_check_deny),
+            metrics=metrics)
         engine.broker_connected = lambda: link.connected
         await link.start()
         try:

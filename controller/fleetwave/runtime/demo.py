@@ -86,6 +86,8 @@ class DemoOptions:
     keep: bool = False
     bump_after: float = 90.0
     """Seconds after start at the latest before the demo commits a new version."""
+    health_check_allow: tuple[str, ...] = ("127.0.0.0/8",)
+    """Everything the demo runs listens on loopback, which checks refuse by default."""
 
 
 @dataclass
@@ -169,6 +171,7 @@ async def run_demo(options: DemoOptions, stop: asyncio.Event,
         store=f"sqlite:///{workdir / 'fleetwave.db'}", source=f"file://{repo}",
         branch="main", path="rollouts", poll_interval=2.0, listen=options.listen,
         workdir=str(workdir / "controller"), resync_interval=2.0,
+        health_check_allow=options.health_check_allow,
     )
     broker.start()
     try:

@@ -754,12 +754,11 @@ class Engine:
         self._wake.set()
 
     def desired_versions(self) -> dict[str, set[str]]:
+        """Per component, the versions Rollouts declare; never what devices report (a
+        device claiming `9999.0.0` must not block every later registry push)."""
         out: dict[str, set[str]] = {}
         for rollout in self.known_rollouts().values():
             out.setdefault(rollout.spec.component, set()).add(rollout.spec.version)
-        for row in self._devices.values():
-            for component, version in row.versions.items():
-                out.setdefault(component, set()).add(version)
         return out
 
 

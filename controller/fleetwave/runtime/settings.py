@@ -46,6 +46,11 @@ class Settings:
     """With a git source: after a rollback, push a branch that sets the version back."""
     workdir: str = field(default_factory=lambda: str(Path(".fleetwave")))
     retention_days: float = 90.0
+    health_check_allow: tuple[str, ...] = ()
+    """CIDR ranges health checks may reach although refused by default (loopback...)."""
+    health_check_deny: tuple[str, ...] = ()
+    """CIDR ranges health checks never reach (the cluster's own); KUBERNETES_SERVICE_HOST
+    is always added."""
 
     @property
     def source_is_git(self) -> bool:

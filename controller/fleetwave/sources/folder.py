@@ -16,11 +16,17 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from fleetwave.metrics import Metrics
-from fleetwave.resources.loading import LoadResult, Problem, iter_yaml_files, load_text
+from fleetwave.resources.loading import (
+    MAX_FILE_BYTES,
+    LoadResult,
+    Problem,
+    iter_yaml_files,
+    load_text,
+    too_big,
+)
 from fleetwave.resources.model import SourceRef
 from fleetwave.sources.base import Backoff, Generations, PollingSource, SourceError
 
-MAX_FILE_BYTES = 1024 * 1024
 """Larger files are reported, not parsed: a Rollout is a few KiB; this bounds memory."""
 
 _Stamp = tuple[tuple[str, int, int], ...]
@@ -64,9 +70,7 @@ class FolderSource(PollingSource):
             try:
                 size = f.stat().st_size
                 if size > MAX_FILE_BYTES:
-                    contents[rel] = Problem(rel, None, None, "",
-                                            f"file is {size} bytes, over the limit of "
-                                            f"{MAX_FILE_BYTES}; split it into smaller files")
+                    contents[rel] = too_big(rel, size)
                     continue
                 raw = f.read_bytes()
             except OSError as exc:

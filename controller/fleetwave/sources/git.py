@@ -25,7 +25,14 @@ import structlog
 from pygit2.enums import FetchPrune, FileMode
 
 from fleetwave.metrics import Metrics
-from fleetwave.resources.loading import YAML_SUFFIXES, LoadResult, Problem, load_text
+from fleetwave.resources.loading import (
+    MAX_FILE_BYTES,
+    YAML_SUFFIXES,
+    LoadResult,
+    Problem,
+    load_text,
+    too_big,
+)
 from fleetwave.resources.model import SourceRef
 from fleetwave.sources.base import Backoff, Generations, PollingSource, SourceError
 from fleetwave.sources.credentials import (
@@ -42,7 +49,6 @@ __all__ = ["CommitResult", "GitCommitter", "GitCredentials", "GitSource", "redac
 
 log = structlog.get_logger("fleetwave.sources.git")
 
-MAX_FILE_BYTES = 1024 * 1024
 """Larger blobs are reported, not parsed: a Rollout is a few KiB; this bounds memory."""
 
 CONNECT_TIMEOUT_MS = 10_000
@@ -185,9 +191,7 @@ class GitSource(PollingSource):
         results: dict[str, LoadResult] = {}
         for file, blob in _yaml_blobs(tree, self.path):
             if blob.size > MAX_FILE_BYTES:
-                results[file] = LoadResult(problems=[Problem(
-                    file, None, None, "", f"file is {blob.size} bytes, over the limit of "
-                    f"{MAX_FILE_BYTES}; split it into smaller files")])
+                results[file] = LoadResult(problems=[too_big(file, blob.size)])
                 continue
             try:
                 text = blob.data.decode("utf-8")

@@ -1,7 +1,7 @@
 """RolloutPolicy: turn "image acme/app:2.0.1 was pushed" into a Rollout, once, and only forward.
 
 Pure: the webhook handler passes what it knows (policies, the push, the
-versions desired and running per component, the rollouts that exist, the
+versions desired per component, the rollouts that exist, the
 deliveries already handled) and gets back what to create and why anything was
 skipped. Registries redeliver and users re-push tags, so the decision is
 idempotent: a delivery id or a `policy + repository:tag` seen once never
@@ -146,16 +146,17 @@ def rollout_name(policy: str, tag: str) -> str:
 def evaluate_push(
     policies: Iterable[RolloutPolicy] | Mapping[str, RolloutPolicy],
     push: ImagePush,
-    running_versions: Mapping[str, Iterable[str]],
+    desired_versions: Mapping[str, Iterable[str]],
     existing_rollouts: Mapping[str, Rollout] | Iterable[Rollout],
     seen_deliveries: Container[str],
 ) -> PolicyOutcome:
     """Decide which Rollouts a registry push creates.
 
-    `running_versions`: per component, the versions devices run (and/or that are
-    desired); with `versionPolicy: semver` a tag must be newer than every one of
-    them and than every existing Rollout's version for that component. Versions
-    that are not semver cannot be compared and are ignored.
+    `desired_versions`: per component, the versions Rollouts declare; with
+    `versionPolicy: semver` a tag must be newer than every one of them and than every
+    existing Rollout's version for that component. Versions devices report are never
+    compared: any device can claim `9999.0.0`, and that must not block every later push.
+    Versions that are not semver cannot be compared and are ignored.
     """
     pols = list(policies.values()) if isinstance(policies, Mapping) else list(policies)
     rollouts = (list(existing_rollouts.values()) if isinstance(existing_rollouts, Mapping)
@@ -172,7 +173,7 @@ def evaluate_push(
     created: list[GeneratedRollout] = []
     skipped: list[Skipped] = []
     for policy in matching:
-        result = _evaluate_one(policy, push, running_versions, rollouts, names, seen_deliveries)
+        result = _evaluate_one(policy, push, desired_versions, rollouts, names, seen_deliveries)
         if isinstance(result, Skipped):
             skipped.append(result)
         else:
@@ -182,7 +183,7 @@ def evaluate_push(
 
 
 def _evaluate_one(policy: RolloutPolicy, push: ImagePush,
-                  running_versions: Mapping[str, Iterable[str]], rollouts: list[Rollout],
+                  desired_versions: Mapping[str, Iterable[str]], rollouts: list[Rollout],
                   names: set[str], seen: Container[str]) -> GeneratedRollout | Skipped:
     name = rollout_name(policy.name, push.tag)
     if image_key(policy.name, push) in seen or name in names:
@@ -195,14 +196,14 @@ def _evaluate_one(policy: RolloutPolicy, push: ImagePush,
             return Skipped(policy.name, SkipReason.NOT_SEMVER,
                            f"tag {push.tag!r} is not a semantic version (like 1.2.3); "
                            "policy uses versionPolicy: semver")
-        current = set(running_versions.get(component, ()))
+        current = set(desired_versions.get(component, ()))
         current.update(r.spec.version for r in rollouts if r.spec.component == component)
         newest = max((v for v in (parse_semver(c) for c in current) if v is not None),
                      default=None)
         if newest is not None and tag <= newest:
             return Skipped(policy.name, SkipReason.NOT_NEWER,
                            f"tag {push.tag} is not newer than {newest} of {component}, "
-                           "already desired or running")
+                           "already desired")
     return _generate(policy, push, name, component)
 
 
