@@ -96,3 +96,13 @@ events = sa.Table(
     sa.Index("ix_events_device", "device"),
     sa.Index("ix_events_time", "time"),
 )
+
+leadership = sa.Table(
+    "leadership", metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("holder", sa.Text, nullable=False),
+    sa.Column("epoch", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.Double, nullable=False),
+    sa.Column("address", sa.Text),
+)
+"""One row per elected role: who leads, under which epoch, until when (database clock)."""

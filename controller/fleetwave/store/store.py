@@ -32,8 +32,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import StaticPool
 
 from fleetwave.protocol.messages import Online, ReportedState, Status, StatusType
-from fleetwave.store import codec
+from fleetwave.store import codec, leadership
 from fleetwave.store.errors import StoreError, translate
+from fleetwave.store.leadership import Fence, Lease
 from fleetwave.store.rows import DeviceRow, Event, EventPage, RolloutRow, StatusOutcome, UpdateStats
 from fleetwave.store.schema import devices, events, rollouts, updates
 from fleetwave.updates.model import (
@@ -165,6 +166,7 @@ class Store:
         self._path = path
         self._postgres = engine.dialect.name == "postgresql"
         self._insert = postgresql.insert if self._postgres else sqlite.insert
+        self._fence: Fence | None = None
 
     @property
     def engine(self) -> AsyncEngine:
@@ -185,12 +187,16 @@ class Store:
 
     # -- transactions ---------------------------------------------------------------------
 
-    async def _write(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    async def _write(self, work: Callable[[AsyncConnection], Awaitable[T]], *,
+                     fenced: bool = True) -> T:
         """Runs `work` in one write transaction, retried when PostgreSQL picked it as a
-        deadlock victim; driver errors become StoreError."""
+        deadlock victim; driver errors become StoreError. Under a fence (a leader's store)
+        the transaction first proves the lease is still ours, or raises `Fenced`."""
         for attempt in range(RETRIES):
             try:
                 async with self._engine.begin() as conn:
+                    if fenced and self._fence is not None:
+                        await self._fence.check(conn)
                     return await work(conn)
             except sqlalchemy.exc.DBAPIError as exc:
                 code = getattr(exc.orig, "sqlstate", None)
@@ -231,7 +237,7 @@ class Store:
         async def work(conn: AsyncConnection) -> None:
             await conn.run_sync(self._upgrade)
 
-        await self._write(work)
+        await self._write(work, fenced=False)
 
     def _upgrade(self, conn: Connection) -> None:
         if self._postgres:
@@ -259,6 +265,33 @@ class Store:
 
             return await conn.run_sync(current)
 
+        return await self._read(work)
+
+    # -- leadership -----------------------------------------------------------------------
+
+    def set_fence(self, fence: Fence | None) -> None:
+        """Make every later write conditional on `fence` (None: unfenced, a single writer)."""
+        self._fence = fence
+
+    async def acquire_leadership(self, name: str, holder: str, ttl: float,
+                                 address: str | None = None) -> Lease | None:
+        async def work(conn: AsyncConnection) -> Lease | None:
+            return await leadership.try_acquire(conn, name, holder, ttl, address)
+        return await self._write(work, fenced=False)
+
+    async def renew_leadership(self, lease: Lease, ttl: float) -> Lease | None:
+        async def work(conn: AsyncConnection) -> Lease | None:
+            return await leadership.renew(conn, lease, ttl)
+        return await self._write(work, fenced=False)
+
+    async def release_leadership(self, lease: Lease) -> None:
+        async def work(conn: AsyncConnection) -> None:
+            await leadership.release(conn, lease)
+        await self._write(work, fenced=False)
+
+    async def current_leader(self, name: str) -> Lease | None:
+        async def work(conn: AsyncConnection) -> Lease | None:
+            return await leadership.current(conn, name)
         return await self._read(work)
 
     # -- devices --------------------------------------------------------------------------
