@@ -15,7 +15,10 @@ from fleetwave.cli.run import controller_options, flag_option, settings_from
 @click.command("operator")
 @controller_options
 @flag_option("--namespace", default=None,
-              help="Watch Rollouts in this namespace only (default: all namespaces).")
+              help="Watch Rollouts in this namespace only (default: the pod's own "
+                   "namespace, or 'default' outside a pod).")
+@flag_option("--all-namespaces", is_flag=True, default=False,
+              help="Watch every namespace (needs a ClusterRole; off: one namespace, a Role).")
 @flag_option("--lease-name", default="fleetwave-operator", show_default=True,
               help="The coordination.k8s.io Lease that elects the replica that plans.")
 @flag_option("--lease-namespace", default=None,
@@ -31,11 +34,15 @@ def operator(**kwargs: Any) -> None:
     settings = settings_from(kwargs)
     from fleetwave.operator.process import run_operator
     from fleetwave.operator.runtime import OperatorOptions, default_identity, pod_namespace
+    if kwargs["all_namespaces"] and kwargs["namespace"]:
+        raise click.UsageError("--namespace and --all-namespaces exclude each other")
+    # One namespace by default, so that a Role is enough; cluster-wide only when asked.
+    namespace = None if kwargs["all_namespaces"] else kwargs["namespace"] or pod_namespace()
     options = OperatorOptions(
         identity=kwargs["identity"] or default_identity(),
-        namespace=kwargs["namespace"] or None,
+        namespace=namespace,
         lease_name=kwargs["lease_name"],
-        lease_namespace=kwargs["lease_namespace"] or kwargs["namespace"] or pod_namespace(),
+        lease_namespace=kwargs["lease_namespace"] or namespace or pod_namespace(),
         lease_duration=kwargs["lease_duration"],
     )
     from fleetwave.store import StoreError
