@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
 
 from fleetwave.cli.logging import configure_logging
 from fleetwave.cli.run import controller_options, flag_option, settings_from
+
+
+def watched_namespace(namespace: str | None, all_namespaces: bool,
+                      pod: Callable[[], str]) -> str | None:
+    """One namespace by default (the pod's), so that a Role is enough; None (every
+    namespace, a ClusterRole) only when asked."""
+    if all_namespaces and namespace:
+        raise click.UsageError("--namespace and --all-namespaces exclude each other")
+    if all_namespaces:
+        return None
+    return namespace or pod()
 
 
 @click.command("operator")
@@ -34,10 +46,7 @@ def operator(**kwargs: Any) -> None:
     settings = settings_from(kwargs)
     from fleetwave.operator.process import run_operator
     from fleetwave.operator.runtime import OperatorOptions, default_identity, pod_namespace
-    if kwargs["all_namespaces"] and kwargs["namespace"]:
-        raise click.UsageError("--namespace and --all-namespaces exclude each other")
-    # One namespace by default, so that a Role is enough; cluster-wide only when asked.
-    namespace = None if kwargs["all_namespaces"] else kwargs["namespace"] or pod_namespace()
+    namespace = watched_namespace(kwargs["namespace"], kwargs["all_namespaces"], pod_namespace)
     options = OperatorOptions(
         identity=kwargs["identity"] or default_identity(),
         namespace=namespace,
