@@ -2,19 +2,34 @@
 and ACL fleetwave ships (controller/fleetwave/mqtt/broker/, which tests/mqtt/ run against a
 real Mosquitto), filled in as BrokerConfig fills them in: TLS only, no anonymous access,
 client ids bound to user names, accounts from a Secret. No API server runs here, so the
-rendered objects are compared and schema-checked, not deployed."""
+rendered objects are compared and schema-checked, not deployed; the rendered mosquitto.conf
+and acl themselves are run by the real Mosquitto."""
 
 from __future__ import annotations
 
+import os
+import ssl
+import threading
+import time
 from pathlib import Path
 
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
-from fleetwave.mqtt.broker import BrokerConfig, BrokerFiles
+from fleetwave.mqtt.broker import (
+    BrokerConfig,
+    BrokerFiles,
+    MosquittoProcess,
+    free_port,
+    write_password_file,
+)
 from tests.deploy.conftest import CHART, Renderer
 from tests.deploy.kube import Doc
 from tests.deploy.test_chart import env_of, kinds, only
-from tests.deploy.tools import ROOT
+from tests.deploy.tools import ROOT, run_tool
 
 SHIPPED = ROOT / "controller" / "fleetwave" / "mqtt" / "broker"
 VALUES = CHART / "ci" / "mosquitto-enabled-values.yaml"
@@ -107,3 +122,106 @@ def test_the_broker_policy_admits_mqtts_and_lets_nothing_out(docs: list[Doc]) ->
 
 def test_off_by_default(chart: Renderer) -> None:
     assert not kinds(chart.render(), "Deployment", "broker")
+
+
+def make_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (it is its own CA), made with openssl."""
+    cert, key = directory / "tls.crt", directory / "tls.key"
+    result = run_tool(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                       "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", cert,
+                       "-days", "1", "-subj", "/CN=fleetwave-mosquitto",
+                       "-addext", "subjectAltName=IP:127.0.0.1"])
+    assert result.returncode == 0, result.stderr
+    return cert, key
+
+
+def connect(port: int, user: str, password: str, client_id: str, ca: Path | None,
+            received: list[bytes] | None = None) -> tuple[paho.Client, list[str]]:
+    """A paho client over TLS (ca) or plain TCP (None); returns it and its CONNACK/disconnect
+    log, once the CONNACK (or the failure) is in."""
+    log: list[str] = []
+    done = threading.Event()
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                    protocol=MQTTProtocolVersion.MQTTv5, reconnect_on_failure=False)
+    c.username_pw_set(user, password)
+    if ca is not None:
+        c.tls_set(ca_certs=str(ca))
+
+    def on_connect(cl: paho.Client, u: object, f: paho.ConnectFlags, rc: paho.ReasonCode,
+                   p: object) -> None:
+        log.append(f"connack:{rc}:{f.session_present}")
+        done.set()
+
+    def on_disconnect(cl: paho.Client, u: object, f: object, rc: paho.ReasonCode,
+                      p: object) -> None:
+        log.append(f"disconnect:{rc}")
+        done.set()
+
+    c.on_connect = on_connect
+    c.on_disconnect = on_disconnect
+    if received is not None:
+        c.on_message = lambda cl, u, msg: received.append(msg.payload)
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 3600
+    try:
+        c.connect("127.0.0.1", port, clean_start=False, properties=props)
+    except (OSError, ssl.SSLError) as exc:
+        log.append(f"refused:{exc}")
+        return c, log
+    c.loop_start()
+    assert done.wait(10), "no CONNACK"
+    return c, log
+
+
+def test_the_rendered_broker_runs_on_mosquitto_tls_only_with_bound_client_ids(
+        chart: Renderer, tmp_path: Path) -> None:
+    """The chart's own mosquitto.conf and acl, run by the real Mosquitto 2.0.11 with the paths
+    under /mosquitto/ moved into a temporary directory (and, when the tests run as root,
+    `user root`, as BrokerConfig does, so Mosquitto can read the root-owned files)."""
+    port = free_port()
+    docs = chart.render("-f", str(VALUES), "--set", f"mosquitto.service.port={port}")
+    data = only(docs, "ConfigMap", "broker")["data"]
+    root = tmp_path / "mosquitto"
+    for sub in ("config", "passwd", "tls", "data"):
+        (root / sub).mkdir(parents=True)
+    make_certificate(root / "tls")
+    conf = data["mosquitto.conf"].replace("/mosquitto/", f"{root}/")
+    conf = conf.replace("0.0.0.0", "127.0.0.1")
+    if os.geteuid() == 0:
+        conf += "\nuser root\n"
+    (root / "config" / "mosquitto.conf").write_text(conf)
+    (root / "config" / "acl").write_text(data["acl"])
+    write_password_file(root / "passwd" / "passwd", {"fleetwave": "controller-pw",
+                                                    "device-a": "device-pw"})
+    files = BrokerFiles(directory=root, config=root / "config" / "mosquitto.conf",
+                        acl=root / "config" / "acl", password_file=root / "passwd" / "passwd",
+                        persistence=root / "data", log=root / "mosquitto.log")
+    ca = root / "tls" / "tls.crt"
+    clients: list[paho.Client] = []
+    with MosquittoProcess(files, port):
+        _, plain = connect(port, "fleetwave", "controller-pw", "fleetwave-controller", None)
+        assert not [e for e in plain if e.startswith("connack:Success")], \
+            f"plain MQTT accepted: {plain}"
+        received: list[bytes] = []
+        controller, controller_log = connect(port, "fleetwave", "controller-pw",
+                                             "fleetwave-controller", ca, received)
+        clients.append(controller)
+        assert controller_log == ["connack:Success:False"]
+        subscribed = threading.Event()
+        controller.on_subscribe = lambda *args: subscribed.set()
+        controller.subscribe("iot/device/+/agent/status", qos=1)
+        assert subscribed.wait(10)
+        device, device_log = connect(port, "device-a", "device-pw", "fleetwave-controller", ca)
+        clients.append(device)
+        assert device_log == ["connack:Success:False"], "the device got a session of its own"
+        device.publish("iot/device/device-a/agent/status", b"own-status", qos=1) \
+            .wait_for_publish(10)
+        for _ in range(100):  # a bound on a hang only
+            if received:
+                break
+            time.sleep(0.05)
+        assert received == [b"own-status"]
+        assert controller_log == ["connack:Success:False"], "the controller was never kicked"
+        for client in clients:
+            client.disconnect()
+            client.loop_stop()
