@@ -94,4 +94,71 @@ what to change.
 {{- if and (eq .Values.mode "standalone") (not .Values.source.url) }}
 {{- fail "mode=standalone needs source.url (the git repository of Rollouts)" }}
 {{- end }}
+{{- $_ := required "broker.existingSecret is required: a Secret with the controller's broker account (keys broker.usernameKey and broker.passwordKey); fleetwave does not connect to a broker anonymously" .Values.broker.existingSecret }}
+{{- if not .Values.mosquitto.enabled }}
+{{- $_ := required "broker.url is required: the MQTT broker, mqtts://host:8883 (or mosquitto.enabled=true for the bundled one)" .Values.broker.url }}
+{{- end }}
+{{- if and (hasPrefix "mqtt://" (include "fleetwave.brokerUrl" .)) (not .Values.broker.allowPlaintext) }}
+{{- fail "broker.url is plain mqtt://: the broker password and every command would cross the network unencrypted; use mqtts:// (or set broker.allowPlaintext=true)" }}
+{{- end }}
+{{- if .Values.mosquitto.enabled }}
+{{- $_ := required "mosquitto.enabled needs mosquitto.tls.existingSecret: a kubernetes.io/tls Secret (tls.crt, tls.key, ca.crt) for the broker's TLS listener" .Values.mosquitto.tls.existingSecret }}
+{{- $_ := required "mosquitto.enabled needs mosquitto.passwordFile.existingSecret: a Secret with the Mosquitto password file (the controller's account and one per device)" .Values.mosquitto.passwordFile.existingSecret }}
+{{- if gt (int .Values.replicaCount) 1 }}
+{{- fail "mosquitto.enabled runs one controller replica: the bundled broker binds client ids to user names, so each replica would need its own broker account; use an external broker to scale out" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The broker the controller connects to: broker.url, else the bundled Mosquitto.
+*/}}
+{{- define "fleetwave.brokerUrl" -}}
+{{- if .Values.broker.url }}
+{{- .Values.broker.url }}
+{{- else if .Values.mosquitto.enabled }}
+{{- printf "mqtts://%s.%s.svc:%d" (include "fleetwave.mosquittoName" .) .Release.Namespace (int .Values.mosquitto.service.port) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The broker's TCP port, for the NetworkPolicy: the URL's, else the scheme's default.
+*/}}
+{{- define "fleetwave.brokerPort" -}}
+{{- $url := include "fleetwave.brokerUrl" . }}
+{{- $port := regexFind ":[0-9]+$" $url | trimPrefix ":" }}
+{{- if $port }}{{ $port }}{{ else if hasPrefix "mqtts://" $url }}8883{{ else }}1883{{ end }}
+{{- end }}
+
+{{/*
+The Secret holding the broker's CA certificate (broker.tls.caSecret, else the bundled
+Mosquitto's TLS Secret) and its key.
+*/}}
+{{- define "fleetwave.brokerCaSecret" -}}
+{{- if .Values.broker.tls.caSecret }}{{ .Values.broker.tls.caSecret }}{{ else if .Values.mosquitto.enabled }}{{ .Values.mosquitto.tls.existingSecret }}{{ end }}
+{{- end }}
+
+{{- define "fleetwave.brokerCaKey" -}}
+{{- if .Values.broker.tls.caSecret }}{{ .Values.broker.tls.caKey }}{{ else }}ca.crt{{ end }}
+{{- end }}
+
+{{- define "fleetwave.mosquittoName" -}}
+{{- printf "%s-mosquitto" (include "fleetwave.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Labels that select the bundled Mosquitto's pods.
+*/}}
+{{- define "fleetwave.mosquittoSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "fleetwave.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: broker
+{{- end }}
+
+{{- define "fleetwave.mosquittoLabels" -}}
+helm.sh/chart: {{ include "fleetwave.chart" . }}
+{{ include "fleetwave.mosquittoSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.mosquitto.image.tag | trunc 63 | quote }}
+app.kubernetes.io/part-of: fleetwave
+app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}

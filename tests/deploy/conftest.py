@@ -20,6 +20,9 @@ CI_VALUES = sorted((CHART / "ci").glob("*.yaml"))
 KUBE_VERSION = "1.33.0"
 NAMESPACE = "fleetwave"
 RELEASE = "fleetwave"
+REQUIRED = ("--set", "broker.url=mqtts://mosquitto.mqtt.svc:8883",
+            "--set", "broker.existingSecret=fleetwave-broker")
+"""The values the chart cannot render without (the broker and the controller's account)."""
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +37,9 @@ def helm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[
 
 
 class Renderer:
-    """`helm template` with a cache: each values file renders once per session."""
+    """`helm template` with a cache: each values file renders once per session. Without a
+    values file (`-f`, each of chart/ci/ is complete), `render` adds the REQUIRED values;
+    `run` passes only what it is told."""
 
     def __init__(self, binary: Path, env: dict[str, str]) -> None:
         self.binary = binary
@@ -42,9 +47,9 @@ class Renderer:
         self._cache: dict[tuple[str, ...], list[Doc]] = {}
 
     def render(self, *args: str) -> list[Doc]:
-        key = tuple(args)
+        key = tuple(args) if "-f" in args else (*REQUIRED, *args)
         if key not in self._cache:
-            result = self.run(*args)
+            result = self.run(*key)
             assert result.returncode == 0, f"helm template {' '.join(args)}:\n{result.stderr}"
             self._cache[key] = load_docs(result.stdout)
         return self._cache[key]

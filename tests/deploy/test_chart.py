@@ -11,23 +11,32 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.deploy.conftest import CHART, CI_VALUES, NAMESPACE, RELEASE, Renderer
+from tests.deploy.conftest import CHART, CI_VALUES, NAMESPACE, RELEASE, REQUIRED, Renderer
 from tests.deploy.kube import Doc, custom_resource_validators, name_of, validate
-from tests.deploy.test_manifests import EXPECTED_CLUSTER_RULES, EXPECTED_LEASE_RULES
+from tests.deploy.test_manifests import (
+    EXPECTED_CLUSTER_RULES,
+    EXPECTED_LEASE_RULES,
+    EXPECTED_NAMESPACED_RULES,
+    PLACEHOLDER,
+)
 from tests.deploy.tools import ROOT, run_tool
 from tests.deploy.workload import workload_problems
 
 CI_IDS = [p.stem for p in CI_VALUES]
 REQUIRED_CI = {"default-values", "standalone-sqlite-values", "operator-postgres-values",
-               "monitoring-enabled-values"}
+               "monitoring-enabled-values", "mosquitto-enabled-values", "cluster-wide-values"}
 
 
-def kinds(docs: list[Doc], kind: str) -> list[Doc]:
-    return [d for d in docs if d["kind"] == kind]
+def kinds(docs: list[Doc], kind: str, component: str = "controller") -> list[Doc]:
+    """Objects of a kind; those labelled with another component (the bundled broker) are
+    left out unless asked for."""
+    return [d for d in docs if d["kind"] == kind
+            and d["metadata"].get("labels", {}).get("app.kubernetes.io/component",
+                                                    component) == component]
 
 
-def only(docs: list[Doc], kind: str) -> Doc:
-    [doc] = kinds(docs, kind)
+def only(docs: list[Doc], kind: str, component: str = "controller") -> Doc:
+    [doc] = kinds(docs, kind, component)
     return doc
 
 
@@ -85,8 +94,15 @@ def test_default_is_one_operator_on_sqlite_with_minimal_rbac(chart: Renderer) ->
     assert pod["containers"][0]["args"] == ["operator"]
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"]["type"] == "Recreate"
-    assert only(docs, "ClusterRole")["rules"] == EXPECTED_CLUSTER_RULES
-    assert only(docs, "Role")["rules"] == EXPECTED_LEASE_RULES
+    assert not kinds(docs, "ClusterRole") and not kinds(docs, "ClusterRoleBinding")
+    roles = {r["metadata"]["name"]: r for r in kinds(docs, "Role")}
+    assert roles["fleetwave"]["rules"] == EXPECTED_NAMESPACED_RULES
+    assert roles["fleetwave-leader-election"]["rules"] == EXPECTED_LEASE_RULES
+    assert sorted(b["roleRef"]["name"] for b in kinds(docs, "RoleBinding")) == sorted(roles)
+    env = env_of(deployment)
+    assert env["FLEETWAVE_NAMESPACE"]["valueFrom"] == {
+        "fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert "FLEETWAVE_ALL_NAMESPACES" not in env
     volumes = {v["name"]: v for v in pod["volumes"]}
     claim = only(docs, "PersistentVolumeClaim")
     assert volumes["data"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
@@ -133,7 +149,8 @@ def test_operator_on_postgres_scales_out_with_leader_election(chart: Renderer) -
     assert "FLEETWAVE_STORE" not in only(docs, "ConfigMap")["data"]
     assert only(docs, "ConfigMap")["data"]["FLEETWAVE_LEASE_NAME"] == "fleetwave-planner"
     assert not kinds(docs, "PersistentVolumeClaim")
-    assert only(docs, "Role")["rules"] == EXPECTED_LEASE_RULES
+    leader = only([d for d in docs if d["metadata"]["name"].endswith("-leader-election")], "Role")
+    assert leader["rules"] == EXPECTED_LEASE_RULES
     crds = kinds(docs, "CustomResourceDefinition")
     assert crds and all("annotations" not in c["metadata"] for c in crds)
 
@@ -172,12 +189,99 @@ def test_monitoring_objects_carry_the_shipped_rules_and_dashboard(chart: Rendere
                  id="replicas-no-leader"),
     pytest.param(["--set", "store.type=postgres"], "existingSecret", id="postgres-without-secret"),
     pytest.param(["--set", "mode=standalone"], "source.url", id="standalone-without-source"),
+    pytest.param(["--set", "broker.url=mqtt://x:1883"], "broker.allowPlaintext",
+                 id="plain-mqtt-refused"),
+    pytest.param(["--set", "mosquitto.enabled=true"], "mosquitto.tls.existingSecret",
+                 id="mosquitto-without-tls"),
+    pytest.param(["--set", "mosquitto.enabled=true", "--set", "mosquitto.tls.existingSecret=t"],
+                 "mosquitto.passwordFile.existingSecret", id="mosquitto-without-accounts"),
+    pytest.param(["--set", "mosquitto.enabled=true", "--set", "mosquitto.tls.existingSecret=t",
+                  "--set", "mosquitto.passwordFile.existingSecret=p", "--set", "replicaCount=2",
+                  "--set", "store.type=postgres", "--set", "store.postgres.existingSecret=pg"],
+                 "own broker account", id="mosquitto-with-replicas"),
 ])
 def test_bad_values_fail_with_a_message_naming_the_value(
+        args: list[str], message: str, chart: Renderer) -> None:
+    result = chart.run(*REQUIRED, *args)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    pytest.param(["--set", "broker.url=mqtts://b:8883"], "broker.existingSecret is required",
+                 id="no-broker-account"),
+    pytest.param(["--set", "broker.existingSecret=fleetwave-broker"], "broker.url is required",
+                 id="no-broker"),
+])
+def test_missing_required_values_fail_with_a_required_message(
         args: list[str], message: str, chart: Renderer) -> None:
     result = chart.run(*args)
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
+
+
+def test_plain_mqtt_only_when_allowed(chart: Renderer) -> None:
+    docs = chart.render("--set", "broker.url=mqtt://lab-broker:1883",
+                        "--set", "broker.allowPlaintext=true")
+    assert only(docs, "ConfigMap")["data"]["FLEETWAVE_BROKER"] == "mqtt://lab-broker:1883"
+    policy = only(docs, "NetworkPolicy")
+    assert {"port": 1883, "protocol": "TCP"} in [p for r in policy["spec"]["egress"]
+                                                 for p in r["ports"]]
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=CI_IDS)
+def test_no_plain_mqtt_no_placeholder_no_secret(values: Path, chart: Renderer) -> None:
+    result = chart.run("-f", str(values))
+    assert result.returncode == 0, result.stderr
+    assert "mqtt://" not in result.stdout
+    assert not PLACEHOLDER.search(result.stdout), PLACEHOLDER.search(result.stdout)
+    assert not [d for d in chart.render("-f", str(values)) if d["kind"] == "Secret"]
+
+
+def test_cluster_wide_asks_for_a_cluster_role(chart: Renderer) -> None:
+    docs = chart.render("-f", str(CHART / "ci" / "cluster-wide-values.yaml"))
+    assert only(docs, "ClusterRole")["rules"] == EXPECTED_CLUSTER_RULES
+    binding = only(docs, "ClusterRoleBinding")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
+                                  "kind": "ClusterRole", "name": "fleetwave"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "fleetwave",
+                                    "namespace": NAMESPACE}]
+    env = env_of(only(docs, "Deployment"))
+    assert env["FLEETWAVE_ALL_NAMESPACES"]["value"] == "true"
+    assert "FLEETWAVE_NAMESPACE" not in env
+    # Only the leader-election Role stays namespaced.
+    assert [r["metadata"]["name"] for r in kinds(docs, "Role")] == ["fleetwave-leader-election"]
+
+
+def test_the_network_policy_admits_only_the_api_port_and_needed_egress(chart: Renderer) -> None:
+    docs = chart.render()
+    policy = only(docs, "NetworkPolicy")
+    deployment = only(docs, "Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert policy["spec"]["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}]}]
+    ports = {p["port"] for r in policy["spec"]["egress"] for p in r["ports"]}
+    assert ports == {53, 8883, 443, 6443}, "DNS, the broker, the Kubernetes API"
+    standalone = chart.render("-f", str(CHART / "ci" / "standalone-sqlite-values.yaml"))
+    ports = {p["port"] for r in only(standalone, "NetworkPolicy")["spec"]["egress"]
+             for p in r["ports"]}
+    assert ports == {53, 8883, 443, 22}, "DNS, the broker, git over HTTPS and SSH"
+    postgres = chart.render("-f", str(CHART / "ci" / "operator-postgres-values.yaml"))
+    ports = {p["port"] for r in only(postgres, "NetworkPolicy")["spec"]["egress"]
+             for p in r["ports"]}
+    assert 5432 in ports
+    assert not kinds(chart.render("--set", "networkPolicy.enabled=false"), "NetworkPolicy")
+
+
+def test_network_policy_takes_peers_and_extra_egress(chart: Renderer) -> None:
+    docs = chart.render("-f", str(CHART / "ci" / "cluster-wide-values.yaml"))
+    spec = only(docs, "NetworkPolicy")["spec"]
+    assert spec["ingress"][0]["from"] == [{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "monitoring"}}}]
+    api = [r for r in spec["egress"] if {"port": 6443, "protocol": "TCP"} in r["ports"]]
+    assert api[0]["to"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]
+    assert spec["egress"][-1] == {"ports": [{"port": 1880, "protocol": "TCP"}]}
 
 
 def test_values_schema_is_valid_json_schema() -> None:

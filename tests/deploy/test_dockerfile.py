@@ -1,7 +1,8 @@
 """The Dockerfile's shape. No Docker engine (nor buildah, kaniko or hadolint) runs on this
 machine, so the image is never built here: these tests read the Dockerfile and check what
 a build would give (pinned base, non-root numeric USER, no compilers in the final stage,
-a healthcheck on /healthz, the fleetwave entrypoint). The README says how to build it."""
+a healthcheck on /healthz, the fleetwave entrypoint, dependencies installed only from the
+hash-pinned lock). The README says how to build it."""
 
 from __future__ import annotations
 
@@ -12,10 +13,14 @@ import shlex
 import subprocess
 import sys
 import threading
+import tomllib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from tests.deploy.tools import ROOT
 
@@ -70,12 +75,71 @@ def test_multi_stage_with_a_builder_that_makes_wheels() -> None:
     assert any("pip wheel" in run for run in builder.values("RUN"))
 
 
-def test_every_base_image_is_an_exact_python_slim_bookworm_release() -> None:
+def test_every_base_image_is_an_exact_python_slim_bookworm_release_pinned_by_digest() -> None:
     _, stages = parse()
     for stage in stages:
-        pinned = re.fullmatch(r"python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?", stage.base)
-        assert pinned, f"base {stage.base!r} is not pinned to an exact python 3.11 slim tag"
+        pinned = re.fullmatch(r"python:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}", stage.base)
+        assert pinned, f"base {stage.base!r} is not an exact python 3.11 slim tag with a digest"
     assert len({s.base for s in stages}) == 1, "builder and final stage must share the base (ABI)"
+
+
+LOCK = ROOT / "requirements.lock"
+BUILD_LOCK = ROOT / "build-requirements.lock"
+
+
+def locked(path: Path) -> dict[str, list[str]]:
+    """name -> its --hash values, from a `--generate-hashes` lock file."""
+    text = re.sub(r"\\\n", " ", path.read_text(encoding="utf-8"))
+    pins: dict[str, list[str]] = {}
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        spec, *options = line.split(" --hash=")
+        requirement = Requirement(spec.strip())
+        [version] = list(requirement.specifier)
+        assert version.operator == "==", f"{path.name}: {spec} is not pinned with =="
+        pins[canonicalize_name(requirement.name)] = options
+    return pins
+
+
+def runtime_dependencies() -> set[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    return {canonicalize_name(Requirement(d).name) for d in project["dependencies"]}
+
+
+def test_the_lock_pins_every_runtime_dependency_with_hashes() -> None:
+    pins = locked(LOCK)
+    missing = runtime_dependencies() - set(pins)
+    assert not missing, (f"requirements.lock lacks {sorted(missing)}: re-run the uv pip "
+                         f"compile command in its header")
+    for name, hashes in pins.items():
+        assert hashes and all(re.fullmatch(r"sha256:[0-9a-f]{64}", h.strip()) for h in hashes), \
+            name
+    build = locked(BUILD_LOCK)
+    assert {"setuptools", "wheel"} <= set(build) and all(build.values())
+
+
+def test_aiomqtt_is_not_a_runtime_dependency() -> None:
+    """Nothing in the controller imports it (mqtt/connection.py says why): tests only."""
+    assert "aiomqtt" not in runtime_dependencies()
+    assert not [p for p in (ROOT / "controller").rglob("*.py")
+                if re.search(r"^\s*(import|from) aiomqtt", p.read_text(), re.MULTILINE)]
+
+
+def test_dependencies_install_only_from_the_lock_with_hashes() -> None:
+    builder, final = parse()[1][0], final_stage()
+    fetch = " ".join(builder.values("RUN"))
+    assert "--require-hashes" in fetch and "-r requirements.lock" in fetch
+    assert "--only-binary=:all:" in fetch, "no dependency is compiled in the builder"
+    assert "-r build-requirements.lock" in fetch and "--no-build-isolation" in fetch, \
+        "fleetwave's own wheel is built with the hash-pinned backend, not a fresh download"
+    [install] = final.values("RUN")[:1]
+    commands = [c.strip() for c in install.split("&&")]
+    assert re.search(r"pip install --no-index --find-links=/wheels --require-hashes "
+                     r"-r \S*requirements\.lock$", commands[0]), commands[0]
+    assert re.search(r"pip install --no-index --find-links=/wheels --no-deps fleetwave$",
+                     commands[1]), commands[1]
 
 
 def test_final_stage_runs_as_a_numeric_non_root_user() -> None:
@@ -118,7 +182,8 @@ def test_dockerignore_sends_only_the_package() -> None:
              if line.strip() and not line.startswith("#")]
     assert lines[0] == "*"
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md", "controller"}
+    assert allowed == {"pyproject.toml", "README.md", "controller", "requirements.lock",
+                       "build-requirements.lock"}
     copied = {w for c in final_stage().values("COPY") + parse()[1][0].values("COPY")
               for w in shlex.split(c)[:-1] if not w.startswith("--")}
     assert copied <= allowed, f"COPY of files .dockerignore excludes: {copied - allowed}"

@@ -1,6 +1,6 @@
 """Where the deployment tools are, and how the tests run them.
 
-helm and promtool are real binaries that `scripts/test` installs into `.tools/bin`
+helm, kubectl and promtool are real binaries that `scripts/test` installs into `.tools/bin`
 (scripts/lib/tools.sh). A test that needs one and cannot find it fails, saying so:
 a skipped chart or alert test would hide a broken chart.
 """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -12,10 +13,24 @@ from fleetwave.cli.logging import configure_logging
 from fleetwave.cli.run import controller_options, flag_option, settings_from
 
 
+def watched_namespace(namespace: str | None, all_namespaces: bool,
+                      pod: Callable[[], str]) -> str | None:
+    """One namespace by default (the pod's), so that a Role is enough; None (every
+    namespace, a ClusterRole) only when asked."""
+    if all_namespaces and namespace:
+        raise click.UsageError("--namespace and --all-namespaces exclude each other")
+    if all_namespaces:
+        return None
+    return namespace or pod()
+
+
 @click.command("operator")
 @controller_options
 @flag_option("--namespace", default=None,
-              help="Watch Rollouts in this namespace only (default: all namespaces).")
+              help="Watch Rollouts in this namespace only (default: the pod's own "
+                   "namespace, or 'default' outside a pod).")
+@flag_option("--all-namespaces", is_flag=True, default=False,
+              help="Watch every namespace (needs a ClusterRole; off: one namespace, a Role).")
 @flag_option("--lease-name", default="fleetwave-operator", show_default=True,
               help="The coordination.k8s.io Lease that elects the replica that plans.")
 @flag_option("--lease-namespace", default=None,
@@ -31,11 +46,12 @@ def operator(**kwargs: Any) -> None:
     settings = settings_from(kwargs)
     from fleetwave.operator.process import run_operator
     from fleetwave.operator.runtime import OperatorOptions, default_identity, pod_namespace
+    namespace = watched_namespace(kwargs["namespace"], kwargs["all_namespaces"], pod_namespace)
     options = OperatorOptions(
         identity=kwargs["identity"] or default_identity(),
-        namespace=kwargs["namespace"] or None,
+        namespace=namespace,
         lease_name=kwargs["lease_name"],
-        lease_namespace=kwargs["lease_namespace"] or kwargs["namespace"] or pod_namespace(),
+        lease_namespace=kwargs["lease_namespace"] or namespace or pod_namespace(),
         lease_duration=kwargs["lease_duration"],
     )
     from fleetwave.store import StoreError

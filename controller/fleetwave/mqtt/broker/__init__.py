@@ -3,13 +3,18 @@ the demo, and a small supervisor that runs `/usr/sbin/mosquitto` with it.
 
 The templates beside this module (`mosquitto.conf`, `acl`) are the shipped configuration;
 `BrokerConfig.write()` fills them in and builds the password file with `mosquitto_passwd`, so
-the tests exercise exactly what operators deploy.
+the tests exercise exactly what operators deploy (the Helm chart renders the same templates).
+
+No password ships: the controller's (and the simulator's) must be given. Account names go
+into the ACL file and, through `%u`, into topic patterns, so names that are MQTT wildcards or
+topic separators (`+`, `#`, `/`), control characters or empty names are refused.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -28,6 +33,49 @@ MOSQUITTO_PASSWD = "mosquitto_passwd"
 
 class BrokerError(RuntimeError):
     """Mosquitto could not be configured or started; the message says what to check."""
+
+
+class AccountError(BrokerError, ValueError):
+    """An account name or password that cannot be written safely; the message says why."""
+
+
+_FORBIDDEN_IN_NAMES = {"/": "a topic level separator", "+": "an MQTT wildcard",
+                       "#": "an MQTT wildcard", ":": "the password file's separator"}
+MAX_NAME_BYTES = 65535
+"""MQTT's limit on a user name (a UTF-8 string with a 16-bit length)."""
+
+
+def check_account_name(name: str) -> None:
+    """Refuse a user name that would widen the ACL or corrupt the password or ACL file.
+
+    Mosquitto puts the authenticated name into `pattern` lines (`iot/device/%u/...`), so a
+    device named `+` or `a/#` would read every device's commands; a newline would add ACL
+    lines of its choosing.
+    """
+    if not name:
+        raise AccountError("an account name must not be empty")
+    for char, why in _FORBIDDEN_IN_NAMES.items():
+        if char in name:
+            raise AccountError(f"account name {name!r} contains {char!r} ({why})")
+    if any(not c.isprintable() or c.isspace() for c in name):
+        raise AccountError(f"account name {name!r} contains whitespace or a control character")
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        raise AccountError(f"account name of {len(name.encode())} bytes: MQTT allows "
+                           f"{MAX_NAME_BYTES}")
+
+
+def check_password(name: str, password: str | None) -> str:
+    if not password:
+        raise AccountError(f"account {name!r} has no password: fleetwave ships none; give "
+                           f"one (e.g. {new_password.__module__}.new_password())")
+    if any(c in password for c in "\r\n\x00"):
+        raise AccountError(f"the password of account {name!r} contains a line break or NUL")
+    return password
+
+
+def new_password() -> str:
+    """A random password (32 bytes of entropy) for an account the operator did not name one."""
+    return secrets.token_urlsafe(32)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -62,11 +110,16 @@ class BrokerConfig:
     host: str = "127.0.0.1"
     prefix: str = "iot/device"
     controller_user: str = "fleetwave"
-    controller_password: str = "fleetwave"
+    controller_password: str | None = None
+    """Required: no default password ships (`new_password()` makes one)."""
+    controller_replicas: Mapping[str, str] = field(default_factory=dict)
+    """More controller accounts (user -> password), one per further replica. The broker
+    uses the user name as client id (`bind_client_ids`), so replicas sharing status through
+    `--shared-group` each need an account of their own; each gets the controller's ACL."""
     simulator_user: str | None = None
     """An account that acts for every device (the simulator multiplexes devices on few
     connections, so the per-device ACL cannot apply to it). Leave None in production."""
-    simulator_password: str = "simulator"
+    simulator_password: str | None = None
     devices: Mapping[str, str] = field(default_factory=dict)
     """Device uuid -> password: real per-device accounts (the ACL patterns apply)."""
     max_queued_messages: int = 1_000_000
@@ -88,6 +141,17 @@ class BrokerConfig:
     tls_ca_file: str | None = None
     log_to_file: bool = True
 
+    def __post_init__(self) -> None:
+        self.accounts()  # refuses bad names, missing passwords and clashes before any write
+
+    @property
+    def bind_client_ids(self) -> bool:
+        """`use_username_as_clientid`: the broker replaces every client id by the user name,
+        so no device can connect as the controller's client id and take its session (or
+        discard its queue). Off only with the simulator account, which multiplexes devices
+        over several connections under one name (tests and the demo)."""
+        return self.simulator_user is None
+
     def render_config(self, files: BrokerFiles) -> str:
         tls = ""
         if self.tls_cert_file and self.tls_key_file:
@@ -102,6 +166,7 @@ class BrokerConfig:
             acl_file=files.acl,
             port=self.port,
             host=self.host,
+            use_username_as_clientid="true" if self.bind_client_ids else "false",
             tls=tls,
             max_queued_messages=self.max_queued_messages,
             max_queued_bytes=self.max_queued_bytes,
@@ -127,14 +192,33 @@ class BrokerConfig:
                 f"topic write {p}/+/agent/status\n"
                 f"topic write {p}/+/agent/state\n"
                 f"topic write {p}/+/agent/online\n")
+        replicas = "".join(
+            f"\n# Controller replica {user}: the controller's rights under its own account.\n"
+            f"user {user}\n"
+            f"topic read {self.prefix}/+/agent/status\n"
+            f"topic read {self.prefix}/+/agent/state\n"
+            f"topic read {self.prefix}/+/agent/online\n"
+            f"topic write {self.prefix}/+/agent/update\n"
+            for user in self.controller_replicas)
         return _template("acl").substitute(prefix=self.prefix,
                                            controller_user=self.controller_user,
+                                           replica_block=replicas,
                                            simulator_block=simulator)
 
     def accounts(self) -> dict[str, str]:
-        users = {self.controller_user: self.controller_password, **self.devices}
-        if self.simulator_user:
-            users[self.simulator_user] = self.simulator_password
+        """Every account, user -> password; refuses bad names, missing passwords, and a
+        device or replica named like another account (it would get that account's rights)."""
+        privileged = [(self.controller_user, self.controller_password),
+                      *self.controller_replicas.items()]
+        if self.simulator_user is not None:
+            privileged.append((self.simulator_user, self.simulator_password))
+        users: dict[str, str] = {}
+        for user, password in [*privileged, *self.devices.items()]:
+            check_account_name(user)
+            if user in users:
+                raise AccountError(f"account {user!r} is defined twice (a device named like "
+                                   f"the controller would get the controller's rights)")
+            users[user] = check_password(user, password)
         return users
 
     def write(self, directory: str | os.PathLike[str]) -> BrokerFiles:
@@ -153,19 +237,33 @@ class BrokerConfig:
 
 def write_password_file(path: Path, accounts: Mapping[str, str]) -> None:
     """Plain `user:password` lines hashed in one `mosquitto_passwd -U` call (fast for
-    thousands of device accounts, unlike one call per user)."""
+    thousands of device accounts, unlike one call per user).
+
+    The plain passwords go into a new file created with mode 0600 (O_EXCL, so never an
+    existing file someone else can read, and no chmod after the fact); once hashed it
+    replaces `path` atomically.
+    """
+    lines = []
     for user, password in accounts.items():
-        if ":" in user or "\n" in user or "\n" in password:
-            raise BrokerError(f"invalid account name {user!r}")
-    path.write_text("".join(f"{u}:{p}\n" for u, p in accounts.items()), encoding="utf-8")
-    os.chmod(path, 0o600)
+        check_account_name(user)
+        lines.append(f"{user}:{check_password(user, password)}\n")
     tool = shutil.which(MOSQUITTO_PASSWD)
     if tool is None:
         raise BrokerError("mosquitto_passwd not found: install the `mosquitto` package")
-    result = subprocess.run([tool, "-U", str(path)], capture_output=True, text=True,
-                            check=False, timeout=120)
-    if result.returncode != 0:
-        raise BrokerError(f"mosquitto_passwd failed: {result.stderr.strip()}")
+    staging = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
+                 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.writelines(lines)
+        result = subprocess.run([tool, "-U", str(staging)], capture_output=True, text=True,
+                                check=False, timeout=120)
+        if result.returncode != 0:
+            raise BrokerError(f"mosquitto_passwd failed: {result.stderr.strip()}")
+        os.replace(staging, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staging)
 
 
 def wait_for_port(host: str, port: int, timeout: float) -> bool:
