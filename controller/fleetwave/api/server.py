@@ -11,7 +11,10 @@ Every response is JSON (except `/metrics`), every error is
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -24,9 +27,9 @@ import prometheus_client
 import structlog
 from aiohttp import web
 
-from fleetwave.api.auth import AuthError, TokenSet
+from fleetwave.api.auth import AuthError, ReadAccess, TokenSet
 from fleetwave.api.openapi import build_openapi
-from fleetwave.api.ports import ControlError, ControlOp, ControlPlane
+from fleetwave.api.ports import ControlError, ControlOp, ControlPlane, Key, Page
 from fleetwave.api.webhooks import (
     Ignored,
     WebhookError,
@@ -48,6 +51,11 @@ EVENTS_DEFAULT_LIMIT = 100
 EVENTS_MAX_LIMIT = 1000
 UPDATES_DEFAULT_LIMIT = 100
 UPDATES_MAX_LIMIT = 1000
+PAGE_DEFAULT_LIMIT = 100
+PAGE_MAX_LIMIT = 1000
+"""Page size of the long lists (devices, a rollout's devices, updates): 1,000 devices
+serialise in a few milliseconds, 100,000 would hold the event loop for seconds."""
+MAX_CURSOR = 1024
 MAX_FIELD = 253
 """Longest component, version or id we accept: Kubernetes' name length, ample for tags."""
 
@@ -57,6 +65,7 @@ UPDATE_STATES = tuple(s.value for s in UpdateState)
 CONTROL_KEY = web.AppKey("control", ControlPlane)
 METRICS_KEY = web.AppKey("metrics", Metrics)
 TOKENS_KEY = web.AppKey("tokens", TokenSet)
+READ_KEY = web.AppKey("read_access", ReadAccess)
 SECRETS_KEY = web.AppKey("webhook_secrets", WebhookSecrets)
 MAX_BODY_KEY = web.AppKey("max_body", int)
 
@@ -116,11 +125,13 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except ApiError as exc:
         return error_response(exc.status, exc.code, exc.message, exc.headers)
     except AuthError as exc:
+        request.app[METRICS_KEY].api_refused.labels(reason=exc.code).inc()
         headers = {"WWW-Authenticate": 'Bearer realm="fleetwave"'} if exc.status == 401 else None
         return error_response(exc.status, exc.code, exc.message, headers)
     except ControlError as exc:
         return error_response(exc.status, exc.code, exc.message)
     except WebhookError as exc:
+        request.app[METRICS_KEY].api_refused.labels(reason=_snake(exc.code)).inc()
         return error_response(exc.status, _snake(exc.code), str(exc))
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -146,6 +157,17 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_response(500, "internal_error",
                               "the server failed on this request; the controller log has "
                               "the details")
+
+
+@web.middleware
+async def _read_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """With `--read-token-file`, every read under /api/v1 needs a read or write token.
+
+    Writes check their own (write) token in the handler; webhooks their signature.
+    """
+    if request.method in ("GET", "HEAD") and request.path.startswith("/api/v1/"):
+        request.app[READ_KEY].authorize(request.headers.get("Authorization"))
+    return await handler(request)
 
 
 @web.middleware
@@ -206,6 +228,54 @@ def _int_param(request: web.Request, name: str, default: int, *, minimum: int,
         bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
         raise ApiError(400, "invalid_parameter", f"{name} must be {bound}, not {value}")
     return value
+
+
+def encode_cursor(key: Key) -> str:
+    """The opaque `next` of a page: the last key, as URL-safe base64 of a JSON array."""
+    return base64.urlsafe_b64encode(_dumps(list(key)).encode()).decode().rstrip("=")
+
+
+def _cursor_part(value: Any) -> bool:
+    """Strings without NUL and finite numbers: what a store can compare without failing."""
+    if isinstance(value, str):
+        return "\x00" not in value
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return abs(value) < 2**53
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def _decode_cursor(raw: str) -> Key:
+    bad = ApiError(400, "invalid_parameter",
+                   "cursor is not one this server handed out: pass the `next` of the "
+                   "previous page unchanged, or leave it out to start at the beginning")
+    if len(raw) > MAX_CURSOR:
+        raise bad
+    try:
+        key = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    except (ValueError, binascii.Error, RecursionError):
+        raise bad from None
+    if not isinstance(key, list) or not key or not all(_cursor_part(k) for k in key):
+        raise bad
+    return tuple(key)
+
+
+def _page_request(request: web.Request) -> tuple[Key | None, int]:
+    """`?cursor=` and `?limit=` of a paginated list, checked."""
+    limit = _int_param(request, "limit", PAGE_DEFAULT_LIMIT, minimum=1,
+                       maximum=PAGE_MAX_LIMIT)
+    raw = request.query.get("cursor") or None
+    return (_decode_cursor(raw) if raw is not None else None), limit
+
+
+def page_response(page: Page) -> web.Response:
+    """`{"items", "next", "total"?}`: `items` as before paging, so old clients read page 1."""
+    body: dict[str, Any] = {"items": page.items,
+                            "next": encode_cursor(page.next) if page.next is not None else None}
+    if page.total is not None:
+        body["total"] = page.total
+    return json_response(body)
 
 
 def _check_keys(body: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
@@ -316,8 +386,9 @@ async def delete_rollout(request: web.Request) -> web.Response:
 
 
 async def rollout_devices(request: web.Request) -> web.Response:
-    items = await _control(request).rollout_devices(_rollout_name(request))
-    return json_response({"items": items})
+    after, limit = _page_request(request)
+    return page_response(await _control(request).rollout_devices(_rollout_name(request),
+                                                                 after, limit))
 
 
 async def rollout_events(request: web.Request) -> web.Response:
@@ -355,7 +426,8 @@ async def rollback_device(request: web.Request) -> web.Response:
 
 
 async def list_devices(request: web.Request) -> web.Response:
-    return json_response({"items": await _control(request).list_devices()})
+    after, limit = _page_request(request)
+    return page_response(await _control(request).list_devices(after, limit))
 
 
 async def get_device(request: web.Request) -> web.Response:
@@ -417,7 +489,8 @@ async def list_updates(request: web.Request) -> web.Response:
             raise ApiError(400, "invalid_parameter", f"olderThan: {exc}") from None
         except OverflowError:
             raise ApiError(400, "invalid_parameter", f"olderThan {raw!r} is too long") from None
-    return json_response({"items": await _control(request).list_updates(state, older_than)})
+    after, limit = _page_request(request)
+    return page_response(await _control(request).list_updates(state, older_than, after, limit))
 
 
 def _snake(code: str) -> str:
@@ -472,17 +545,20 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
 
 def build_app(control: ControlPlane, metrics: Metrics, tokens: TokenSet, *,
               webhook_secrets: WebhookSecrets | None = None,
+              read_tokens: TokenSet | None = None,
               max_body: int = MAX_BODY) -> web.Application:
     """The API application; the caller owns the control plane's and the server's lifetimes.
 
     `webhook_secrets` authenticate both webhooks (HMAC key and/or shared tokens);
-    without them every webhook delivery is refused with 401.
+    without them every webhook delivery is refused with 401. `read_tokens` (enabled)
+    close every read under /api/v1 to callers without a read or write token.
     """
     app = web.Application(client_max_size=max_body,
-                          middlewares=[_access_log, _errors])
+                          middlewares=[_access_log, _errors, _read_guard])
     app[CONTROL_KEY] = control
     app[METRICS_KEY] = metrics
     app[TOKENS_KEY] = tokens
+    app[READ_KEY] = ReadAccess(read_tokens or TokenSet.disabled(), tokens)
     app[SECRETS_KEY] = webhook_secrets if webhook_secrets is not None else WebhookSecrets()
     app[MAX_BODY_KEY] = max_body
     for method, path, handler in ROUTES:

@@ -553,14 +553,19 @@ class Store:
             .limit(limit))
 
     async def stale_updates(self, older_than_seconds: float, now: float,
-                            states: Sequence[UpdateState] | None = None) -> list[UpdateRecord]:
+                            states: Sequence[UpdateState] | None = None, *,
+                            after: tuple[float, str] | None = None,
+                            limit: int | None = None) -> list[UpdateRecord]:
         """Updates still in `states` (default: any open state) created more than
-        `older_than_seconds` before `now`, oldest first."""
+        `older_than_seconds` before `now`, oldest first; `after` (created_at, id) and
+        `limit` page through them by key, so a page costs the same wherever it starts."""
         values = OPEN_VALUES if states is None else sorted({s.value for s in states})
-        return await self._records(
-            sa.select(updates).where(updates.c.state.in_(values),
-                                     updates.c.created_at < now - older_than_seconds)
-            .order_by(updates.c.created_at, updates.c.id))
+        stmt = sa.select(updates).where(updates.c.state.in_(values),
+                                        updates.c.created_at < now - older_than_seconds)
+        if after is not None:
+            stmt = stmt.where(sa.tuple_(updates.c.created_at, updates.c.id) > after)
+        stmt = stmt.order_by(updates.c.created_at, updates.c.id)
+        return await self._records(stmt if limit is None else stmt.limit(limit))
 
     async def rollout_counts(self, rollout: str) -> dict[str, int]:
         """Devices per state, counting each device's latest attempt per component.
