@@ -138,3 +138,13 @@ class ControlPlane(Protocol):
     def readiness(self) -> tuple[bool, Mapping[str, str]]:
         """Ready, and a reason per component (store, broker, source) for `/readyz`."""
         ...
+
+
+class DeliveryLog(Protocol):
+    """Webhook deliveries already handled, persisted (the store implements it)."""
+
+    async def first_delivery(self, key: str, now: float, expires_at: float) -> bool:
+        """Remember `key` until `expires_at`; False when it is remembered already."""
+        ...
+
+    async def forget_delivery(self, key: str) -> None: ...

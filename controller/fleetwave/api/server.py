@@ -29,11 +29,13 @@ from aiohttp import web
 
 from fleetwave.api.auth import AuthError, ReadAccess, TokenSet
 from fleetwave.api.openapi import build_openapi
-from fleetwave.api.ports import ControlError, ControlOp, ControlPlane, Key, Page
+from fleetwave.api.ports import ControlError, ControlOp, ControlPlane, DeliveryLog, Key, Page
 from fleetwave.api.webhooks import (
     Ignored,
+    ReplayedDelivery,
     WebhookError,
     WebhookSecrets,
+    delivery_key,
     verify_git_webhook,
     verify_registry_webhook,
 )
@@ -68,6 +70,7 @@ TOKENS_KEY = web.AppKey("tokens", TokenSet)
 READ_KEY = web.AppKey("read_access", ReadAccess)
 SECRETS_KEY = web.AppKey("webhook_secrets", WebhookSecrets)
 MAX_BODY_KEY = web.AppKey("max_body", int)
+DELIVERIES_KEY = web.AppKey("deliveries", DeliveryLog)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -498,23 +501,54 @@ def _snake(code: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", code).lower()
 
 
+async def _first_delivery(request: web.Request, key: tuple[str, float] | None) -> str | None:
+    """Refuse a delivery already handled (also before a restart); the key to forget if
+    acting on it fails, None when the sender gave no id or no log is configured."""
+    if key is None or DELIVERIES_KEY not in request.app:
+        return None
+    name, ttl = key
+    now = time.time()
+    if not await request.app[DELIVERIES_KEY].first_delivery(name, now, now + ttl):
+        raise ReplayedDelivery("this delivery was already handled (same delivery id): a "
+                               "replay, or a retry of one that succeeded; nothing was done")
+    return name
+
+
+async def _forget(request: web.Request, key: str | None) -> None:
+    if key is not None:
+        await request.app[DELIVERIES_KEY].forget_delivery(key)
+
+
 async def git_webhook(request: web.Request) -> web.Response:
     """A verified push syncs the git source now; verified non-pushes (ping) are answered 200."""
     body = await request.read()
     push = verify_git_webhook(request.headers, body, request.app[SECRETS_KEY],
-                              max_body=request.app[MAX_BODY_KEY])
+                              max_body=request.app[MAX_BODY_KEY], now=time.time())
     if isinstance(push, Ignored):
         return json_response({"accepted": False,
                               "ignored": {"event": push.event, "reason": push.reason}})
-    await _control(request).git_push(push.ref)
+    key = await _first_delivery(request, delivery_key("git", request.headers))
+    try:
+        await _control(request).git_push(push.ref)
+    except BaseException:
+        await _forget(request, key)
+        raise
     return json_response({"accepted": True, "ref": push.ref, "after": push.after}, status=202)
 
 
 async def registry_webhook(request: web.Request) -> web.Response:
     body = await request.read()
     pushes = verify_registry_webhook(request.headers, body, request.app[SECRETS_KEY],
-                                     query=request.query, max_body=request.app[MAX_BODY_KEY])
-    outcomes = await _control(request).registry_pushes(pushes) if pushes else []
+                                     query=request.query, max_body=request.app[MAX_BODY_KEY],
+                                     now=time.time())
+    if not pushes:
+        return json_response({"items": []})
+    key = await _first_delivery(request, delivery_key("registry", request.headers, pushes))
+    try:
+        outcomes = await _control(request).registry_pushes(pushes)
+    except BaseException:
+        await _forget(request, key)
+        raise
     return json_response({"items": outcomes})
 
 
@@ -546,12 +580,15 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
 def build_app(control: ControlPlane, metrics: Metrics, tokens: TokenSet, *,
               webhook_secrets: WebhookSecrets | None = None,
               read_tokens: TokenSet | None = None,
+              deliveries: DeliveryLog | None = None,
               max_body: int = MAX_BODY) -> web.Application:
     """The API application; the caller owns the control plane's and the server's lifetimes.
 
     `webhook_secrets` authenticate both webhooks (HMAC key and/or shared tokens);
     without them every webhook delivery is refused with 401. `read_tokens` (enabled)
     close every read under /api/v1 to callers without a read or write token.
+    `deliveries` (the store) remembers webhook delivery ids, so replays are refused
+    across restarts; without it (API tests) deliveries are not deduplicated.
     """
     app = web.Application(client_max_size=max_body,
                           middlewares=[_access_log, _errors, _read_guard])
@@ -559,6 +596,8 @@ def build_app(control: ControlPlane, metrics: Metrics, tokens: TokenSet, *,
     app[METRICS_KEY] = metrics
     app[TOKENS_KEY] = tokens
     app[READ_KEY] = ReadAccess(read_tokens or TokenSet.disabled(), tokens)
+    if deliveries is not None:
+        app[DELIVERIES_KEY] = deliveries
     app[SECRETS_KEY] = webhook_secrets if webhook_secrets is not None else WebhookSecrets()
     app[MAX_BODY_KEY] = max_body
     for method, path, handler in ROUTES:

@@ -35,7 +35,7 @@ from fleetwave.protocol.messages import Online, ReportedState, Status, StatusTyp
 from fleetwave.store import codec
 from fleetwave.store.errors import StoreError, translate
 from fleetwave.store.rows import DeviceRow, Event, EventPage, RolloutRow, StatusOutcome, UpdateStats
-from fleetwave.store.schema import devices, events, rollouts, updates
+from fleetwave.store.schema import devices, events, rollouts, updates, webhook_deliveries
 from fleetwave.updates.model import (
     OPEN_STATES,
     TERMINAL_STATES,
@@ -694,6 +694,35 @@ class Store:
             return EventPage(items=[_event(row._mapping) for row in rows], total=int(total))
 
         return await self._read(work)
+
+    # -- webhook deliveries ----------------------------------------------------------------
+
+    async def first_delivery(self, key: str, now: float, expires_at: float) -> bool:
+        """Remember a webhook delivery; False when `key` was already seen and has not expired.
+
+        One transaction: expired rows go first (so the table holds only live keys), then
+        an insert that does nothing on a conflict, so two racing copies of one delivery
+        (two replicas, a sender's retry) cannot both be first.
+        """
+
+        async def work(conn: AsyncConnection) -> bool:
+            await conn.execute(webhook_deliveries.delete().where(
+                webhook_deliveries.c.expires_at <= now))
+            result = await conn.execute(
+                self._insert(webhook_deliveries).on_conflict_do_nothing()
+                .values(key=key, received_at=now, expires_at=expires_at))
+            return bool(result.rowcount)
+
+        return await self._write(work)
+
+    async def forget_delivery(self, key: str) -> None:
+        """Undo `first_delivery` when acting on the delivery failed, so a retry may succeed."""
+
+        async def work(conn: AsyncConnection) -> None:
+            await conn.execute(webhook_deliveries.delete().where(
+                webhook_deliveries.c.key == key))
+
+        await self._write(work)
 
     # -- retention and export -------------------------------------------------------------
 
