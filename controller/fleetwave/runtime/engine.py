@@ -116,6 +116,8 @@ class Engine:
         self.on_event = on_event
         self.on_status = on_status
         self._devices: dict[str, DeviceRow] = {}
+        self._device_keys: list[str] | None = None
+        """The uuids sorted, for paging; rebuilt only when a device joins."""
         self._views: dict[str, DeviceView] = {}
         self._records: dict[str, dict[str, list[UpdateRecord]]] = {}
         self._by_id: dict[str, UpdateRecord] = {}
@@ -192,6 +194,8 @@ class Engine:
         labels = dict(row.reported_labels)
         labels.update(inventory)  # inventory wins over what the device says of itself
         row = replace(row, inventory_labels=dict(inventory), labels=labels)
+        if row.uuid not in self._devices:
+            self._device_keys = None
         self._devices[row.uuid] = row
         self._views[row.uuid] = DeviceView(
             uuid=row.uuid, versions=row.versions, labels=labels, online=row.online,
@@ -653,7 +657,9 @@ class Engine:
         return [event_json(e) for e in page.items], page.total
 
     async def list_devices(self, after: Key | None = None, limit: int = 100) -> Page:
-        uuids, next_key = page_after(sorted(self._devices), after, limit)
+        if self._device_keys is None:
+            self._device_keys = sorted(self._devices)
+        uuids, next_key = page_after(self._device_keys, after, limit)
         return Page([device_json(self._devices[u]) for u in uuids], next_key,
                     len(self._devices))
 
