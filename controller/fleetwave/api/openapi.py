@@ -119,6 +119,9 @@ PROMOTE_REQUEST: Schema = {
                               "description": "Release this parked device only."}},
 }
 
+BEARER_DESCRIPTION = ("A token from --token-file (writes and reads), or from --read-token-file "
+                      "(reads; needed only when the server has one).")
+
 EMPTY_REQUEST: Schema = {"type": "object", "additionalProperties": False, "properties": {}}
 
 
@@ -195,7 +198,10 @@ def _write(summary: str, params: list[dict[str, Any]], ok: dict[str, Any],
 
 def _read(summary: str, params: list[dict[str, Any]], ok: dict[str, Any],
           *, not_found: bool = True) -> dict[str, Any]:
-    responses: dict[str, Any] = {"200": ok, "400": _error("A malformed parameter.")}
+    responses: dict[str, Any] = {
+        "200": ok, "400": _error("A malformed parameter."),
+        "401": _error("No bearer token, on a server with --read-token-file."),
+        "403": _error("A token from neither --read-token-file nor --token-file.")}
     if not_found:
         responses["404"] = _error("No such rollout or device.")
     return {"summary": summary, "parameters": params, "responses": responses}
@@ -301,7 +307,7 @@ def build_openapi() -> dict[str, Any]:
         "paths": paths,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "description": "A token from --token-file."}},
+                                           "description": BEARER_DESCRIPTION}},
             "schemas": {"Error": ERROR, "Rollout": ROLLOUT, "Device": DEVICE,
                         "RolloutDevice": ROLLOUT_DEVICE, "UpdateRecord": UPDATE_RECORD,
                         "Event": EVENT, "UpdateRequest": UPDATE_REQUEST},
