@@ -49,14 +49,11 @@ log = structlog.get_logger("fleetwave.api")
 MAX_BODY = 1024 * 1024
 """Default bound on request bodies (1 MiB): webhook payloads are a few KiB, updates less."""
 
-EVENTS_DEFAULT_LIMIT = 100
-EVENTS_MAX_LIMIT = 1000
-UPDATES_DEFAULT_LIMIT = 100
-UPDATES_MAX_LIMIT = 1000
 PAGE_DEFAULT_LIMIT = 100
 PAGE_MAX_LIMIT = 1000
-"""Page size of the long lists (devices, a rollout's devices, updates): 1,000 devices
-serialise in a few milliseconds, 100,000 would hold the event loop for seconds."""
+"""Page size of every long list (devices, a rollout's devices and events, updates, a
+device's history): a page of 1,000 serialises in milliseconds, 100,000 devices at once
+held the event loop for seconds."""
 MAX_CURSOR = 1024
 MAX_FIELD = 253
 """Longest component, version or id we accept: Kubernetes' name length, ample for tags."""
@@ -396,8 +393,8 @@ async def rollout_devices(request: web.Request) -> web.Response:
 
 async def rollout_events(request: web.Request) -> web.Response:
     offset = _int_param(request, "offset", 0, minimum=0)
-    limit = _int_param(request, "limit", EVENTS_DEFAULT_LIMIT, minimum=1,
-                       maximum=EVENTS_MAX_LIMIT)
+    limit = _int_param(request, "limit", PAGE_DEFAULT_LIMIT, minimum=1,
+                       maximum=PAGE_MAX_LIMIT)
     items, total = await _control(request).rollout_events(_rollout_name(request), offset, limit)
     return json_response({"items": items, "total": total, "offset": offset, "limit": limit})
 
@@ -472,8 +469,8 @@ async def cancel_update(request: web.Request) -> web.Response:
 
 
 async def device_updates(request: web.Request) -> web.Response:
-    limit = _int_param(request, "limit", UPDATES_DEFAULT_LIMIT, minimum=1,
-                       maximum=UPDATES_MAX_LIMIT)
+    limit = _int_param(request, "limit", PAGE_DEFAULT_LIMIT, minimum=1,
+                       maximum=PAGE_MAX_LIMIT)
     items = await _control(request).device_updates(request.match_info["uuid"], limit)
     return json_response({"items": items})
 
