@@ -12,7 +12,7 @@ import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fleetwave.api.ports import JSON, Conflict, ControlOp, NotFound
+from fleetwave.api.ports import JSON, Conflict, ControlOp, Key, NotFound, Page, page_after
 
 TERMINAL = {"Completed", "Failed", "Aborted", "RolledBack"}
 
@@ -87,10 +87,13 @@ class FakeControl:
         r = self.rollouts.get(name)
         return copy.deepcopy(r) if r is not None else None
 
-    async def rollout_devices(self, name: str) -> list[JSON]:
+    async def rollout_devices(self, name: str, after: Key | None = None,
+                              limit: int = 100) -> Page:
         self._rollout(name)
-        return [{"uuid": u, "step": 0, "state": "pending", "attempt": 1, "version": "1.0.5",
-                 "reason": None} for u in self.devices]
+        uuids, next_key = page_after(sorted(self.devices), after, limit)
+        return Page([{"uuid": u, "step": 0, "state": "pending", "attempt": 1,
+                      "version": "1.0.5", "reason": None} for u in uuids], next_key,
+                    len(self.devices))
 
     async def rollout_events(self, name: str, offset: int, limit: int) -> tuple[list[JSON], int]:
         self._rollout(name)
@@ -128,8 +131,10 @@ class FakeControl:
         self.calls.append(("delete_rollout", {"name": name, "actor": actor}))
         del self.rollouts[name]
 
-    async def list_devices(self) -> list[JSON]:
-        return [copy.deepcopy(d) for d in self.devices.values()]
+    async def list_devices(self, after: Key | None = None, limit: int = 100) -> Page:
+        uuids, next_key = page_after(sorted(self.devices), after, limit)
+        return Page([copy.deepcopy(self.devices[u]) for u in uuids], next_key,
+                    len(self.devices))
 
     async def get_device(self, uuid: str) -> JSON | None:
         d = self.devices.get(uuid)
@@ -165,10 +170,11 @@ class FakeControl:
                 return copy.deepcopy(record)
         raise NotFound(f"no update {update_id} for device {uuid}")
 
-    async def list_updates(self, state: str | None, older_than: float | None) -> list[JSON]:
+    async def list_updates(self, state: str | None, older_than: float | None,
+                           after: Key | None = None, limit: int = 100) -> Page:
         self.calls.append(("list_updates", {"state": state, "older_than": older_than}))
-        return [r for records in self.updates.values() for r in records
-                if state is None or r["state"] == state]
+        return Page([r for records in self.updates.values() for r in records
+                     if state is None or r["state"] == state][:limit], None)
 
     async def registry_pushes(self, pushes: Sequence[Any]) -> list[JSON]:
         self.calls.append(("registry_pushes", {"pushes": list(pushes)}))

@@ -45,8 +45,9 @@ WATCH_INTERVAL = 1.0
 
 def _server_options(func: Callable[..., Any]) -> Callable[..., Any]:
     func = click.option("--token", envvar="FLEETWAVE_TOKEN", default=None, show_envvar=True,
-                        help="Bearer token for control commands; prefer the environment "
-                             "variable, command lines are visible to other users.")(func)
+                        help="Bearer token for control commands (and reads where the server "
+                             "has --read-token-file); prefer the environment variable, "
+                             "command lines are visible to other users.")(func)
     return click.option("--server", envvar="FLEETWAVE_SERVER", default=DEFAULT_SERVER,
                         show_default=True, show_envvar=True,
                         help="URL of the fleetwave API.")(func)
@@ -334,7 +335,7 @@ def status(rollout: str | None, watch: bool, timeout: float | None, output: str,
 @_server_options
 def devices(output: str, server: str, token: str | None) -> None:
     """List devices: online, the versions they report, when they were last seen."""
-    emit(Client(server, token).get("/api/v1/devices"), output, _devices_table)
+    emit(Client(server, token).get_all("/api/v1/devices"), output, _devices_table)
 
 
 @click.command("history")

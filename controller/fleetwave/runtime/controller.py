@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -25,6 +25,7 @@ from fleetwave.metrics import Metrics, build_metrics
 from fleetwave.mqtt.link import MqttLink
 from fleetwave.mqtt.settings import MqttSettings
 from fleetwave.protocol.messages import DeviceMessage
+from fleetwave.protocol.new_devices import NewDeviceGate
 from fleetwave.resources.model import Rollout, RolloutPolicy
 from fleetwave.runtime.checks import AddressPolicy, CheckRunner
 from fleetwave.runtime.engine import Engine
@@ -77,6 +78,7 @@ class ControllerCore:
     engine: Engine
     tokens: TokenSet
     notifier: Notifier | None
+    read_tokens: TokenSet = field(default_factory=TokenSet.disabled)
 
 
 @contextlib.asynccontextmanager
@@ -84,6 +86,8 @@ async def controller_core(settings: Settings) -> AsyncIterator[ControllerCore]:
     """Open the store (migrating it), connect the link; close both in reverse order."""
     metrics = build_metrics()
     tokens = TokenSet.from_file(settings.token_file) if settings.token_file else TokenSet.disabled()
+    read_tokens = (TokenSet.from_file(settings.read_token_file) if settings.read_token_file
+                   else TokenSet.disabled())
     store: Store = open_store(settings.store)
     try:
         await store.migrate()
@@ -97,6 +101,7 @@ async def controller_core(settings: Settings) -> AsyncIterator[ControllerCore]:
         link = MqttLink(mqtt_settings(settings), metrics, on_messages)
         engine = Engine(store, link, metrics, resync_interval=settings.resync_interval,
                         on_event=notifier.publish if notifier is not None else None)
+        engine.new_devices = NewDeviceGate(settings.max_new_devices_per_minute)
         engine_box.append(engine)
         engine.checks = CheckRunner(
             policy=AddressPolicy.of(settings.health_check_allow, settings.health_check_deny),
@@ -104,7 +109,8 @@ async def controller_core(settings: Settings) -> AsyncIterator[ControllerCore]:
         engine.broker_connected = lambda: link.connected
         await link.start()
         try:
-            yield ControllerCore(settings, metrics, store, link, engine, tokens, notifier)
+            yield ControllerCore(settings, metrics, store, link, engine, tokens, notifier,
+                                 read_tokens)
         finally:
             await link.stop()  # the persistent session stays on the broker
             if notifier is not None:
@@ -146,7 +152,8 @@ async def run_controller(settings: Settings, *, stop: asyncio.Event | None = Non
             engine.on_rolled_back = revert_proposer(committer, settings.branch)
         await engine.start()
         secrets = WebhookSecrets.of(settings.webhook_secret)
-        app = build_app(engine, core.metrics, core.tokens, webhook_secrets=secrets)
+        app = build_app(engine, core.metrics, core.tokens, webhook_secrets=secrets,
+                        read_tokens=core.read_tokens, deliveries=core.store)
         runner = await serve(app, settings.listen)
         tasks = [
             asyncio.create_task(source.run(on_snapshot, stop), name="source"),

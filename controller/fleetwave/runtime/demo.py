@@ -172,6 +172,8 @@ async def run_demo(options: DemoOptions, stop: asyncio.Event,
         branch="main", path="rollouts", poll_interval=2.0, listen=options.listen,
         workdir=str(workdir / "controller"), resync_interval=2.0,
         health_check_allow=options.health_check_allow,
+        # the simulated fleet appears at once, not at a real fleet's churn
+        max_new_devices_per_minute=max(Settings.max_new_devices_per_minute, options.devices),
     )
     broker.start()
     try:
