@@ -9,10 +9,13 @@ its own and the CLI sees exactly what the API serves.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
+
+from fleetwave.resources.vocabulary import ControlOp
+
+__all__ = ["JSON", "Conflict", "ControlError", "ControlOp", "ControlPlane", "NotFound"]
 
 JSON = dict[str, Any]
-ControlOp = Literal["pause", "resume", "promote", "abort", "rollback"]
 
 
 class ControlError(Exception):

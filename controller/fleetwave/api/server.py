@@ -37,6 +37,7 @@ from fleetwave.api.webhooks import (
 from fleetwave.metrics import Metrics
 from fleetwave.resources.durations import DurationError, parse_duration
 from fleetwave.resources.schema import PHASES
+from fleetwave.resources.vocabulary import CONTROL_OPS
 from fleetwave.updates.model import UpdateState
 
 log = structlog.get_logger("fleetwave.api")
@@ -51,7 +52,6 @@ UPDATES_MAX_LIMIT = 1000
 MAX_FIELD = 253
 """Longest component, version or id we accept: Kubernetes' name length, ample for tags."""
 
-CONTROL_OPS: tuple[ControlOp, ...] = ("pause", "resume", "promote", "abort", "rollback")
 UPDATE_STATES = tuple(s.value for s in UpdateState)
 
 CONTROL_KEY = web.AppKey("control", ControlPlane)

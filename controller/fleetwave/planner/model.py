@@ -17,7 +17,6 @@ from fleetwave.protocol.messages import Command, Container
 from fleetwave.resources.model import Rollout
 from fleetwave.updates.model import Decision, UpdateRecord
 
-ControlOp = Literal["pause", "resume", "promote", "abort", "rollback"]
 PausedBy = Literal["user", "failure"]
 StoppedBy = Literal["user", "failure"]
 

@@ -228,8 +228,8 @@ def plan_deleted(name: str, records: Mapping[str, Sequence[UpdateRecord]],
                 actions.append(ClearCommand(r.device))
                 cancelled += 1
     message = f"rollout deleted: {cancelled} update(s) not yet started were cancelled"
-    state = RolloutState(generation=0, spec_hash="", version="", phase="Deleted")
-    status = RolloutStatus(phase="Deleted", current_step=0, observed_generation=0,
+    state = RolloutState(generation=0, spec_hash="", version="", phase=Phase.DELETED)
+    status = RolloutStatus(phase=Phase.DELETED, current_step=0, observed_generation=0,
                            revision=None, targeted=0, counts=dict.fromkeys(COUNT_KEYS, 0),
                            failure_rate=0.0, done=0, message=message, conditions=())
     events = (PlannedEvent("Normal", "RolloutDeleted", message),)

@@ -549,7 +549,7 @@ class Engine:
                 m.rollout_devices.labels(rollout=name, state=state).set(count)
             m.rollout_failure_ratio.labels(rollout=name).set(
                 float(status.get("failureRate", 0.0)) / 100.0)
-            done = done_count(status)
+            done = int(status.get("done", 0))
             m.rollout_progress.labels(rollout=name).set(done / targeted if targeted else 0.0)
         # Stale: open for longer than its rollout's ack and update timeouts together, which
         # the planner should never allow: the alert rule for stuck updates reads this.
@@ -763,13 +763,4 @@ class Engine:
         return out
 
 
-def done_count(status: Mapping[str, Any]) -> int:
-    """Devices done, from a status's `progress` ("done/targeted")."""
-    progress = status.get("progress")
-    if isinstance(progress, str) and "/" in progress:
-        try:
-            return int(progress.split("/")[0])
-        except ValueError:
-            return 0
-    return 0
 
