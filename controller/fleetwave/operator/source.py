@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import yaml
 
 from fleetwave import GROUP_VERSION
+from fleetwave.resources.inventory import merge_inventories
 from fleetwave.resources.loading import Problem, load_text
 from fleetwave.resources.model import DeviceInventory, Rollout, RolloutPolicy, SourceRef
 
@@ -181,10 +182,7 @@ class KubernetesSource:
 
     def snapshot(self) -> tuple[dict[str, Rollout], dict[str, dict[str, str]]]:
         rollouts = {r.name: r for _, r in sorted(self.rollouts.items())}
-        inventory: dict[str, dict[str, str]] = {}
-        for _, inv in sorted(self.inventories.items()):
-            for uuid, labels in inv.labels.items():
-                inventory.setdefault(uuid, {}).update(labels)
+        inventory = merge_inventories(inv.labels for _, inv in sorted(self.inventories.items()))
         return rollouts, inventory
 
     def publish(self) -> None:

@@ -29,6 +29,7 @@ from fleetwave.planner.model import DeviceView
 from fleetwave.planner.schedule import DeviceWindows, ScheduleError, rollout_gate
 from fleetwave.planner.selectors import Targets, compile_selector, resolve_targets
 from fleetwave.planner.waves import device_hash, step_of, thresholds
+from fleetwave.resources.inventory import device_labels, merge_inventories
 from fleetwave.resources.model import DeviceInventory, Rollout
 
 DEFAULT_GROUP_BY = ("region", "device_type")
@@ -165,14 +166,11 @@ def apply_inventory(devices: Sequence[DeviceView],
                     inventories: Sequence[DeviceInventory]) -> list[DeviceView]:
     """Labels from DeviceInventory files among the previewed paths win over the fleet's,
     as the controller merges them once the change is merged."""
-    merged: dict[str, dict[str, str]] = {}
-    for inv in sorted(inventories, key=lambda i: i.name):
-        for uuid, labels in inv.labels.items():
-            merged.setdefault(uuid, {}).update(labels)
+    merged = merge_inventories(inv.labels for inv in inventories)
     if not merged:
         return list(devices)
-    return [replace(d, labels={**d.labels, **merged[d.uuid]}) if d.uuid in merged else d
-            for d in devices]
+    return [replace(d, labels=device_labels(d.labels, merged[d.uuid])) if d.uuid in merged
+            else d for d in devices]
 
 
 # -- targeting: plan_fleet's rule ------------------------------------------------------------

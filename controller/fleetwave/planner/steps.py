@@ -20,10 +20,11 @@ from fleetwave.resources.model import Rollout
 
 
 def next_generation(rollout: Rollout, state: RolloutState) -> int:
-    """The effective generation after a spec change: the one owner of that number.
+    """The effective generation after a spec change: never behind the persisted state's.
 
-    Kubernetes bumps `metadata.generation`; folder and git homes do not, so the
-    planner bumps its own and never goes backwards.
+    The number is counted by Kubernetes or by `resources.generations.count_generation`;
+    a state saved by an earlier process may be ahead of a fresh count, and records
+    carry the generation, so the planner only refuses to go backwards.
 
     >>> from fleetwave.planner.model import RolloutState
     >>> class R: generation = 1

@@ -37,6 +37,8 @@ from fleetwave.planner.model import (
 )
 from fleetwave.planner.plan import apply_control, plan_deleted, plan_fleet
 from fleetwave.protocol.messages import Command, DeviceMessage, Online, ReportedState, Status
+from fleetwave.resources.generations import count_generation
+from fleetwave.resources.inventory import device_labels
 from fleetwave.resources.model import (
     SCHEDULED_TIME_ANNOTATION,
     Rollout,
@@ -185,8 +187,7 @@ class Engine:
 
     def _set_device(self, row: DeviceRow) -> None:
         inventory = self._desired.inventory.get(row.uuid, row.inventory_labels)
-        labels = dict(row.reported_labels)
-        labels.update(inventory)  # inventory wins over what the device says of itself
+        labels = device_labels(row.reported_labels, inventory)
         row = replace(row, inventory_labels=dict(inventory), labels=labels)
         self._devices[row.uuid] = row
         self._views[row.uuid] = DeviceView(
@@ -297,15 +298,8 @@ class Engine:
         if rollout.source.kind == "kubernetes":
             self._generations[rollout.name] = (rollout.generation, rollout.spec_hash)
             return rollout
-        known = self._generations.get(rollout.name)
-        digest = rollout.spec_hash
-        if known is None:
-            generation = 1
-        elif known[1] != digest:
-            generation = known[0] + 1
-        else:
-            generation = known[0]
-        self._generations[rollout.name] = (generation, digest)
+        generation = count_generation(self._generations.get(rollout.name), rollout.spec_hash)
+        self._generations[rollout.name] = (generation, rollout.spec_hash)
         if generation == rollout.generation:
             return rollout
         return replace(rollout, generation=generation)

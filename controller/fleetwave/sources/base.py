@@ -37,6 +37,8 @@ from typing import Protocol, runtime_checkable
 import structlog
 
 from fleetwave.metrics import Metrics
+from fleetwave.resources.generations import count_generation
+from fleetwave.resources.inventory import merge_inventories
 from fleetwave.resources.loading import LoadedDocument, LoadResult, Problem
 from fleetwave.resources.model import DeviceInventory, Rollout, RolloutPolicy
 
@@ -135,28 +137,20 @@ def build_snapshot(
 
     rollouts: dict[str, Rollout] = {}
     policies: dict[str, RolloutPolicy] = {}
-    inventories: dict[str, dict[str, str]] = {}
+    inventory_docs: list[Mapping[str, Mapping[str, str]]] = []
     base = previous.generations if previous is not None else (generations or {})
     gens: dict[str, tuple[int, str]] = dict(base)
     for doc in documents:
         res = doc.resource
         if isinstance(res, Rollout):
-            digest = res.spec_hash
-            seen = gens.get(res.name)
-            if seen is None:
-                number = 1
-            elif seen[1] == digest:
-                number = seen[0]
-            else:
-                number = seen[0] + 1
-            gens[res.name] = (number, digest)
+            number = count_generation(gens.get(res.name), res.spec_hash)
+            gens[res.name] = (number, res.spec_hash)
             rollouts[res.name] = replace(res, generation=number)
         elif isinstance(res, RolloutPolicy):
             policies[res.name] = res
         elif isinstance(res, DeviceInventory):
-            # In file order; a later inventory's label wins over an earlier one's.
-            for uuid, labels in res.labels.items():
-                inventories.setdefault(uuid, {}).update(labels)
+            inventory_docs.append(res.labels)  # in file order: a later one wins
+    inventories = merge_inventories(inventory_docs)
     return SourceSnapshot(
         source=source, kind=kind, revision=revision, rollouts=rollouts, policies=policies,
         inventories=inventories, problems=tuple(problems), synced_at=synced_at, error=None,
