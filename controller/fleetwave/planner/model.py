@@ -286,12 +286,26 @@ class Plan:
     events: tuple[PlannedEvent, ...]
     next_wake: float | None
     """The earliest time the clock alone changes this plan (None: only new input does)."""
+    settled: bool = False
+    """Planning again with the same inputs and `state` before `next_wake` gives this plan
+    again: no actions, no events, and the state it was given came back unchanged (the
+    token bucket's clock aside). Only a settled plan may be reused (plan_fleet's
+    `unchanged`)."""
+
+    def reusable(self, rollout: Rollout, state: RolloutState | None, now: float) -> bool:
+        """Whether this plan still stands for `rollout` in `state` at `now`, inputs unchanged."""
+        return (self.settled and state is not None and state == self.state
+                and state.spec_hash == rollout.spec_hash
+                and (self.next_wake is None or now < self.next_wake))
 
 
 @dataclass(frozen=True, slots=True)
 class FleetPlan:
     plans: dict[str, Plan]
     next_wake: float | None
+    replanned: frozenset[str] = frozenset()
+    """Rollouts planned in this call; the others' plans are the `unchanged` ones reused
+    as they were (nothing to execute, persist or report for them)."""
 
 
 class HashCache:

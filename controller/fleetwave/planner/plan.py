@@ -90,6 +90,7 @@ def plan(rollout: Rollout, devices: Sequence[DeviceView],
     included; `state` is what the previous pass returned (None the first time).
     """
     strategy = rollout.spec.strategy
+    state_in = state
     state, superseded = start_generation(rollout, state, now)
     ctx = PassContext.build(rollout, state, now, check_results)
     cache = cache or HashCache()
@@ -129,6 +130,10 @@ def plan(rollout: Rollout, devices: Sequence[DeviceView],
         state.conditions, verdict, state.generation, now,
         Conflicts(conflicted, overridden, conflicts_with), gates.invalid)
     state = state.evolve(phase=verdict.phase, conditions=conditions)
+    settled = (state_in is not None and not events and not decided.actions
+               and not choice.sends
+               and state.evolve(tokens=state_in.tokens, tokens_at=state_in.tokens_at)
+               == state_in)
     status = RolloutStatus(
         phase=verdict.phase, current_step=state.current_step,
         observed_generation=rollout.generation, revision=rollout.source.revision,
@@ -136,7 +141,7 @@ def plan(rollout: Rollout, devices: Sequence[DeviceView],
         failure_rate=failure_rate(tally.failures, tally.terminal), done=tally.done,
         message=verdict.message, conditions=conditions, steps=ctx.steps,
     )
-    return Plan((*decided.actions, *choice.sends), state, status, events, wake)
+    return Plan((*decided.actions, *choice.sends), state, status, events, wake, settled)
 
 
 # -- the fleet ----------------------------------------------------------------------------
@@ -146,12 +151,22 @@ def plan_fleet(rollouts: Sequence[Rollout], devices: Sequence[DeviceView],
                records: Mapping[str, Mapping[str, Sequence[UpdateRecord]]],
                states: Mapping[str, RolloutState], now: float, *,
                check_results: CheckResults | None = None,
-               cache: HashCache | None = None) -> FleetPlan:
+               cache: HashCache | None = None,
+               unchanged: Mapping[str, Plan] | None = None) -> FleetPlan:
     """Plan every rollout after resolving who may touch which device.
 
     Two rollouts targeting the same device and component conflict: both report
     it and neither touches the device. A rollout whose source is the API (an
     ad-hoc update) wins over the others for its device instead.
+
+    Incremental planning: `unchanged` maps a rollout to the plan this function
+    returned for it before, when none of that rollout's inputs changed since (its
+    Rollout, its records, the devices it may target and their views, its check
+    results) and `states` holds that plan's state. Such a plan is returned again
+    without looking at a device while it is `reusable` (settled, before its
+    next_wake); since conflicts tie the rollouts of one component together, a
+    component is replanned whole as soon as one of its rollouts must be.
+    `FleetPlan.replanned` names the rollouts actually planned.
     """
     # A pass allocates one small tuple per candidate device; with a million live
     # devices the cyclic GC would rescan the whole fleet many times over for nothing
@@ -160,30 +175,47 @@ def plan_fleet(rollouts: Sequence[Rollout], devices: Sequence[DeviceView],
     gc.disable()
     try:
         return _plan_fleet(rollouts, devices, records, states, now,
-                           check_results=check_results, cache=cache or HashCache())
+                           check_results=check_results, cache=cache or HashCache(),
+                           unchanged=unchanged or {})
     finally:
         if gc_was_enabled:
             gc.enable()
 
 
+def _still_standing(rollouts: Sequence[Rollout], states: Mapping[str, RolloutState],
+                    now: float, unchanged: Mapping[str, Plan]) -> dict[str, Plan]:
+    """The reusable plans, by whole component (conflicts couple a component's rollouts)."""
+    by_component: dict[str, list[Rollout]] = {}
+    for r in rollouts:
+        by_component.setdefault(r.spec.component, []).append(r)
+    out: dict[str, Plan] = {}
+    for group in by_component.values():
+        previous = [unchanged.get(r.name) for r in group]
+        if all(p is not None and p.reusable(r, states.get(r.name), now)
+               for r, p in zip(group, previous, strict=True)):
+            out.update((r.name, p) for r, p in zip(group, previous, strict=True)
+                       if p is not None)
+    return out
+
+
 def _plan_fleet(rollouts: Sequence[Rollout], devices: Sequence[DeviceView],
                 records: Mapping[str, Mapping[str, Sequence[UpdateRecord]]],
                 states: Mapping[str, RolloutState], now: float, *,
-                check_results: CheckResults | None, cache: HashCache) -> FleetPlan:
-    targets = resolve_targets(rollouts, devices)
+                check_results: CheckResults | None, cache: HashCache,
+                unchanged: Mapping[str, Plan]) -> FleetPlan:
+    plans = _still_standing(rollouts, states, now, unchanged) if unchanged else {}
+    todo = [r for r in rollouts if r.name not in plans]
+    targets = resolve_targets(todo, devices) if todo else {}
     index = _LazyIndex(devices)
-    plans: dict[str, Plan] = {}
-    wake: float | None = None
-    for r in rollouts:
+    for r in todo:
         t = targets[r.name]
-        result = plan(r, t.targeted, records.get(r.name, {}), states.get(r.name), now,
-                      conflicted=len(t.conflicted), overridden=len(t.overridden),
-                      conflicts_with=sorted(t.conflicts_with),
-                      check_results=check_results, cache=cache, all_devices=index)
-        plans[r.name] = result
-        if result.next_wake is not None and (wake is None or result.next_wake < wake):
-            wake = result.next_wake
-    return FleetPlan(plans, wake)
+        plans[r.name] = plan(r, t.targeted, records.get(r.name, {}), states.get(r.name), now,
+                             conflicted=len(t.conflicted), overridden=len(t.overridden),
+                             conflicts_with=sorted(t.conflicts_with),
+                             check_results=check_results, cache=cache, all_devices=index)
+    wakes = [p.next_wake for p in plans.values() if p.next_wake is not None]
+    return FleetPlan({r.name: plans[r.name] for r in rollouts}, min(wakes) if wakes else None,
+                     frozenset(r.name for r in todo))
 
 
 class _LazyIndex(Mapping[str, DeviceView]):
