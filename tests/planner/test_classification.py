@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from fleetwave.planner.classify import EFFECTS, Decisions, Outcome, classify, walk
 from fleetwave.planner.context import PassContext, record_ids
-from fleetwave.planner.model import COUNT_KEYS, DeviceView, RolloutState
+from fleetwave.planner.model import COUNT_KEYS, DeviceView, HashCache, RolloutState
 from fleetwave.planner.tally import Tally
 from fleetwave.updates.model import Health, Reason, UpdateRecord, UpdateState
 from tests.planner.fleet import T0, device, make_rollout
@@ -45,7 +45,8 @@ def context(after: float, **state: Any) -> PassContext:
 def outcome_of(ctx: PassContext, dev: DeviceView,
                records: list[UpdateRecord]) -> tuple[Outcome, int]:
     """(outcome, attempt to send or 0) of one device, through the pass's own walk."""
-    seen = walk(ctx, [dev], {dev.uuid: records} if records else {}, {}, {})
+    hashes = HashCache().wave_hashes(ctx.name, [dev])
+    seen = walk(ctx, [dev], hashes, {dev.uuid: records} if records else {}, {})
     [outcome] = [o for o in Outcome if seen.outcomes[o]]
     attempts = [a for _, _, a in seen.candidates]
     return outcome, attempts[0] if attempts else 0

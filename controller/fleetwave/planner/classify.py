@@ -27,7 +27,6 @@ from fleetwave.planner.model import (
     SendCancel,
     SendRollback,
 )
-from fleetwave.planner.waves import device_hash
 from fleetwave.updates.model import (
     Decision,
     DecisionKind,
@@ -437,8 +436,6 @@ class Walk:
 
     outcomes: tuple[int, ...]
     """Devices per Outcome (indexed by the outcome's value)."""
-    hashes: list[int]
-    """Wave hash of every targeted device, in `devices` order."""
     open_hashes: list[int]
     """Wave hashes of devices whose outcome holds their step open."""
     candidates: list[tuple[int, DeviceView, int]]
@@ -446,35 +443,29 @@ class Walk:
     decisions: Decisions = field(compare=False)
 
 
-def walk(ctx: PassContext, devices: Sequence[DeviceView],
-         records: Mapping[str, Sequence[UpdateRecord]], table: dict[str, int],
+def walk(ctx: PassContext, devices: Sequence[DeviceView], hashes: Sequence[int],
+         records: Mapping[str, Sequence[UpdateRecord]],
          all_devices: Mapping[str, DeviceView]) -> Walk:
     """Classify every targeted device (and the attempts of untargeted ones), once each.
 
     Most devices are untouched, already there, or done and healthy: those three take
     the short paths inline (the same verdicts `classify` would reach), so a pass over
-    a million devices stays a single cheap loop.
+    a million devices stays a single cheap loop. `hashes` are the devices' wave hashes
+    in the same order (HashCache.wave_hashes).
     """
     out = Decisions(ctx.now)
     n = [0] * len(Outcome)
-    hashes: list[int] = []
     open_hashes: list[int] = []
     candidates: list[tuple[int, DeviceView, int]] = []
-    append_hash, append_open, append_cand = hashes.append, open_hashes.append, candidates.append
-    name, version, component, force, now = (ctx.name, ctx.version, ctx.component, ctx.force,
-                                            ctx.now)
+    append_open, append_cand = open_hashes.append, candidates.append
+    version, component, force, now = ctx.version, ctx.component, ctx.force, ctx.now
     succeeded, healthy = UpdateState.SUCCEEDED, Health.HEALTHY
     quick_ok = not ctx.rollback_all and not ctx.rollback_devices
     offline_after = ctx.policy.offline_after_update.total_seconds()
     up_to_date = fast_done = matched = 0
-    get_hash, get_records = table.get, records.get
-    for d in devices:
-        uuid = d.uuid
-        h = get_hash(uuid)
-        if h is None:
-            h = table[uuid] = device_hash(name, uuid)
-        append_hash(h)
-        recs = get_records(uuid)
+    get_records = records.get
+    for d, h in zip(devices, hashes, strict=True):
+        recs = get_records(d.uuid)
         if recs:
             matched += 1
             if len(recs) == 1 and quick_ok:
@@ -506,4 +497,4 @@ def walk(ctx: PassContext, devices: Sequence[DeviceView],
         for u, recs in records.items():
             if u not in targeted_ids:
                 orphan(ctx, out, recs, all_devices.get(u))
-    return Walk(tuple(n), hashes, open_hashes, candidates, out)
+    return Walk(tuple(n), open_hashes, candidates, out)

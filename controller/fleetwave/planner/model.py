@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from fleetwave.planner.waves import thresholds
+from fleetwave.planner.waves import device_hash, thresholds
 from fleetwave.protocol.messages import Command, Container
 from fleetwave.resources.model import Rollout
 from fleetwave.updates.model import Decision, UpdateRecord
@@ -316,10 +316,11 @@ class HashCache:
     The engine keeps one across passes.
     """
 
-    __slots__ = ("_orders", "by_rollout")
+    __slots__ = ("_aligned", "_orders", "by_rollout")
 
     def __init__(self) -> None:
         self.by_rollout: dict[str, dict[str, int]] = {}
+        self._aligned: dict[str, tuple[list[str], list[int]]] = {}
         self._orders: dict[str, tuple[list[int], tuple[float, ...], list[int]]] = {}
 
     def for_rollout(self, name: str) -> dict[str, int]:
@@ -327,6 +328,28 @@ class HashCache:
         if table is None:
             table = self.by_rollout[name] = {}
         return table
+
+    def wave_hashes(self, name: str, devices: Sequence[DeviceView]) -> list[int]:
+        """The wave hash of each of `devices`, in order.
+
+        When the rollout targets the same uuids in the same order as last time (the
+        common case: a pass changes records and versions, not who is targeted), the
+        previous list comes back as is: one pointer comparison per device instead of
+        a dictionary probe, which at a million devices is most of a probe's cost.
+        """
+        uuids = [d.uuid for d in devices]
+        hit = self._aligned.get(name)
+        if hit is not None and hit[0] == uuids:
+            return hit[1]
+        table = self.for_rollout(name)
+        hashes = []
+        for uuid in uuids:
+            h = table.get(uuid)
+            if h is None:
+                h = table[uuid] = device_hash(name, uuid)
+            hashes.append(h)
+        self._aligned[name] = (uuids, hashes)
+        return hashes
 
     def thresholds(self, name: str, percents: Sequence[float], hashes: list[int]) -> list[int]:
         """`waves.thresholds` of the targeted `hashes`, sorted only when they changed.
@@ -336,7 +359,7 @@ class HashCache:
         """
         key = tuple(percents)
         hit = self._orders.get(name)
-        if hit is not None and hit[1] == key and hit[0] == hashes:
+        if hit is not None and hit[1] == key and (hit[0] is hashes or hit[0] == hashes):
             return hit[2]
         limits = thresholds(key, sorted(hashes))
         self._orders[name] = (hashes, key, limits)
@@ -345,4 +368,5 @@ class HashCache:
     def forget(self, name: str) -> None:
         """Drop a deleted rollout's memo."""
         self.by_rollout.pop(name, None)
+        self._aligned.pop(name, None)
         self._orders.pop(name, None)

@@ -94,11 +94,12 @@ def plan(rollout: Rollout, devices: Sequence[DeviceView],
     state, superseded = start_generation(rollout, state, now)
     ctx = PassContext.build(rollout, state, now, check_results)
     cache = cache or HashCache()
-    seen = walk(ctx, devices, records, cache.for_rollout(rollout.name), all_devices or {})
+    hashes = cache.wave_hashes(rollout.name, devices)
+    seen = walk(ctx, devices, hashes, records, all_devices or {})
     decided = seen.decisions
     tally = Tally.of(seen.outcomes, extra_in_flight=decided.extra_in_flight,
                      conflicted=conflicted, overridden=overridden)
-    limits = cache.thresholds(rollout.name, [s.percent for s in strategy.steps], seen.hashes)
+    limits = cache.thresholds(rollout.name, [s.percent for s in strategy.steps], hashes)
     gates = PassGates.at(rollout, now)
     budget = enforce_budget(ctx.policy, state, tally.failures, tally.terminal,
                             decided.newly_parked)
