@@ -41,6 +41,7 @@ from fleetwave.resources.generations import count_generation
 from fleetwave.resources.inventory import merge_inventories
 from fleetwave.resources.loading import LoadedDocument, LoadResult, Problem
 from fleetwave.resources.model import DeviceInventory, Rollout, RolloutPolicy
+from fleetwave.resources.names import name_keeper
 
 log = structlog.get_logger("fleetwave.sources")
 
@@ -177,7 +178,8 @@ def _resolve_duplicates(
         if len(group) == 1:
             chosen.add(id(group[0]))
             continue
-        winner = next((d for d in group if d.file == owner.get(key)), None)
+        keeper = name_keeper([d.file for d in group], owner.get(key))
+        winner = next((d for d in group if d.file == keeper), None)
         if winner is not None:
             chosen.add(id(winner))
         places = ", ".join(f"{d.file}:{d.line}" for d in group)
