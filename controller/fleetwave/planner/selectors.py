@@ -32,10 +32,15 @@ def compile_selector(selector: Selector, exclude: tuple[str, ...] = ()) -> Match
     """
     excluded = frozenset(exclude)
     explicit = frozenset(selector.devices)
-    labels_items = tuple(selector.match_labels.items())
+    # matchLabels and single-value In terms are required (key, value) pairs, checked in
+    # one C-level superset test of the device's items; the rest term by term, each
     # (key, operator, values) with values as a frozenset: one hash lookup per term.
-    terms = tuple((r.key, r.operator, frozenset(r.values)) for r in selector.match_expressions)
-    has_label_terms = bool(labels_items or terms)
+    required = frozenset(selector.match_labels.items()) | {
+        (r.key, r.values[0]) for r in selector.match_expressions
+        if r.operator is Operator.IN and len(r.values) == 1}
+    terms = tuple((r.key, r.operator, frozenset(r.values)) for r in selector.match_expressions
+                  if not (r.operator is Operator.IN and len(r.values) == 1))
+    has_label_terms = bool(selector.match_labels or selector.match_expressions)
     in_op, not_in_op, exists_op = Operator.IN, Operator.NOT_IN, Operator.EXISTS
 
     def matches(device: DeviceView) -> bool:
@@ -47,9 +52,8 @@ def compile_selector(selector: Selector, exclude: tuple[str, ...] = ()) -> Match
         if not has_label_terms:
             return not explicit
         labels = device.labels
-        for key, value in labels_items:
-            if labels.get(key) != value:
-                return False
+        if required and not labels.items() >= required:
+            return False
         for key, op, values in terms:
             have = labels.get(key)
             if op is in_op:

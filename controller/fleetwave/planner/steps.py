@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from fleetwave.planner.conditions import ConditionReason, EventReason
 from fleetwave.planner.context import PassContext
 from fleetwave.planner.model import PlannedEvent, RolloutState
-from fleetwave.planner.waves import step_of
 from fleetwave.resources.model import Rollout
 
 
@@ -75,17 +74,13 @@ def open_through_step(limits: Sequence[int], open_hashes: Sequence[int],
                       steps: int) -> list[int]:
     """Devices still open among the members of steps 0..i, for each step i.
 
+    A device is a member of steps 0..i exactly when its hash is at most limits[i]
+    (limits are cumulative), so each count is one C-level pass over the hashes.
+
     >>> open_through_step([3, 8, 41], [8, 20, 50], 3)
     [0, 1, 2]
     """
-    per_step = [0] * (steps + 1)
-    for h in open_hashes:
-        per_step[step_of(h, limits)] += 1
-    out, acc = [], 0
-    for n in per_step[:steps]:
-        acc += n
-        out.append(acc)
-    return out
+    return [sum(map(cut.__ge__, open_hashes)) for cut in limits[:steps]]
 
 
 @dataclass(frozen=True, slots=True)
