@@ -48,7 +48,7 @@ def outcome_of(ctx: PassContext, dev: DeviceView,
     hashes = HashCache().wave_hashes(ctx.name, [dev])
     seen = walk(ctx, [dev], hashes, {dev.uuid: records} if records else {}, {})
     [outcome] = [o for o in Outcome if seen.outcomes[o]]
-    attempts = [a for _, _, a in seen.candidates]
+    attempts = [a for _, _, a in seen.candidates_up_to(2**64)]
     return outcome, attempts[0] if attempts else 0
 
 

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fleetwave.planner.budget import TokenBucket
+from fleetwave.planner.classify import Walk
 from fleetwave.planner.context import TIMEZONE_LABEL, PassContext
-from fleetwave.planner.model import DeviceView, RolloutState, SendUpdate
+from fleetwave.planner.model import RolloutState, SendUpdate
 from fleetwave.planner.schedule import DeviceWindows
 
 
@@ -27,19 +28,20 @@ class Choice:
 NOTHING = Choice((), None)
 
 
-def choose(ctx: PassContext, state: RolloutState, candidates: Sequence[tuple[int, DeviceView, int]],
-           limits: Sequence[int], in_flight: int,
-           device_windows: DeviceWindows | None) -> Choice:
+def choose(ctx: PassContext, state: RolloutState, seen: Walk, limits: Sequence[int],
+           in_flight: int, device_windows: DeviceWindows | None) -> Choice:
     """Pick the devices to command now: members of started steps, lowest hash first."""
     strategy = ctx.rollout.spec.strategy
+    capacity = max(0, strategy.max_in_flight - in_flight)
+    if capacity == 0:
+        return NOTHING  # every slot taken: nothing to send, nothing to wait for
     cut = limits[state.current_step]  # members of steps 0..current: hash <= cut
-    eligible = [c for c in candidates if c[0] <= cut]
+    eligible = list(seen.candidates_up_to(cut))
     if device_windows is not None:
         eligible = [c for c in eligible
                     if device_windows.state(c[1].labels.get(TIMEZONE_LABEL))[0]]
     if not eligible:
         return NOTHING
-    capacity = max(0, strategy.max_in_flight - in_flight)
     wake: float | None = None
     if strategy.max_per_minute is not None:
         bucket = TokenBucket.restore(strategy.max_per_minute, state.tokens, state.tokens_at,

@@ -12,7 +12,7 @@ in the planner looks at a device's records. Deciding may also produce actions
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -437,10 +437,27 @@ class Walk:
     outcomes: tuple[int, ...]
     """Devices per Outcome (indexed by the outcome's value)."""
     open_hashes: list[int]
-    """Wave hashes of devices whose outcome holds their step open."""
+    """Wave hashes of devices whose outcome holds their step open (but `fresh` ones)."""
     candidates: list[tuple[int, DeviceView, int]]
-    """(wave hash, device, attempt) of devices that need a command, if their step runs."""
+    """(wave hash, device, attempt) of devices that need a command, if their step runs
+    (but `fresh` ones)."""
+    fresh_hashes: list[int]
+    fresh: list[DeviceView]
+    """Untouched devices not at the version (NEEDS_UPDATE without records), with their
+    hashes: they hold their step open and want attempt 1. Kept apart so that the
+    commonest device of a rollout under way costs two appends, not a tuple."""
     decisions: Decisions = field(compare=False)
+
+    def open_through(self, limits: Sequence[int], steps: int) -> list[int]:
+        """Devices holding steps 0..i open, for each step i (limits are cumulative)."""
+        return [sum(map(cut.__ge__, self.open_hashes)) + sum(map(cut.__ge__, self.fresh_hashes))
+                for cut in limits[:steps]]
+
+    def candidates_up_to(self, cut: int) -> Iterator[tuple[int, DeviceView, int]]:
+        """(hash, device, attempt) of every candidate with a hash of at most `cut`."""
+        yield from (c for c in self.candidates if c[0] <= cut)
+        yield from ((h, d, 1) for h, d in zip(self.fresh_hashes, self.fresh, strict=True)
+                    if h <= cut)
 
 
 def walk(ctx: PassContext, devices: Sequence[DeviceView], hashes: Sequence[int],
@@ -457,7 +474,10 @@ def walk(ctx: PassContext, devices: Sequence[DeviceView], hashes: Sequence[int],
     n = [0] * len(Outcome)
     open_hashes: list[int] = []
     candidates: list[tuple[int, DeviceView, int]] = []
+    fresh_hashes: list[int] = []
+    fresh: list[DeviceView] = []
     append_open, append_cand = open_hashes.append, candidates.append
+    append_fresh_hash, append_fresh = fresh_hashes.append, fresh.append
     version, component, force, now = ctx.version, ctx.component, ctx.force, ctx.now
     succeeded, healthy = UpdateState.SUCCEEDED, Health.HEALTHY
     quick_ok = not ctx.rollback_all and not ctx.rollback_devices
@@ -487,8 +507,8 @@ def walk(ctx: PassContext, devices: Sequence[DeviceView], hashes: Sequence[int],
         if not force and d.versions.get(component) == version:
             up_to_date += 1  # Outcome.UP_TO_DATE
             continue
-        append_open(h)  # Outcome.NEEDS_UPDATE
-        append_cand((h, d, 1))
+        append_fresh_hash(h)  # Outcome.NEEDS_UPDATE
+        append_fresh(d)
     n[Outcome.UP_TO_DATE] += up_to_date
     n[Outcome.HEALTHY] += fast_done
     n[Outcome.NEEDS_UPDATE] += len(devices) - sum(n)
@@ -497,4 +517,4 @@ def walk(ctx: PassContext, devices: Sequence[DeviceView], hashes: Sequence[int],
         for u, recs in records.items():
             if u not in targeted_ids:
                 orphan(ctx, out, recs, all_devices.get(u))
-    return Walk(tuple(n), open_hashes, candidates, out)
+    return Walk(tuple(n), open_hashes, candidates, fresh_hashes, fresh, out)

@@ -60,7 +60,7 @@ from fleetwave.planner.status import (
     phase_of,
     rollout_conditions,
 )
-from fleetwave.planner.steps import advance_steps, open_through_step, start_generation
+from fleetwave.planner.steps import advance_steps, start_generation
 from fleetwave.planner.tally import Tally
 from fleetwave.protocol.messages import Command
 from fleetwave.resources.model import Rollout
@@ -107,7 +107,7 @@ def plan(rollout: Rollout, devices: Sequence[DeviceView],
     stopped = state.aborted is not None or state.rolled_back is not None
     paused = rollout.spec.paused or state.paused_by is not None
     targeted = len(devices)
-    move = advance_steps(ctx, state, open_through_step(limits, seen.open_hashes, ctx.steps),
+    move = advance_steps(ctx, state, seen.open_through(limits, ctx.steps),
                          can_move=not (stopped or paused or gates.invalid) and targeted > 0,
                          gate_open=gates.gate.open)
     state = move.state
@@ -115,7 +115,7 @@ def plan(rollout: Rollout, devices: Sequence[DeviceView],
     choice, window_changes = NOTHING, []
     if (not stopped and not paused and gates.invalid is None and gates.gate.open
             and targeted > 0 and state.started_at is not None):
-        choice = choose(ctx, state, seen.candidates, limits, tally.in_flight,
+        choice = choose(ctx, state, seen, limits, tally.in_flight,
                         gates.device_windows)
         if gates.device_windows is not None:
             window_changes = gates.device_windows.next_changes()

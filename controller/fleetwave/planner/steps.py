@@ -70,19 +70,6 @@ def start_generation(rollout: Rollout, state: RolloutState | None,
         f"continues at step {state.current_step + 1}"),)
 
 
-def open_through_step(limits: Sequence[int], open_hashes: Sequence[int],
-                      steps: int) -> list[int]:
-    """Devices still open among the members of steps 0..i, for each step i.
-
-    A device is a member of steps 0..i exactly when its hash is at most limits[i]
-    (limits are cumulative), so each count is one C-level pass over the hashes.
-
-    >>> open_through_step([3, 8, 41], [8, 20, 50], 3)
-    [0, 1, 2]
-    """
-    return [sum(map(cut.__ge__, open_hashes)) for cut in limits[:steps]]
-
-
 @dataclass(frozen=True, slots=True)
 class StepMove:
     state: RolloutState
