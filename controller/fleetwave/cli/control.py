@@ -120,7 +120,7 @@ def rollout_rows(rollouts: Iterable[dict[str, Any]], wide: bool, *,
     for r in rollouts:
         spec = r.get("spec") or {}
         status = r.get("status") or {}
-        phase = str(status.get("phase") or "Pending")
+        phase = str(status.get("phase") or Phase.PENDING)
         done, total = _progress(status)
         rate = status.get("failureRate")
         failures = f"{float(rate):.1f}%" if isinstance(rate, int | float) else "-"
@@ -212,7 +212,7 @@ def _items(data: Any) -> list[dict[str, Any]]:
 
 
 def _phases(data: Any) -> dict[str, str]:
-    return {str(r.get("name")): str((r.get("status") or {}).get("phase") or "Pending")
+    return {str(r.get("name")): str((r.get("status") or {}).get("phase") or Phase.PENDING)
             for r in _items(data)}
 
 

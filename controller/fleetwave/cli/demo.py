@@ -57,7 +57,7 @@ def _render(state: DemoState) -> Group:
         done = int(status.get("done", 0))
         in_flight = sum(counts.get(k, 0) for k in ("pending", "acknowledged", "scheduled",
                                                    "in_progress"))
-        phase = status.get("phase", "Pending")
+        phase = status.get("phase", Phase.PENDING)
         steps = len(item["spec"].get("strategy", {}).get("steps", [])) or 1
         table.add_row(
             item["name"], item["spec"]["version"], Text(phase, style=PHASE_STYLE.get(phase, "")),

@@ -133,7 +133,8 @@ Verdict = tuple[Outcome, int]
 class Decisions:
     """What classifying devices decided besides outcomes: actions, wake-ups, new parkings.
 
-    The only mutable value of stage 1; `walk` returns it frozen inside `Walk`.
+    The only mutable value of stage 1: written while `walk` runs, read-only after (it
+    travels in `Walk`; later stages return their own values instead).
     """
 
     __slots__ = ("actions", "extra_in_flight", "newly_parked", "now", "wake")
