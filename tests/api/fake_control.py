@@ -13,8 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fleetwave.api.ports import JSON, Conflict, ControlOp, Key, NotFound, Page, page_after
-
-TERMINAL = {"Completed", "Failed", "Aborted", "RolledBack"}
+from fleetwave.resources.vocabulary import TERMINAL_PHASES as TERMINAL
 
 
 def make_rollout(name: str, *, phase: str = "Progressing", step: int = 1, steps: int = 4,
@@ -26,7 +25,7 @@ def make_rollout(name: str, *, phase: str = "Progressing", step: int = 1, steps:
                  "strategy": {"steps": [{"percent": p} for p in (5, 25, 50, 100)[:steps]]}},
         "status": {"phase": phase, "currentStep": step, "observedGeneration": 1,
                    "revision": "abc123", "targeted": targeted,
-                   "progress": f"{succeeded}/{targeted}",
+                   "done": succeeded, "progress": f"{succeeded}/{targeted}",
                    "counts": {"succeeded": succeeded, "failed": failed, "pending": 3},
                    "failureRate": round(100 * failed / max(1, succeeded + failed), 1),
                    "conditions": [{"type": "Progressing", "status": "True",

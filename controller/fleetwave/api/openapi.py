@@ -15,6 +15,7 @@ from typing import Any
 from fleetwave import __version__
 from fleetwave.resources.durations import PATTERN as DURATION_PATTERN
 from fleetwave.resources.schema import PHASES, ROLLOUT_SPEC, ROLLOUT_STATUS
+from fleetwave.resources.vocabulary import CONTROL_OPS
 from fleetwave.updates.model import UpdateState
 
 Schema = dict[str, Any]
@@ -277,7 +278,7 @@ def build_openapi() -> dict[str, Any]:
             _json(_page(_ref("UpdateRecord"), total=False), "A page of records, oldest first."),
             not_found=False)},
     }
-    for op in ("pause", "resume", "promote", "abort", "rollback"):
+    for op in CONTROL_OPS:
         body = PROMOTE_REQUEST if op == "promote" else EMPTY_REQUEST
         paths[f"/api/v1/rollouts/{{name}}/{op}"] = {"post": _write(
             f"{op.capitalize()} the rollout.", [NAME], _json(_ref("Rollout"), "The rollout."),

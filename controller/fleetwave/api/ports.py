@@ -11,10 +11,14 @@ from __future__ import annotations
 import bisect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
+
+from fleetwave.resources.vocabulary import ControlOp
+
+__all__ = ["JSON", "Conflict", "ControlError", "ControlOp", "ControlPlane", "InvalidCursor", "Key",
+           "NotFound", "Page", "page_after"]
 
 JSON = dict[str, Any]
-ControlOp = Literal["pause", "resume", "promote", "abort", "rollback"]
 
 
 class ControlError(Exception):

@@ -42,6 +42,7 @@ from fleetwave.api.webhooks import (
 from fleetwave.metrics import Metrics
 from fleetwave.resources.durations import DurationError, parse_duration
 from fleetwave.resources.schema import PHASES
+from fleetwave.resources.vocabulary import CONTROL_OPS
 from fleetwave.updates.model import UpdateState
 
 log = structlog.get_logger("fleetwave.api")
@@ -58,7 +59,6 @@ MAX_CURSOR = 1024
 MAX_FIELD = 253
 """Longest component, version or id we accept: Kubernetes' name length, ample for tags."""
 
-CONTROL_OPS: tuple[ControlOp, ...] = ("pause", "resume", "promote", "abort", "rollback")
 UPDATE_STATES = tuple(s.value for s in UpdateState)
 
 CONTROL_KEY = web.AppKey("control", ControlPlane)

@@ -25,9 +25,9 @@ def flag_option(*decls: str, **attrs: Any) -> Callable[..., Any]:
     return click.option(*decls, **attrs)
 
 
-def controller_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """The flags every controller process takes; each is also FLEETWAVE_<NAME>."""
-    options = [
+def _controller_flags() -> list[Callable[[Callable[..., Any]], Callable[..., Any]]]:
+    """The flag table of every controller process (data; each is also FLEETWAVE_<NAME>)."""
+    return [
         flag_option(
             "--broker",
             default=Settings.broker,
@@ -103,7 +103,11 @@ def controller_options(func: Callable[..., Any]) -> Callable[..., Any]:
         flag_option("--log-level", default="info", show_default=True),
         *health_check_options(),
     ]
-    for option in reversed(options):
+
+
+def controller_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The flags every controller process takes; each is also FLEETWAVE_<NAME>."""
+    for option in reversed(_controller_flags()):
         func = option(func)
     return func
 

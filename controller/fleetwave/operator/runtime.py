@@ -40,6 +40,7 @@ from fleetwave.operator.lease import LeaseElector
 from fleetwave.operator.source import Invalid, KubernetesSource, ObjectRef
 from fleetwave.operator.status import StatusWriter
 from fleetwave.resources.model import Rollout
+from fleetwave.resources.vocabulary import Phase
 
 log = structlog.get_logger("fleetwave.operator")
 
@@ -284,7 +285,7 @@ class OperatorRuntime:
                     and condition.get("reason") == reason):
                 since = condition.get("lastTransitionTime") or since
         status = {
-            "phase": "Failed", "observedGeneration": ref.generation,
+            "phase": Phase.FAILED, "observedGeneration": ref.generation,
             "message": invalid.message,
             "conditions": [{"type": "Ready", "status": "False", "reason": reason,
                             "message": invalid.message, "lastTransitionTime": since,

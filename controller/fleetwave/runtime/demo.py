@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fleetwave.mqtt.broker import MOSQUITTO, BrokerConfig, MosquittoProcess, free_port
+from fleetwave.resources.vocabulary import Phase
 from fleetwave.runtime.controller import run_controller
 from fleetwave.runtime.engine import Engine
 from fleetwave.runtime.settings import Settings
@@ -223,4 +224,4 @@ def _first_done(state: DemoState, options: DemoOptions) -> bool:
     if engine is None:
         return False
     rollout = engine.get_rollout("agent")
-    return rollout is not None and rollout["status"].get("phase") == "Completed"
+    return rollout is not None and rollout["status"].get("phase") == Phase.COMPLETED

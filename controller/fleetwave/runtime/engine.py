@@ -38,6 +38,8 @@ from fleetwave.planner.model import (
 from fleetwave.planner.plan import apply_control, plan_deleted, plan_fleet
 from fleetwave.protocol.messages import Command, DeviceMessage, Online, ReportedState, Status
 from fleetwave.protocol.new_devices import NewDeviceGate
+from fleetwave.resources.generations import count_generation
+from fleetwave.resources.inventory import device_labels
 from fleetwave.resources.model import (
     SCHEDULED_TIME_ANNOTATION,
     Rollout,
@@ -191,8 +193,7 @@ class Engine:
 
     def _set_device(self, row: DeviceRow) -> None:
         inventory = self._desired.inventory.get(row.uuid, row.inventory_labels)
-        labels = dict(row.reported_labels)
-        labels.update(inventory)  # inventory wins over what the device says of itself
+        labels = device_labels(row.reported_labels, inventory)
         row = replace(row, inventory_labels=dict(inventory), labels=labels)
         if row.uuid not in self._devices:
             self._device_keys = None
@@ -327,15 +328,8 @@ class Engine:
         if rollout.source.kind == "kubernetes":
             self._generations[rollout.name] = (rollout.generation, rollout.spec_hash)
             return rollout
-        known = self._generations.get(rollout.name)
-        digest = rollout.spec_hash
-        if known is None:
-            generation = 1
-        elif known[1] != digest:
-            generation = known[0] + 1
-        else:
-            generation = known[0]
-        self._generations[rollout.name] = (generation, digest)
+        generation = count_generation(self._generations.get(rollout.name), rollout.spec_hash)
+        self._generations[rollout.name] = (generation, rollout.spec_hash)
         if generation == rollout.generation:
             return rollout
         return replace(rollout, generation=generation)
@@ -578,7 +572,7 @@ class Engine:
                 m.rollout_devices.labels(rollout=name, state=state).set(count)
             m.rollout_failure_ratio.labels(rollout=name).set(
                 float(status.get("failureRate", 0.0)) / 100.0)
-            done = done_count(status)
+            done = int(status.get("done", 0))
             m.rollout_progress.labels(rollout=name).set(done / targeted if targeted else 0.0)
         # Stale: open for longer than its rollout's ack and update timeouts together, which
         # the planner should never allow: the alert rule for stuck updates reads this.
@@ -804,13 +798,4 @@ class Engine:
         return out
 
 
-def done_count(status: Mapping[str, Any]) -> int:
-    """Devices done, from a status's `progress` ("done/targeted")."""
-    progress = status.get("progress")
-    if isinstance(progress, str) and "/" in progress:
-        try:
-            return int(progress.split("/")[0])
-        except ValueError:
-            return 0
-    return 0
 
