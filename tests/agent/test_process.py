@@ -1,0 +1,104 @@
+"""The agent as a program: what it imports, how it reads its config, how it stops."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from fleetwave.agent.config import ConfigError, load_config
+from fleetwave.protocol.signing import SigningKey
+from tests.agent.world import agent_config, files_component
+
+KEY = SigningKey.generate()
+
+
+def write(tmp_path: Path, config: dict[str, Any]) -> Path:
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def good(tmp_path: Path) -> dict[str, Any]:
+    return agent_config("dev-1", tmp_path, 1883, KEY,
+                        {"app": files_component(tmp_path / "app")})
+
+
+@pytest.mark.parametrize("entry", [
+    pytest.param(["-m", "fleetwave", "agent"], id="fleetwave-agent"),
+    pytest.param(["-m", "fleetwave.agent"], id="python-m-fleetwave.agent"),
+])
+def test_the_agent_imports_none_of_the_controllers_dependencies(
+        tmp_path: Path, entry: list[str]) -> None:
+    config = good(tmp_path)
+    config["components"]["svc"] = {"version": "1", "handler": "systemd",
+                                   "systemd": {"unit": "x", "binary": "/usr/bin/x"}}
+    config["components"]["box"] = {"version": "1", "handler": "docker",
+                                   "docker": {"container": "x", "image": "acme/x"}}
+    config["components"]["run"] = {"version": "1", "handler": "script", "install": ["true"]}
+    path = write(tmp_path, config)
+    result = subprocess.run([sys.executable, *entry, "--config", str(path), "--check-imports"],
+                            check=False, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["forbidden"] == []
+    # and the interpreter's own record agrees (-X importtime lists every module loaded)
+    traced = subprocess.run([sys.executable, "-X", "importtime", *entry, "--config",
+                             str(path), "--check-imports"],
+                            check=False, capture_output=True, text=True, timeout=60)
+    loaded = {line.split("|")[-1].strip() for line in traced.stderr.splitlines()
+              if line.startswith("import time:")}
+    assert "paho.mqtt.client" in loaded and "fleetwave.agent.pipeline" in loaded
+    assert not {m for m in loaded if m.split(".")[0] in
+                ("click", "aiohttp", "sqlalchemy", "kopf", "structlog", "rich")}
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    pytest.param(lambda c: c.pop("device"), "device.id: is required", id="no-device"),
+    pytest.param(lambda c: c["broker"].update(url="http://x"), "broker.url: must be mqtt://",
+                 id="bad-broker-url"),
+    pytest.param(lambda c: c["broker"].update(passwordFile="/nonexistent/pw"),
+                 "broker.passwordFile: cannot read", id="missing-password-file"),
+    pytest.param(lambda c: c["trust"].update(keys=[]), "trust.keys: must list", id="no-keys"),
+    pytest.param(lambda c: c["trust"].update(keys=["bm90IGEga2V5"]), "trust.keys: an Ed25519",
+                 id="bad-key"),
+    pytest.param(lambda c: c["components"]["app"].update(handler="rpm"),
+                 "components.app.handler: must be one of script, files, docker, systemd",
+                 id="unknown-handler"),
+    pytest.param(lambda c: c["components"]["app"].pop("files"),
+                 "components.app.files.target: is required", id="files-without-target"),
+    pytest.param(lambda c: c["components"]["app"].update(install="/bin/x --y"),
+                 "components.app.install: must be a list (argv)", id="install-not-argv"),
+    pytest.param(lambda c: c.update(components={}), "components: at least one",
+                 id="no-components"),
+    pytest.param(lambda c: c.update(maxArtifactBytes=-1), "maxArtifactBytes: must be a positive",
+                 id="bad-bound"),
+])
+def test_a_bad_config_is_one_clear_line_naming_the_field(
+        tmp_path: Path, change: Any, message: str) -> None:
+    config = good(tmp_path)
+    change(config)
+    path = write(tmp_path, config)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(path)
+    result = subprocess.run([sys.executable, "-m", "fleetwave", "agent", "--config", str(path)],
+                            check=False, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"fleetwave agent: {path}: {message}")
+
+
+def test_a_config_that_is_not_yaml_or_missing_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "agent.yaml").write_text("device: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "agent.yaml")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.yaml")
+    result = subprocess.run([sys.executable, "-m", "fleetwave", "agent"],
+                            check=False, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--config FILE is required" in result.stderr
