@@ -17,7 +17,7 @@ from tests.store.records import update
 async def test_migrate_twice_is_a_no_op(store: Store) -> None:
     await store.migrate()
     await store.migrate()
-    assert await store.schema_revision() == "0001"
+    assert await store.schema_revision() == "0002"
 
 
 async def test_migrations_produce_exactly_the_schema_the_code_queries(store: Store) -> None:

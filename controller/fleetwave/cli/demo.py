@@ -111,14 +111,18 @@ class _PlainPrinter:
 @click.option("--keep", is_flag=True, help="Do not delete the demo's files at the end.")
 @click.option("--duration", default=0.0, type=float,
               help="Stop by itself after this many seconds (0: run until Ctrl-C).")
+@click.option("--signing-key", default=None, envvar="FLEETWAVE_SIGNING_KEY",
+              type=click.Path(dir_okay=False),
+              help="The controller's signing key (default: a new one in the workdir).")
 def demo(devices: int, speed: float, fail_rate: float, offline_rate: float, seed: int,
-         listen: str, workdir: str | None, keep: bool, duration: float) -> None:
+         listen: str, workdir: str | None, keep: bool, duration: float,
+         signing_key: str | None) -> None:
     """Run a broker, a controller on SQLite, a simulated fleet and a local git repository
     of Rollouts, and show the rollout moving through its waves. Midway the demo commits a
     new version to the repository: GitOps picks it up. Ctrl-C stops all of it."""
     options = DemoOptions(devices=devices, speed=speed, fail_rate=fail_rate,
                           offline_rate=offline_rate, seed=seed, listen=listen,
-                          workdir=workdir, keep=keep)
+                          workdir=workdir, keep=keep, signing_key=signing_key)
     log_path = None
     if workdir:
         os.makedirs(workdir, exist_ok=True)

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "validate": ("fleetwave.cli.validate", "validate", "Check Rollout files (for your CI)."),
     "plan": ("fleetwave.cli.plan", "plan", "Preview which devices each wave would touch."),
     "crds": ("fleetwave.cli.crds", "crds", "Write the CustomResourceDefinitions."),
+    "keys": ("fleetwave.cli.keys", "keys", "Create the command signing key, print its public key."),
     "status": ("fleetwave.cli.control", "status", "Show rollouts and their progress."),
     "devices": ("fleetwave.cli.control", "devices", "List devices and what they run."),
     "history": ("fleetwave.cli.control", "history", "A device's update history."),

@@ -55,8 +55,9 @@ from fleetwave.planner.schedule import (
 )
 from fleetwave.planner.selectors import resolve_targets
 from fleetwave.planner.waves import device_hash, step_of, thresholds
-from fleetwave.protocol.messages import Command
+from fleetwave.protocol.messages import Command, CommandAction
 from fleetwave.resources.model import SCHEDULED_TIME_ANNOTATION, Check, FailureAction, Rollout
+from fleetwave.updates.commands import CANCEL_LIFETIME, command_for
 from fleetwave.updates.model import (
     Decision,
     DecisionKind,
@@ -64,6 +65,7 @@ from fleetwave.updates.model import (
     Reason,
     UpdateRecord,
     UpdateState,
+    next_release,
 )
 
 LEGACY_OFFLINE_AFTER = 15 * 60.0
@@ -205,18 +207,10 @@ class _Pass:
 
     # -- commands -------------------------------------------------------------------------
 
-    def command(self, record: UpdateRecord, action: str = "update") -> Command:
-        artifact = self.rollout.spec.artifact if action == "update" else None
-        return Command(
-            action="update" if action == "update" else "rollback" if action == "rollback"
-            else "cancel",
-            component=record.component, version=record.to_version,
-            correlation_id=record.correlation_id, timestamp=int(self.now * 1000),
-            force=record.force,
-            scheduled_time=record.scheduled_time if action == "update" else None,
-            artifact_url=artifact.url if artifact else None,
-            artifact_sha256=artifact.sha256 if artifact else None,
-        )
+    def command(self, record: UpdateRecord, action: CommandAction = "update") -> Command:
+        return command_for(record, action, self.now,
+                           self.rollout.spec.health.ack_timeout.total_seconds(),
+                           artifact=self.rollout.spec.artifact)
 
     def new_update(self, device: DeviceView, attempt: int) -> SendUpdate:
         rid, cid = record_ids(self.name, self.gen, device.uuid, attempt)
@@ -227,6 +221,7 @@ class _Pass:
             from_version=device.versions.get(self.component), generation=self.gen,
             force=self.force,
             scheduled_time=self.rollout.annotations.get(SCHEDULED_TIME_ANNOTATION),
+            release=next_release(self.now),
         )
         return SendUpdate(record, self.command(record))
 
@@ -238,7 +233,7 @@ class _Pass:
             to_version=record.from_version, from_version=record.to_version,
             state=UpdateState.PENDING, attempt=record.attempt, correlation_id=cid,
             created_at=self.now, updated_at=self.now, generation=self.gen, action="rollback",
-            force=True,
+            force=True, release=next_release(self.now),
         )
         self.actions.append(SendRollback(rb, self.command(rb, "rollback")))
         self.open_count += 1
@@ -271,7 +266,9 @@ class _Pass:
                 # Never sent (a controller stopped between storing the record and
                 # publishing it): send now, with the same correlation id.
                 if record.sent_at is None or now >= record.sent_at + every:
-                    self.actions.append(Republish(record, self.command(record, record.action)))
+                    action: CommandAction = ("rollback" if record.action == "rollback"
+                                             else "update")
+                    self.actions.append(Republish(record, self.command(record, action)))
                     self.wake_at(now + every)
                 else:
                     self.wake_at(record.sent_at + every)
@@ -932,9 +929,7 @@ def plan_deleted(name: str, records: Mapping[str, Sequence[UpdateRecord]],
     for device in sorted(records):
         for r in records[device]:
             if r.state in _UNSTARTED:
-                cmd = Command(action="cancel", component=r.component, version=r.to_version,
-                              correlation_id=r.correlation_id, timestamp=int(now * 1000))
-                actions.append(SendCancel(r, cmd))
+                actions.append(SendCancel(r, command_for(r, "cancel", now, CANCEL_LIFETIME)))
                 actions.append(Decide(r.id, Decision(DecisionKind.CANCEL, now,
                                                      Reason.ROLLOUT_DELETED)))
                 actions.append(ClearCommand(r.device))

@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fleetwave.mqtt.broker import MOSQUITTO, BrokerConfig, MosquittoProcess, free_port
+from fleetwave.protocol.signing import SigningKey
 from fleetwave.runtime.controller import run_controller
 from fleetwave.runtime.engine import Engine
+from fleetwave.runtime.keys import create_key_file, load_key_file
 from fleetwave.runtime.settings import Settings
 from fleetwave.simulator.fleet import SimulatedFleet, SimulatorConfig
 
@@ -86,6 +88,9 @@ class DemoOptions:
     keep: bool = False
     bump_after: float = 90.0
     """Seconds after start at the latest before the demo commits a new version."""
+    signing_key: str | None = None
+    """The controller's key file (default: one created in the workdir); the simulated
+    devices trust its public key."""
 
 
 @dataclass
@@ -157,6 +162,8 @@ async def run_demo(options: DemoOptions, stop: asyncio.Event,
                                  controller_password="demo-controller",
                                  simulator_password="demo-simulator", persistence=False)
     broker = MosquittoProcess(broker_config.write(workdir / "broker"), port)
+    key_path = Path(options.signing_key or workdir / "signing-key.pem")
+    key = await asyncio.to_thread(_demo_key, key_path)
     repo = workdir / "repo"
     init_repository(repo)
     state = DemoState(started=time.monotonic(), workdir=workdir,
@@ -168,7 +175,7 @@ async def run_demo(options: DemoOptions, stop: asyncio.Event,
         broker_client_id="fleetwave-demo-controller",
         store=f"sqlite:///{workdir / 'fleetwave.db'}", source=f"file://{repo}",
         branch="main", path="rollouts", poll_interval=2.0, listen=options.listen,
-        workdir=str(workdir / "controller"), resync_interval=2.0,
+        workdir=str(workdir / "controller"), resync_interval=2.0, signing_key=str(key_path),
     )
     broker.start()
     try:
@@ -188,7 +195,7 @@ async def run_demo(options: DemoOptions, stop: asyncio.Event,
             password=broker_config.simulator_password, devices=options.devices,
             seed=options.seed, speed=options.speed, fail_rate=options.fail_rate,
             offline_rate=options.offline_rate, offline_duration=20.0,
-            client_id_prefix="fleetwave-demo-sim")
+            client_id_prefix="fleetwave-demo-sim", trust_keys=(key.public.base64,))
         async with SimulatedFleet(fleet_config) as fleet:
             state.fleet = fleet
             bumped = False
@@ -208,6 +215,11 @@ async def run_demo(options: DemoOptions, stop: asyncio.Event,
         broker.stop()
         if not options.keep:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _demo_key(path: Path) -> SigningKey:
+    """The given key file, or a new one (the simulated devices trust its public key)."""
+    return load_key_file(path) if path.exists() else create_key_file(path)
 
 
 def _first_done(state: DemoState, options: DemoOptions) -> bool:

@@ -45,6 +45,7 @@ from fleetwave.resources.model import (
 )
 from fleetwave.runtime.checks import CheckRunner, CheckTarget
 from fleetwave.store import DeviceRow, Event, Store, device_json, event_json, record_json
+from fleetwave.updates.commands import CANCEL_LIFETIME, command_for
 from fleetwave.updates.model import (
     RANK,
     Decision,
@@ -447,7 +448,9 @@ class Engine:
                 known = self._by_id.get(action.record.id)
                 if known is None or not known.is_open:
                     continue  # lost a race with another replica, or already done
-                outbox.append(_Outgoing(known.device, action.command, known.id))
+                # The store may have raised the release above one it already holds.
+                command = replace(action.command, release=known.release)
+                outbox.append(_Outgoing(known.device, command, known.id))
             elif isinstance(action, SendCancel):
                 outbox.append(_Outgoing(action.record.device, action.command))
             elif isinstance(action, Decide):
@@ -725,9 +728,7 @@ class Engine:
         if not record.is_open:
             from fleetwave.api.ports import Conflict
             raise Conflict(f"update {update_id} is already {record.state.value}")
-        command = Command(action="cancel", component=record.component, version=record.to_version,
-                          correlation_id=record.correlation_id,
-                          timestamp=int(self.clock() * 1000))
+        command = command_for(record, "cancel", self.clock(), CANCEL_LIFETIME)
         await self.publisher.publish_command(uuid, command)
         changed = await self.store.apply_decisions([(record.id, Decision(
             DecisionKind.CANCEL, self.clock(), reason="CancelledByUser",

@@ -80,6 +80,8 @@ class SimulatorConfig:
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
+    trust_keys: tuple[str, ...] = ()
+    """Base64 Ed25519 public keys whose signatures the devices accept (`keys public`)."""
 
 
 def build_profiles(config: SimulatorConfig) -> list[DeviceProfile]:
