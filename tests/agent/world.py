@@ -34,6 +34,9 @@ from fleetwave.protocol.admission import format_time
 from fleetwave.protocol.signing import SigningKey
 
 CONTROLLER = ("fleetwave", "controller-secret")
+OBSERVER = ("observer", "observer-secret")
+"""Reads every device's commands (the broker's simulator account): tests capture the
+controller's signed commands with it, to replay them."""
 DEVICE_IDS = tuple(f"dev-{n}" for n in range(1, 8))
 
 
@@ -47,6 +50,7 @@ def device_password(device: str) -> str:
 class Broker:
     process: MosquittoProcess
     port: int
+    controller: tuple[str, str] = CONTROLLER
 
     @property
     def url(self) -> str:
@@ -57,6 +61,7 @@ def start_broker(directory: Path, port: int | None = None) -> Broker:
     port = port or free_port()
     config = BrokerConfig(port=port, controller_user=CONTROLLER[0],
                           controller_password=CONTROLLER[1], persistence=False,
+                          simulator_user=OBSERVER[0], simulator_password=OBSERVER[1],
                           devices={d: device_password(d) for d in DEVICE_IDS})
     process = MosquittoProcess(config.write(directory), port)
     process.start()
