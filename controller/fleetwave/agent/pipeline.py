@@ -103,9 +103,10 @@ class Updater:
         version = None
         if restore:
             try:
-                self.handler(a).restore(self.step(a))
-                self.handler(a).check(Step(version=a.from_version or "", from_version=None))
-                error += f"; previous version {a.from_version} restored"
+                if self.handler(a).restore(self.step(a)):
+                    self.handler(a).check(Step(version=a.from_version or "",
+                                               from_version=None))
+                    error += f"; previous version {a.from_version} restored"
                 version = a.from_version
             except UpdateFailure as exc:
                 error += f"; restoring {a.from_version} failed: {exc}"

@@ -141,8 +141,9 @@ class Handler:
     def check(self, step: Step) -> None:
         """The handler's built-in health test after install or restore."""
 
-    def restore(self, step: Step) -> None:
-        """Put `step.from_version` back after a failed or interrupted `install`."""
+    def restore(self, step: Step) -> bool:
+        """Put `step.from_version` back after a failed or interrupted `install`; False when
+        nothing on the device had changed yet (then there is nothing to check either)."""
         raise NotImplementedError
 
     def rollback(self, step: Step) -> None:

@@ -67,7 +67,7 @@ class DockerHandler(Handler):
             raise UpdateFailure(Reason.HEALTH, f"container {self.container} is not running",
                                 1)
 
-    def restore(self, step: Step) -> None:
+    def restore(self, step: Step) -> bool:
         if "run" in step.marks:
             run([DOCKER, "rm", "-f", self.container])
         if "rename" in step.marks:
@@ -76,6 +76,7 @@ class DockerHandler(Handler):
             self._record(remove=step.from_version or "unknown")
         if "stop" in step.marks:
             self.program([DOCKER, "start", self.container], Reason.ROLLBACK, step)
+        return bool({"run", "rename", "stop"} & set(step.marks))
 
     def rollback(self, step: Step) -> None:
         if step.version not in self._backups():

@@ -69,16 +69,19 @@ class FilesHandler(Handler):
             step.mark("hook")
             self.program(self.component.install, Reason.INSTALL, step)
 
-    def restore(self, step: Step) -> None:
+    def restore(self, step: Step) -> bool:
+        if "swap" not in step.marks:
+            return False  # `current` was never moved
         previous = step.from_version
         if previous is not None and self.version_dir(previous).is_dir():
             self._point_at(previous)
-        elif "swap" in step.marks:
+        else:
             self.current.unlink(missing_ok=True)  # there were no files before this update
             fsync_directory(self.target)
-        if self.component.rollback and "swap" in step.marks:
+        if self.component.rollback:
             self.program(self.component.rollback, Reason.ROLLBACK,
                          Step(version=previous or "", from_version=step.version))
+        return True
 
     def rollback(self, step: Step) -> None:
         if not self.version_dir(step.version).is_dir():

@@ -23,12 +23,13 @@ class ScriptHandler(Handler):
         step.mark("install")
         self.program(self.component.install, Reason.INSTALL, step)
 
-    def restore(self, step: Step) -> None:
+    def restore(self, step: Step) -> bool:
         if not self.component.rollback:
             raise UpdateFailure(Reason.NO_BACKUP, f"no rollback program configured for "
                                 f"{self.component.name}: {step.from_version} not restored")
         back = Step(version=step.from_version or "", from_version=step.version)
         self.program(self.component.rollback, Reason.ROLLBACK, back)
+        return True
 
     def rollback(self, step: Step) -> None:
         if not self.component.rollback:

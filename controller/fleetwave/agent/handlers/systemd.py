@@ -66,14 +66,15 @@ class SystemdHandler(Handler):
     def check(self, step: Step) -> None:
         self.program([SYSTEMCTL, "is-active", self.unit], Reason.HEALTH, step)
 
-    def restore(self, step: Step) -> None:
+    def restore(self, step: Step) -> bool:
         if "stop" not in step.marks:
-            return  # nothing on the device changed yet
+            return False  # nothing on the device changed yet
         run([SYSTEMCTL, "stop", self.unit])
         backup = self.backups / (step.from_version or "unknown")
         if "install" in step.marks and backup.is_file():
             self._put(backup, self.binary)
         self.program([SYSTEMCTL, "start", self.unit], Reason.ROLLBACK, step)
+        return True
 
     def rollback(self, step: Step) -> None:
         backup = self.backups / step.version
