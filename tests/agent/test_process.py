@@ -102,3 +102,20 @@ def test_a_config_that_is_not_yaml_or_missing_is_an_error(tmp_path: Path) -> Non
     result = subprocess.run([sys.executable, "-m", "fleetwave", "agent"],
                             check=False, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "--config FILE is required" in result.stderr
+
+
+def test_the_shipped_example_config_and_unit_are_what_the_agent_reads(tmp_path: Path) -> None:
+    examples = Path(__file__).resolve().parents[2] / "examples" / "agent"
+    config = yaml.safe_load((examples / "agent.yaml").read_text())
+    (tmp_path / "pw").write_text("secret\n")
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    config["trust"]["keys"] = [KEY.public.base64]
+    config["broker"].update(passwordFile=str(tmp_path / "pw"), caFile=str(tmp_path / "ca.pem"))
+    loaded = load_config(write(tmp_path, config))
+    assert sorted(loaded.components) == ["collector", "firmware", "nodered", "webapp"]
+    assert {c.handler for c in loaded.components.values()} == {
+        "files", "docker", "systemd", "script"}
+    assert loaded.broker.tls and loaded.broker.password == "secret"
+    unit = (examples / "fleetwave-agent.service").read_text()
+    assert "ExecStart=/usr/local/bin/fleetwave agent --config /etc/fleetwave/agent.yaml\n" in unit
+    assert "Restart=always" in unit
