@@ -132,3 +132,26 @@ def test_a_finished_command_sent_again_gets_its_final_status_repeated(world: Wor
              "final status not repeated")
     assert world.controller.types("dev-1", cid).count("update_started") == 1
     assert len([r for r in world.artifacts.requests if r[0] == "app-2.tar.gz"]) == 1
+
+
+def test_a_cancel_during_the_install_puts_the_previous_files_back(world: World) -> None:
+    target = world.root / "app"
+    install_version(target, "1.0.0", {"app.txt": "one"})
+    fifo, started = world.root / "fifo", world.root / "started"
+    os.mkfifo(fifo)
+    hook = script(world.root / "install.sh", f'touch "{started}"\nread x < "{fifo}"\n')
+    agent = world.agent("dev-1", {"app": files_component(target, install=[str(hook)])})
+    url, sha = world.artifacts.add("app-2.tar.gz", tar_of({"app.txt": "two"}))
+    body = world.controller.command("dev-1", "2.0.0", url=url, sha=sha)
+    world.controller.send("dev-1", body)
+    wait_for(started.exists, 20, lambda: f"install not started\n{agent.log_tail()}")
+    cid = body["correlation_id"]
+    world.controller.send("dev-1", world.controller.command(
+        "dev-1", "2.0.0", action="cancel", correlation_id=cid, release=body["release"]))
+    wait_for(lambda: "cancel requested" in agent.log_tail(), 10, "cancel not seen")
+    fifo.write_text("go\n")  # the install finishes; the agent does not stay on it
+    final = world.final(agent, cid)
+    assert final["type"] == "update_cancelled"
+    assert "previous version 1.0.0 restored" in final["error"]
+    assert (target / "current" / "app.txt").read_text() == "one"
+    wait_for(lambda: world.controller.version("dev-1") == "1.0.0", 10, "state not 1.0.0")

@@ -99,21 +99,22 @@ class Updater:
         log.info("%s %s %s: %s", a.action, a.component, a.version, type_)
 
     def fail(self, a: Attempt, failure: UpdateFailure, *, restore: bool) -> None:
-        error = str(failure)
-        version = None
-        if restore:
-            try:
-                if self.handler(a).restore(self.step(a)):
-                    self.handler(a).check(Step(version=a.from_version or "",
-                                               from_version=None))
-                    error += f"; previous version {a.from_version} restored"
-                version = a.from_version
-            except UpdateFailure as exc:
-                error += f"; restoring {a.from_version} failed: {exc}"
-                version = "unknown"  # the truth: neither version is known to run
+        version, note = self.put_back(a) if restore else (None, "")
         failed = StatusType.ROLLBACK_FAILED if a.action == "rollback" else StatusType.FAILED
-        self.finish(a, failed, version, reason=failure.reason, error=error,
+        self.finish(a, failed, version, reason=failure.reason, error=str(failure) + note,
                     exit_code=failure.exit_code)
+
+    def put_back(self, a: Attempt) -> tuple[str, str]:
+        """Restore the previous version; (the version now running, a note for the error)."""
+        handler = self.handler(a)
+        try:
+            if handler.restore(self.step(a)):
+                handler.check(Step(version=a.from_version or "", from_version=None))
+                return a.from_version or "unknown", f"; previous version {a.from_version} restored"
+            return a.from_version or "unknown", ""
+        except UpdateFailure as exc:
+            # the truth: neither version is known to run
+            return "unknown", f"; restoring {a.from_version} failed: {exc}"
 
     @staticmethod
     def cancel_asked(a: Attempt) -> bool:
@@ -209,9 +210,10 @@ class Updater:
         except UpdateFailure as failure:
             self.fail(a, failure, restore=True)
             return
-        if self.cancel_asked(a):
-            self.fail(a, UpdateFailure(Reason.CANCELLED, "cancelled during the install"),
-                      restore=True)
+        if self.cancel_asked(a):  # cancelled while installing: do not stay on it
+            version, note = self.put_back(a)
+            self.finish(a, StatusType.CANCELLED, version,
+                        error="cancelled during the install" + note)
             return
         self.handler(a).finish(self.step(a))
         self._forget_artifact(a)
