@@ -112,3 +112,33 @@ def test_an_artifact_over_max_artifact_bytes_is_reported_too_large(world: World)
     final = world.final(agent, body["correlation_id"])
     assert final["reason"] == "too_large"
     assert (target / "current" / "app.txt").read_text() == "one"
+
+
+def test_a_disk_too_full_for_the_journal_acts_on_nothing_and_says_so(world: World) -> None:
+    """stateDir is a real 1 MiB tmpfs, filled to the last byte after the agent started."""
+    target = world.root / "app"
+    install_version(target, "1.0.0", {"app.txt": "one"})
+    with tiny_tmpfs(world.root / "small-disk") as disk:
+        agent = world.agent("dev-1", {"app": files_component(target)},
+                            stateDir=str(disk / "state"))
+        filler = disk / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, b"\0" * 4096)
+        os.close(fd)
+        url, sha = world.artifacts.add("app-2.tar.gz", tar_of({"app.txt": "two"}))
+        body = world.controller.command("dev-1", "2.0.0", url=url, sha=sha)
+        world.controller.send("dev-1", body)
+        final = world.final(agent, body["correlation_id"])
+        assert final["type"] == "update_failed" and final["reason"] == "disk_full"
+        assert "No space left" in final["error"]
+        assert "update_command_received" not in world.controller.types(
+            "dev-1", body["correlation_id"])  # not journalled, so not acknowledged
+        assert (target / "current" / "app.txt").read_text() == "one"
+        filler.unlink()
+        retry = world.controller.command("dev-1", "2.0.0", url=url, sha=sha)
+        world.controller.send("dev-1", retry)
+        assert world.final(agent, retry["correlation_id"])["type"] == "update_succeeded"
+        assert (target / "current" / "app.txt").read_text() == "two"
+        agent.stop()

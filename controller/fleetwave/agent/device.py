@@ -10,6 +10,7 @@ repeated one gets its final status again; a cancel flags its attempt for the wor
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -102,7 +103,20 @@ class Agent:
             if isinstance(verdict, Repeated):
                 self._repeat(verdict.command)
                 return
-            self._accept(verdict)
+            try:
+                self._accept(verdict)
+            except OSError as exc:  # the journal cannot be written (a full disk)
+                self.disk_failed(verdict.command.correlation_id, exc)
+
+    def disk_failed(self, cid: str, exc: OSError) -> None:
+        """A write failed (the journal, a handler's file): nothing unjournalled is acted on,
+        so forget the in-memory change, say why, and stay on the version we run."""
+        log.error("cannot write %s: %s", exc.filename or self.config.state_dir, exc)
+        self.journal.reload()
+        reason = Reason.DISK_FULL if exc.errno in (errno.ENOSPC, errno.EDQUOT) else Reason.INSTALL
+        self.report(StatusType.FAILED, cid, reason=reason,
+                    error=f"cannot write {exc.filename or self.config.state_dir}: "
+                          f"{exc.strerror or exc}")
 
     def _repeat(self, command: Command) -> None:
         final = self.journal.finished.get(command.correlation_id)

@@ -29,6 +29,9 @@ from fleetwave.protocol.messages import StatusType
 
 log = logging.getLogger(__name__)
 
+JOURNAL_RETRY = 30.0
+"""Seconds before an attempt whose step could not be journalled is tried again."""
+
 
 class _Stopping(Exception):
     """The agent is shutting down: leave the attempt journalled where it is."""
@@ -51,6 +54,10 @@ class Updater:
                 self.process(attempt)
             except _Stopping:
                 return
+            except OSError as exc:  # e.g. the journal cannot be written: act on nothing, retry
+                agent.disk_failed(attempt.correlation_id, exc)
+                if agent.stopping.wait(JOURNAL_RETRY):
+                    return
             except Exception as exc:  # a bug must not leave the device half-updated
                 log.exception("update %s failed unexpectedly", attempt.correlation_id)
                 self.fail(attempt, UpdateFailure(Reason.INSTALL, f"agent error: {exc}"),
