@@ -155,3 +155,19 @@ def test_a_cancel_during_the_install_puts_the_previous_files_back(world: World) 
     assert "previous version 1.0.0 restored" in final["error"]
     assert (target / "current" / "app.txt").read_text() == "one"
     wait_for(lambda: world.controller.version("dev-1") == "1.0.0", 10, "state not 1.0.0")
+
+
+def test_a_scheduled_update_starts_no_earlier_than_its_scheduled_time(world: World) -> None:
+    target = world.root / "app"
+    install_version(target, "1.0.0", {"app.txt": "one"})
+    agent = world.agent("dev-1", {"app": files_component(target)})
+    url, sha = world.artifacts.add("app-2.tar.gz", tar_of({"app.txt": "two"}))
+    at = int(time.time()) + 3
+    body = world.controller.command("dev-1", "2.0.0", url=url, sha=sha,
+                                    scheduled_time=format_time(at))
+    world.controller.send("dev-1", body)
+    assert world.final(agent, body["correlation_id"])["type"] == "update_succeeded"
+    by_type = {s["type"]: s for s in world.controller.of("dev-1", body["correlation_id"])}
+    assert by_type["update_scheduled"]["scheduled_time"] == format_time(at)
+    assert by_type["update_started"]["timestamp"] >= at * 1000
+    assert (target / "current" / "app.txt").read_text() == "two"
