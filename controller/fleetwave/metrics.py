@@ -9,10 +9,12 @@ build their own and read values back with `get_sample_value()`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from fleetwave import __version__
+from fleetwave.protocol.admission import RefusalReason
 
 PREFIX = "fleetwave"
 
@@ -23,6 +25,10 @@ DROP_REASONS = ("too_large", "invalid_json", "invalid_schema", "uuid_mismatch", 
                 "unknown_update")
 """Why an inbound message was dropped: the only values of the `reason` label."""
 
+
+REFUSAL_REASONS: tuple[str, ...] = get_args(RefusalReason)
+"""The `reason`s of an `update_failed` a device sends for a command it refused (DESIGN.md
+9.1); the only label values of fleetwave_commands_refused_total."""
 
 @dataclass(frozen=True)
 class Metrics:
@@ -49,6 +55,7 @@ class Metrics:
     mqtt_published: Counter
     mqtt_dropped: Counter
     mqtt_connected: Gauge
+    commands_refused: Counter
     # sources
     source_revision: Gauge
     source_last_sync: Gauge
@@ -104,6 +111,10 @@ def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
                              ["reason"], registry=reg),
         mqtt_connected=Gauge(f"{p}_mqtt_connected", "1 while connected to the broker.",
                              registry=reg),
+        commands_refused=Counter(f"{p}_commands_refused",
+                                 "Commands devices reported refusing (bad signature, another "
+                                 "device's, expired, replayed, unmarked downgrade).",
+                                 ["reason"], registry=reg),
         source_revision=Gauge(f"{p}_source_revision_info",
                               "1 for the revision last synced from a source.",
                               ["source", "revision"], registry=reg),
@@ -121,4 +132,6 @@ def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
     m.build.info({"version": __version__})
     for reason in DROP_REASONS:
         m.mqtt_dropped.labels(reason=reason)
+    for reason in REFUSAL_REASONS:
+        m.commands_refused.labels(reason=reason)
     return m

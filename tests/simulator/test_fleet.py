@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -13,10 +13,12 @@ from fleetwave.metrics import Metrics
 from fleetwave.mqtt import MqttLink
 from fleetwave.protocol.admission import format_time
 from fleetwave.protocol.messages import Command, Online, ReportedState, Status, StatusType
+from fleetwave.protocol.signing import SigningKey
 from fleetwave.simulator import SimulatedFleet, SimulatorConfig, build_profiles
 from fleetwave.updates.model import next_release
 from tests.mqtt.conftest import LINK_KEY, Collector, settings_for
 from tests.support.broker import RunningBroker
+from tests.support.commands import BrokerClient, forge
 
 FULL = ["update_command_received", "update_started", "update_progress", "update_progress",
         "update_progress", "update_progress", "update_succeeded"]
@@ -25,7 +27,8 @@ FULL = ["update_command_received", "update_started", "update_progress", "update_
 def fleet_config(broker: RunningBroker, **kw: object) -> SimulatorConfig:
     user, password = broker.simulator
     base = SimulatorConfig(broker=broker.url, username=user, password=password, devices=5,
-                           seed=7, speed=200.0, devices_per_connection=2)
+                           seed=7, speed=200.0, devices_per_connection=2,
+                           trust_keys=(LINK_KEY.public.base64,))
     return dataclasses.replace(base, **kw)  # type: ignore[arg-type]
 
 
@@ -234,3 +237,47 @@ async def test_offline_and_back(running: tuple[MqttLink, Collector, SimulatedFle
     # back: announces itself and picks up the retained command
     await collector.wait_for(lambda m: "update_succeeded" in sequence(collector, device, "off"))
     assert fleet.online_count() == len(fleet.devices)
+
+
+OTHER_KEY = SigningKey.generate()
+
+ATTACKS = [
+    pytest.param(lambda d, r: forge(OTHER_KEY, d, release=r + 1, version="1.0.7"),
+                 "rejected", "untrusted key", id="signed-by-another-key"),
+    pytest.param(lambda d, r: forge(None, d, release=r + 1, version="1.0.7"),
+                 "rejected", "unsigned", id="unsigned"),
+    pytest.param(lambda d, r: forge(LINK_KEY, d, release=r + 1, version="1.0.7",
+                                    expires_in=-60), "rejected", "expired", id="expired"),
+    pytest.param(lambda d, r: forge(LINK_KEY, "another-device", release=r + 1,
+                                    version="1.0.7"), "rejected", "for device",
+                 id="for-another-device"),
+    pytest.param(lambda d, r: forge(LINK_KEY, d, release=r - 1, version="1.0.7"),
+                 "rejected", "replayed", id="replayed-older-release"),
+    pytest.param(lambda d, r: forge(LINK_KEY, d, release=r + 1, version="1.0.5"),
+                 "downgrade", "lower than the running 1.0.6", id="unmarked-downgrade"),
+]
+
+
+@pytest.mark.parametrize(("attack", "reason", "cause"), ATTACKS)
+async def test_a_refused_command_is_reported_and_changes_nothing(
+        running: tuple[MqttLink, Collector, SimulatedFleet], broker: RunningBroker,
+        attack: Callable[[str, int], bytes], reason: str, cause: str) -> None:
+    """Published retained on the device's topic by someone holding the controller's broker
+    account, after one genuine update: refused, reported with its reason, nothing runs."""
+    link, collector, fleet = running
+    device = next(iter(fleet.devices))
+    await send(link, device, "genuine")
+    await collector.wait_for(lambda m: bool(finals(collector, "genuine")))
+    release = _RELEASES["genuine"]
+    attacker = BrokerClient(broker, broker.controller, "attacker")
+    try:
+        attacker.publish(fleet.topics.update(device), attack(device, release))
+        await collector.wait_for(lambda m: bool(finals(collector, "forged")))
+    finally:
+        attacker.close()
+    [refusal] = finals(collector, "forged")
+    assert (refusal.type, refusal.reason) == (StatusType.FAILED, reason)
+    assert cause in (refusal.error or "")
+    assert fleet.versions()[device] == "1.0.6"
+    assert fleet.refusals() == {reason: 1}
+    assert sequence(collector, device, "forged") == ["update_failed"]

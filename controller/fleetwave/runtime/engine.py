@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import structlog
 
 from fleetwave.api.ports import ControlOp, NotFound
-from fleetwave.metrics import Metrics
+from fleetwave.metrics import REFUSAL_REASONS, Metrics
 from fleetwave.planner.model import (
     ClearCommand,
     Decide,
@@ -36,7 +36,14 @@ from fleetwave.planner.model import (
     SendUpdate,
 )
 from fleetwave.planner.plan import apply_control, plan_deleted, plan_fleet
-from fleetwave.protocol.messages import Command, DeviceMessage, Online, ReportedState, Status
+from fleetwave.protocol.messages import (
+    Command,
+    DeviceMessage,
+    Online,
+    ReportedState,
+    Status,
+    StatusType,
+)
 from fleetwave.resources.model import (
     SCHEDULED_TIME_ANNOTATION,
     Rollout,
@@ -236,6 +243,9 @@ class Engine:
     async def on_device_messages(self, batch: Sequence[DeviceMessage]) -> None:
         """The MQTT ingest hands over batches: one store transaction per kind per batch."""
         statuses = [m for m in batch if isinstance(m, Status)]
+        for status in statuses:
+            if status.type is StatusType.FAILED and status.reason in REFUSAL_REASONS:
+                self.metrics.commands_refused.labels(reason=status.reason).inc()
         device_msgs = [m for m in batch if isinstance(m, ReportedState | Online)]
         async with self._lock:
             if device_msgs:
