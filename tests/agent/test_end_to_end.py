@@ -65,7 +65,7 @@ def fleet(world: World) -> Iterator[tuple[Controller, dict[str, AgentProcess]]]:
     controller = Controller(workdir=workdir, broker=world.broker,  # type: ignore[arg-type]
                             port=free_port(), source=source,
                             store=f"sqlite:///{world.root / 'fleetwave.db'}",
-                            extra_args=("--signing-key", str(key_file)))
+                            key_dir=world.root)  # signs with key_file, which agents trust
     controller.start()
     agents: dict[str, AgentProcess] = {}
     try:
