@@ -34,6 +34,7 @@ def test_an_update_swaps_the_directory_and_reports_success_after_the_health_chec
     assert current(target) == "versions/2.0.0"
     assert (target / "current" / "app.txt").read_text() == "two"
     assert checked.read_text() == "two"  # the health check saw the new files
+    assert list((world.root / "dev-1" / "state" / "downloads").iterdir()) == []
     wait_for(lambda: world.controller.version("dev-1") == "2.0.0", 10, "state not updated")
 
 

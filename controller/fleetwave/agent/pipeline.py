@@ -101,6 +101,8 @@ class Updater:
         the new state."""
         body = reports.status_body(type_, a.correlation_id, now_ms(), **fields)
         self.journal.finish(a, body, now_running)
+        if a.artifact_path:  # a retry downloads again; a device's disk is small
+            Path(a.artifact_path).unlink(missing_ok=True)
         self.agent.link.publish(self.agent.topics.status(self.agent.config.device), body)
         self.agent.publish_state()
         log.info("%s %s %s: %s", a.action, a.component, a.version, type_)
@@ -223,12 +225,7 @@ class Updater:
                         error="cancelled during the install" + note)
             return
         self.handler(a).finish(self.step(a))
-        self._forget_artifact(a)
         self.finish(a, StatusType.SUCCEEDED, a.version, version=a.version)
-
-    def _forget_artifact(self, a: Attempt) -> None:
-        if a.artifact_path:
-            Path(a.artifact_path).unlink(missing_ok=True)
 
     # --- the agent itself ---
 
@@ -261,7 +258,6 @@ class Updater:
             self.agent.stop(RESTART_EXIT)  # the previous agent is back: let it run
             raise _Stopping from None
         self.handler(a).finish(self.step(a))
-        self._forget_artifact(a)
         self.finish(a, StatusType.SUCCEEDED, a.version, version=a.version)
 
     # --- rollback commands ---
