@@ -30,3 +30,16 @@ def test_a_refused_login_is_logged_and_retried(world: World) -> None:
              lambda: f"no refusals logged:\n{agent.log_tail()}")
     assert agent.proc is not None and agent.proc.poll() is None
     assert "dev-1" not in world.controller.online
+
+
+def test_online_is_false_after_a_clean_stop_and_by_the_last_will_after_a_kill(
+        world: World) -> None:
+    target = world.root / "app"
+    install_version(target, "1.0.0", {"app.txt": "one"})
+    agent = world.agent("dev-1", {"app": files_component(target)})
+    assert agent.stop() == 0
+    wait_for(lambda: world.controller.online.get("dev-1") is False, 10, "no online=false")
+    agent.start()
+    world.wait_online(agent)
+    agent.kill()  # no goodbye: the broker sees the socket drop and publishes the will
+    wait_for(lambda: world.controller.online.get("dev-1") is False, 30, "no last will")

@@ -119,3 +119,23 @@ def test_the_shipped_example_config_and_unit_are_what_the_agent_reads(tmp_path: 
     unit = (examples / "fleetwave-agent.service").read_text()
     assert "ExecStart=/usr/local/bin/fleetwave agent --config /etc/fleetwave/agent.yaml\n" in unit
     assert "Restart=always" in unit
+
+
+def test_a_damaged_journal_stops_the_agent_with_what_to_do(tmp_path: Path) -> None:
+    """The journal holds the replay ledger: the agent never guesses and starts from zero."""
+    path = write(tmp_path, good(tmp_path))
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "journal.json").write_text('{"executed": {"app": {"release": "x"')
+    result = subprocess.run([sys.executable, "-m", "fleetwave", "agent", "--config", str(path)],
+                            check=False, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "journal.json is damaged" in result.stderr and "move it away" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_supervise_needs_a_self_update_component(tmp_path: Path) -> None:
+    path = write(tmp_path, good(tmp_path))
+    result = subprocess.run([sys.executable, "-m", "fleetwave", "agent", "--config", str(path),
+                             "--supervise"], check=False, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2 and "selfUpdate: true" in result.stderr
