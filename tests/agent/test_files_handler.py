@@ -111,6 +111,10 @@ def test_a_scheduled_update_waits_and_a_cancel_stops_it(world: World) -> None:
     cid = body["correlation_id"]
     wait_for(lambda: "update_scheduled" in world.controller.types("dev-1", cid), 10,
              "not scheduled")
+    world.controller.send("dev-1", body)  # a re-publish: acknowledged again, acted on once
+    wait_for(lambda: world.controller.types("dev-1", cid).count("update_scheduled") == 2, 10,
+             "re-publish not answered")
+    assert world.controller.types("dev-1", cid).count("update_command_received") == 2
     cancel = world.controller.command("dev-1", "2.0.0", action="cancel",
                                       correlation_id=cid, release=body["release"])
     world.controller.send("dev-1", cancel)

@@ -119,10 +119,18 @@ class Agent:
                           f"{exc.strerror or exc}")
 
     def _repeat(self, command: Command) -> None:
-        final = self.journal.finished.get(command.correlation_id)
+        """The controller re-publishes until it hears from us: answer again, act once."""
+        cid = command.correlation_id
+        final = self.journal.finished.get(cid)
         if final is not None:
             self.link.publish(self.topics.status(self.config.device), final)
-        # otherwise the attempt is open: the worker is on it
+            return
+        attempt = self.journal.attempt(cid)
+        if attempt is not None:  # open: the worker is on it; the acknowledgement may be lost
+            self.report(StatusType.COMMAND_RECEIVED, cid, version=attempt.version)
+            if attempt.phase is Phase.SCHEDULED:
+                self.report(StatusType.SCHEDULED, cid, version=attempt.version,
+                            scheduled_time=attempt.scheduled_time)
 
     def _accept(self, accepted: Accepted) -> None:
         command = accepted.command
