@@ -133,6 +133,15 @@ def test_operator_on_postgres_scales_out_with_leader_election(chart: Renderer) -
     assert "FLEETWAVE_STORE" not in only(docs, "ConfigMap")["data"]
     assert only(docs, "ConfigMap")["data"]["FLEETWAVE_LEASE_NAME"] == "fleetwave-planner"
     assert not kinds(docs, "PersistentVolumeClaim")
+    # Every replica signs with the one key from the Secret, readable by its group only.
+    key_file = only(docs, "ConfigMap")["data"]["FLEETWAVE_SIGNING_KEY"]
+    [volume] = [v for v in deployment["spec"]["template"]["spec"]["volumes"]
+                if v["name"] == "signing-key"]
+    assert volume["secret"]["secretName"] == "fleetwave-signing-key"
+    assert volume["secret"]["defaultMode"] == 0o440
+    [mount] = [m for m in deployment["spec"]["template"]["spec"]["containers"][0]
+               ["volumeMounts"] if m["name"] == "signing-key"]
+    assert key_file == f"{mount['mountPath']}/{volume['secret']['items'][0]['path']}"
     assert only(docs, "Role")["rules"] == EXPECTED_LEASE_RULES
     crds = kinds(docs, "CustomResourceDefinition")
     assert crds and all("annotations" not in c["metadata"] for c in crds)
@@ -171,6 +180,8 @@ def test_monitoring_objects_carry_the_shipped_rules_and_dashboard(chart: Rendere
                   "--set", "leaderElection.enabled=false"], "leaderElection",
                  id="replicas-no-leader"),
     pytest.param(["--set", "store.type=postgres"], "existingSecret", id="postgres-without-secret"),
+    pytest.param(["--set", "store.type=postgres", "--set", "store.postgres.existingSecret=pg"],
+                 "signingKey.existingSecret", id="postgres-without-signing-key"),
     pytest.param(["--set", "mode=standalone"], "source.url", id="standalone-without-source"),
 ])
 def test_bad_values_fail_with_a_message_naming_the_value(

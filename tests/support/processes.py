@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from fleetwave.mqtt.broker import free_port
-from fleetwave.runtime.keys import create_key_file
+from fleetwave.runtime.keys import create_key_file, load_key_file
 from tests.support.broker import RunningBroker
 
 FLEETWAVE = [sys.executable, "-m", "fleetwave"]
@@ -33,9 +33,10 @@ def test_keys(where: Path) -> tuple[Path, Path]:
     of one test sign with the first (replicas share a key), its devices trust the second."""
     private, public = where / "signing-key.pem", where / "trusted-key.json"
     if not private.exists():
-        key = create_key_file(private)
-        public.write_text(json.dumps({"keyid": key.public.keyid,
-                                      "publicKey": key.public.base64}))
+        create_key_file(private)
+    if not public.exists():
+        key = load_key_file(private).public
+        public.write_text(json.dumps({"keyid": key.keyid, "publicKey": key.base64}))
     return private, public
 
 

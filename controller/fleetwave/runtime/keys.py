@@ -51,7 +51,7 @@ def load_key_file(path: str | Path) -> SigningKey:
         key = SigningKey.from_pem(pem)
     except SignatureError as exc:
         raise KeyFileError(f"signing key {path}: {exc}") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if mode & stat.S_IRWXO:  # group read is how a Kubernetes secret volume gives it to us
         log.warning("keys.readable_by_others", path=str(path), mode=oct(mode & 0o777),
                     hint="chmod 600 the signing key")
     return key
