@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import paho.mqtt.client as paho
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from fleetwave.metrics import Metrics
@@ -220,3 +221,20 @@ async def test_reconnects_after_broker_outage(broker: RunningBroker,
     async with asyncio.timeout(10):
         await controller.wait_connected()
     assert metrics.registry.get_sample_value("fleetwave_mqtt_connected") == 1
+
+
+@pytest.mark.parametrize("fields", [
+    pytest.param({"device": "dev-1", "release": None}, id="no-release"),
+    pytest.param({"device": "dev-1", "expires_at": None}, id="no-expiry"),
+    pytest.param({"device": "dev-2"}, id="for-another-device"),
+])
+async def test_a_command_not_bound_to_its_device_and_attempt_is_never_published(
+        link: tuple[MqttLink, Collector], metrics: Metrics, fields: dict[str, object]) -> None:
+    controller, _ = link
+    base = {"action": "update", "component": "agent", "version": "1.0.6",
+            "correlation_id": "c", "timestamp": 1, "release": 1,
+            "expires_at": "2999-01-01T00:00:00Z"}
+    with pytest.raises(ValueError, match="dev-1"):
+        await controller.publish_command("dev-1", Command(**{**base, **fields}))  # type: ignore[arg-type]
+    assert metrics.registry.get_sample_value("fleetwave_mqtt_messages_published_total",
+                                             {"kind": "update"}) is None

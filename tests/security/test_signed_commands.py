@@ -198,3 +198,35 @@ def test_forged_expired_misdirected_replayed_and_downgrading_commands_are_refuse
     metrics = scrape(controller.url)
     assert metrics.value("fleetwave_commands_refused_total", reason="rejected") == 4
     assert metrics.value("fleetwave_commands_refused_total", reason="downgrade") == 1
+
+
+def test_devices_that_do_not_trust_the_key_refuse_and_the_controller_records_why(
+        tmp_path: Path, signing_key: Path, controller_factory: Callable[..., Controller],
+        simulator_factory: Callable[..., Simulator]) -> None:
+    """The fleet trusts another key (a rotation done in the wrong order): nothing runs,
+    every update is recorded failed with the device's reason and cause, and counted."""
+    del signing_key  # the controller signs with it; the devices do not trust it
+    stranger = SigningKey.generate().public
+    (tmp_path / "trusted-key.json").write_text(
+        json.dumps({"keyid": stranger.keyid, "publicKey": stranger.base64}))
+    source = tmp_path / "rollouts"
+    source.mkdir()
+    (source / "agent.yaml").write_text(rollout())  # 3 devices: below minSample, no pause
+    ids = [arg for d in DEVICES for arg in ("--device-id", d)]
+    simulator_factory(len(DEVICES), "--speed", "40", *ids)
+    controller = controller_factory(source)
+    controller.start()
+
+    def updates() -> list[dict[str, Any]]:
+        return [u for d in DEVICES
+                for u in controller.get(f"/api/v1/devices/{d}/updates")["items"]]
+
+    wait_until(lambda: len([u for u in updates() if u["state"] == "failed"]) == len(DEVICES),
+               60, lambda: f"updates: {updates()}\n{controller.tail()}")
+    for update in updates():
+        assert (update["state"], update["reason"]) == ("failed", "rejected"), update
+        assert "untrusted key" in update["error"], update
+    assert {d["uuid"]: d["versions"]["agent"] for d in controller.devices()} == \
+        dict.fromkeys(DEVICES, "1.0.5")
+    assert scrape(controller.url).value("fleetwave_commands_refused_total",
+                                        reason="rejected") == len(DEVICES)

@@ -17,6 +17,7 @@ Pure: the clock is an argument.
 
 from __future__ import annotations
 
+import math
 from typing import Final
 
 from fleetwave.protocol.admission import format_time
@@ -47,7 +48,9 @@ def command_for(record: UpdateRecord, action: CommandAction, now: float, lifetim
         artifact_sha256=artifact.sha256 if update and artifact else None,
         artifact_digest=artifact.digest if update and artifact else None,
         device=record.device, release=record.release,
-        expires_at=format_time(now + lifetime),
+        # Rounded up: `format_time` keeps whole seconds, and a short ackTimeout must not
+        # lose most of its second.
+        expires_at=format_time(math.ceil(now + lifetime)),
         downgrade=(update and record.from_version is not None
                    and is_lower(record.to_version, record.from_version)),
     )
