@@ -329,6 +329,9 @@ class Engine:
         while not stop.is_set():
             next_wake: float | None = None
             began = time.perf_counter()
+            # Cleared before the pass, not after: a wake-up that arrives during the pass
+            # (a status, a freed slot) must start the next one, not wait for the resync.
+            self._wake.clear()
             try:
                 next_wake = await self.reconcile_once()
             except Exception:
@@ -338,7 +341,6 @@ class Engine:
             delay = self.resync_interval
             if next_wake is not None:
                 delay = min(delay, max(0.05, next_wake - self.clock()))
-            self._wake.clear()
             waiters = {asyncio.ensure_future(self._wake.wait()),
                        asyncio.ensure_future(stop.wait())}
             _, pending = await asyncio.wait(waiters, timeout=delay,
