@@ -66,7 +66,7 @@ class Control:
                 self.reconciler.emit(name, e.type, e.reason, e.message, e.device)
             await self._save(rollout, new_state)
         self.reconciler.wake(rollout.spec.component)
-        await self.reconciler.reconcile_once()
+        await self.reconciler.reconcile_once(wait_sent=True)
         return self.queries.rollout_json(self.queries.require(name))
 
     async def _save(self, rollout: Rollout, state: RolloutState) -> None:
@@ -91,7 +91,7 @@ class Control:
                                               reason="Deleted", message=f"deleted by {actor}",
                                               actor=actor)])
         self.reconciler.wake(rollout.spec.component)
-        await self.reconciler.reconcile_once()
+        await self.reconciler.reconcile_once(wait_sent=True)
 
     async def ad_hoc_update(self, uuid: str, component: str, version: str, *, force: bool,
                             scheduled_time: str | None, actor: str) -> dict[str, Any]:
@@ -109,7 +109,7 @@ class Control:
                                               reason="Created",
                                               message=f"ad-hoc update of {uuid} to {component} "
                                                       f"{version} by {actor}", actor=actor)])
-        await self.reconciler.reconcile_once()
+        await self.reconciler.reconcile_once(wait_sent=True)
         return self.queries.rollout_json(self.queries.require(name))
 
     async def cancel_update(self, uuid: str, update_id: str, *, actor: str) -> dict[str, Any]:

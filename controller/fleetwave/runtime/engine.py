@@ -91,7 +91,7 @@ class Engine:
         self.observed = observed or Observed(store, metrics)
         self.fleet = self.observed.fleet
         self.desired = DesiredState()
-        self.outbox = Outbox(publisher)
+        self.outbox = Outbox(publisher, clock=clock)
         self._started = False
         self.reconciler = Reconciler(
             store, self.outbox, metrics, self.fleet, self.desired, self.observed.lock,
@@ -198,7 +198,8 @@ class Engine:
         await self.reconciler.run(stop)
 
     async def reconcile_once(self) -> float | None:
-        return await self.reconciler.reconcile_once(full=True)
+        """A full pass, returning once its commands are published."""
+        return await self.reconciler.reconcile_once(full=True, wait_sent=True)
 
     # -- ControlPlane: reads --------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,7 @@ from fleetwave.runtime.gauges import count_final, update_gauges
 from fleetwave.runtime.outbox import Outbox, Outgoing
 from fleetwave.runtime.passes import PassBuilder, start_checks
 from fleetwave.store import Store
-from fleetwave.updates.model import UpdateRecord
+from fleetwave.updates.model import Decision, UpdateRecord
 
 log = structlog.get_logger("fleetwave.engine")
 
@@ -64,6 +64,7 @@ class Reconciler:
                  to_clear: set[str]) -> None:
         self.store = store
         self.outbox = outbox
+        outbox.on_sent = self._store_sent
         self.metrics = metrics
         self.fleet = fleet
         self.desired = desired
@@ -124,7 +125,10 @@ class Reconciler:
             # it plans on; bounded, so progress stays visible every half second.
             await asyncio.sleep(min(0.5, max(0.02, took)))
 
-    async def reconcile_once(self, *, full: bool = False) -> float | None:
+    async def reconcile_once(self, *, full: bool = False, wait_sent: bool = False
+                             ) -> float | None:
+        """One pass; `wait_sent` also waits until its commands are published (the API
+        answers with their effect)."""
         if not self.desired.synced:
             # Before the first snapshot every stored rollout would look deleted: planning
             # then would cancel open updates of rollouts that are merely not read yet.
@@ -132,9 +136,15 @@ class Reconciler:
         async with self._pass_lock:
             started = time.perf_counter()
             async with self.lock:
-                outbox, next_wake = await self._pass(full)
-            await self._send(outbox)
-            self.metrics.reconcile_duration.observe(time.perf_counter() - started)
+                locked = time.perf_counter()
+                outgoing, next_wake = await self._pass(full)
+            self.outbox.submit(outgoing)
+            took = time.perf_counter() - started
+            self.metrics.reconcile_duration.observe(took)
+            log.debug("engine.pass", took=round(took, 3), waited=round(locked - started, 3),
+                      queued=len(self.outbox))
+        if wait_sent:
+            await self.outbox.flush()
         return next_wake
 
     async def _pass(self, full: bool) -> tuple[list[Outgoing], float | None]:
@@ -229,14 +239,11 @@ class Reconciler:
             for name in built.saved:
                 await hooks.on_status(name, built.statuses[name])
 
-    async def _send(self, outgoing: Sequence[Outgoing]) -> None:
-        """Publish outside the fleet lock: waiting for the broker's acknowledgements must
-        never stop ingest, whose thread also carries those acknowledgements."""
-        sent = await self.outbox.send(outgoing, self.clock)
-        if sent:
-            async with self.lock:
-                for record in await self.store.apply_decisions(sent):
-                    self.fleet.remember(record)
+    async def _store_sent(self, sent: list[tuple[str, Decision]]) -> None:
+        """The outbox published these records' commands: store `sent` (one transaction)."""
+        async with self.lock:
+            for record in await self.store.apply_decisions(sent):
+                self.fleet.remember(record)
 
     def _start_checks(self, desired: Mapping[str, Rollout], now: float) -> None:
         """HTTP and TCP checks in the background: their results reach a later pass."""
