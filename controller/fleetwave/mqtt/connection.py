@@ -54,6 +54,9 @@ class ConnectionOptions:
     publish_window: int = 1000
     will_topic: str | None = None
     will_payload: bytes = b""
+    manual_ack: bool = False
+    """Acknowledge inbound QoS 1 messages only when `ack()` is called (after they are
+    stored), not when the callback returns."""
 
 
 OnConnect = Callable[[paho.Client, bool], list[int] | None]
@@ -93,7 +96,10 @@ class PahoConnection:
         self._window_waiters: list[asyncio.Future[None]] = []
 
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=options.client_id,
-                             protocol=MQTTProtocolVersion.MQTTv5)
+                             protocol=MQTTProtocolVersion.MQTTv5, manual_ack=options.manual_ack)
+        self.session = 0
+        """Counts connections (network thread); a message id means something only on the
+        connection that delivered it."""
         if options.username is not None:
             client.username_pw_set(options.username, options.password)
         if options.tls:
@@ -200,6 +206,14 @@ class PahoConnection:
             if not fut.done():
                 fut.set_result(None)
 
+    def ack(self, acks: list[tuple[int, int, int]]) -> None:
+        """Acknowledge inbound messages, given as (message id, qos, session), in the order
+        they arrived. Those of an earlier connection are skipped: the broker sends them
+        again on this one, and their ids may name other messages now."""
+        for mid, qos, session in acks:
+            if qos > 0 and session == self.session:
+                self.client.ack(mid, qos)
+
     # --- network thread callbacks ---
 
     def _handle_publish(self, client: paho.Client, userdata: Any, mid: int,
@@ -216,6 +230,7 @@ class PahoConnection:
                         reason=str(reason_code))
             return
         self._failures = 0
+        self.session += 1
         mids: list[int] | None = None
         try:
             if self._on_connect_cb is not None:

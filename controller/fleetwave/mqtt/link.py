@@ -9,9 +9,10 @@ The broker keeps our persistent session (clean start off, a session expiry): sta
 while the controller is away is delivered when it returns. Retained `state` and `online`
 messages arrive through the same callback when we subscribe at start: that is the resync.
 
-Delivery is at least once. paho acknowledges a message when it has been parsed into the
-pending batch, so a crash (not a clean stop, which drains the batch) can lose the up to one
-batch being written; retained state and the update timeouts cover that gap.
+Delivery is at least once, and nothing is lost: paho's acknowledgements are manual, and a
+batch's messages are acknowledged only after `on_messages` returned, i.e. after the store
+committed them. A controller killed mid-batch gets the unacknowledged messages again from its
+persistent session; the store applies a repeated status as a no-op.
 """
 
 from __future__ import annotations
@@ -61,13 +62,15 @@ class MqttLink:
             key_file=settings.key_file, clean_start=False,
             session_expiry=settings.session_expiry, keepalive=settings.keepalive,
             reconnect_min=settings.reconnect_min, reconnect_max=settings.reconnect_max,
-            publish_window=settings.publish_window)
+            publish_window=settings.publish_window, manual_ack=True)
         self._conn = PahoConnection(self._options, on_message=self._handle_message,
                                     on_connect=self._handle_connect,
                                     on_connected_change=self._connected_changed)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self._pending: list[DeviceMessage] = []
+        self._acks: list[tuple[int, int, int]] = []
+        """(message id, qos, session) of every message since the last batch, in order."""
         self._max_pending = settings.batch_max * 20
         self._wake = asyncio.Event()
         self._full = asyncio.Event()
@@ -98,10 +101,10 @@ class MqttLink:
         await self._conn.start()
 
     async def stop(self) -> None:
-        """Flush publishes, disconnect (the session stays on the broker), deliver what was
-        already received, then return."""
+        """Deliver (and acknowledge) what was already received, flush publishes, disconnect
+        (the session stays on the broker), then return. Messages arriving meanwhile are left
+        unacknowledged: the broker sends them again next time."""
         self._closing = True
-        await self._conn.stop()
         if self._consumer is not None:
             self._wake.set()
             self._full.set()
@@ -110,6 +113,7 @@ class MqttLink:
             except TimeoutError:
                 log.warning("mqtt.ingest.stop_timeout", pending=len(self._pending))
             self._consumer = None
+        await self._conn.stop()
         self.metrics.mqtt_connected.set(0)
 
     @property
@@ -162,6 +166,8 @@ class MqttLink:
 
     def _handle_message(self, client: paho.Client, userdata: Any,
                         msg: paho.MQTTMessage) -> None:
+        if self._closing:
+            return  # not acknowledged: delivered again on the next connection
         try:
             try:
                 topic = msg.topic
@@ -169,11 +175,18 @@ class MqttLink:
                 topic = ""
             item = parse_message(topic, bytes(msg.payload), time.time(), self.topics,
                                  self.settings.max_payload)
+            ack = (msg.mid, msg.qos, self._conn.session)
             if type(item) is Dropped:
                 self._drop(item)
+                with self._lock:
+                    self._acks.append(ack)  # acknowledged in order, with the next batch
+                    n = len(self._acks)
+                if n == 1:
+                    self._call(self._wake.set)
                 return
             with self._lock:
                 self._pending.append(item)  # type: ignore[arg-type]
+                self._acks.append(ack)
                 n = len(self._pending)
             if n == 1:
                 self._call(self._wake.set)
@@ -228,13 +241,19 @@ class MqttLink:
                     await asyncio.wait_for(self._full.wait(), self.settings.batch_delay)
             with self._lock:
                 batch, self._pending = self._pending, []
+                acks, self._acks = self._acks, []
             # counted per batch on the loop, not per message in the network thread
             for cls, n in collections.Counter(map(type, batch)).items():
                 self._received[cls].inc(n)
+            stored = True
             for start in range(0, len(batch), batch_max):
                 try:
                     await self._on_messages(batch[start:start + batch_max])
                 except Exception:
+                    stored = False
                     log.exception("mqtt.ingest.callback_failed", size=len(batch))
+            if stored:
+                self._conn.ack(acks)
+            # else: unacknowledged, the broker delivers them again after a reconnect
             if self._closing and not self._pending:
                 return
