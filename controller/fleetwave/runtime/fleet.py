@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator, Mapping
-from dataclasses import replace
 from typing import Any
 
 from fleetwave.planner.model import DeviceView, RolloutState
-from fleetwave.protocol.messages import Online, ReportedState
+from fleetwave.protocol.messages import Container, Online, ReportedState
 from fleetwave.store import DeviceRow, is_newer, supersedes
 from fleetwave.updates.model import UpdateRecord
 
@@ -70,46 +69,56 @@ class FleetState:
 
     def put_device(self, row: DeviceRow) -> None:
         """Store `row` with the inventory's labels merged over the reported ones."""
+        self._put(row.uuid, row.versions, row.reported_labels, row.deployment_type, row.ip,
+                  row.name, row.containers, row.online, row.last_seen, row.state_received_at,
+                  row.inventory_labels)
+
+    def _put(self, uuid: str, versions: Mapping[str, str], reported: Mapping[str, str],
+             deployment_type: str | None, ip: str | None, name: str | None,
+             containers: tuple[Container, ...], online: bool | None, last_seen: float | None,
+             state_at: float | None, inventory: Mapping[str, str] = _EMPTY) -> None:
         shared = self._shared
-        inventory = shared(self.inventory.get(row.uuid, row.inventory_labels))
-        reported = shared(row.reported_labels)
+        inventory = shared(self.inventory.get(uuid, inventory))
+        reported = shared(reported)
         labels = shared({**reported, **inventory}) if inventory else reported
-        versions = shared(row.versions)
-        row = replace(row, versions=versions, reported_labels=reported,
-                      inventory_labels=inventory, labels=labels,
-                      deployment_type=_intern(row.deployment_type))
-        self.devices[row.uuid] = row
-        self.views[row.uuid] = DeviceView(
-            uuid=row.uuid, versions=versions, labels=labels, online=row.online,
-            last_seen=row.last_seen, ip=row.ip, name=row.name, containers=row.containers,
-            state_at=row.state_received_at)
+        versions = shared(versions)
+        self.devices[uuid] = DeviceRow(
+            uuid=uuid, versions=versions, reported_labels=reported, inventory_labels=inventory,
+            labels=labels, deployment_type=_intern(deployment_type), ip=ip, name=name,
+            containers=containers, online=online, last_seen=last_seen,
+            state_received_at=state_at)
+        self.views[uuid] = DeviceView(
+            uuid=uuid, versions=versions, labels=labels, online=online, last_seen=last_seen,
+            ip=ip, name=name, containers=containers, state_at=state_at)
         self.devices_changed = True
 
     def merge_device_message(self, msg: ReportedState | Online) -> bool:
         """Apply one report if it is newer than what is held; True if it was."""
         row = self.devices.get(msg.device)
-        if row is None:
-            row = DeviceRow(uuid=sys.intern(msg.device), versions=_EMPTY,
-                            reported_labels=_EMPTY, inventory_labels=_EMPTY, labels=_EMPTY,
-                            deployment_type=None, ip=None, name=None, containers=(),
-                            online=None, last_seen=None, state_received_at=None)
+        at = msg.received_at
         if isinstance(msg, ReportedState):
-            if not is_newer(msg.received_at, row.state_received_at):
+            if row is None:
+                self._put(sys.intern(msg.device), msg.versions, msg.labels, msg.deployment_type,
+                          msg.ip, msg.name, msg.containers, None, at, at)
+                return True
+            if not is_newer(at, row.state_received_at):
                 return False
-            row = replace(row, versions=msg.versions, reported_labels=msg.labels,
-                          deployment_type=msg.deployment_type or row.deployment_type,
-                          ip=msg.ip or row.ip, name=msg.name or row.name,
-                          containers=msg.containers,
-                          last_seen=max(row.last_seen or 0.0, msg.received_at),
-                          state_received_at=msg.received_at)
+            self._put(row.uuid, msg.versions, msg.labels,
+                      msg.deployment_type or row.deployment_type, msg.ip or row.ip,
+                      msg.name or row.name, msg.containers, row.online,
+                      max(row.last_seen or 0.0, at), at, row.inventory_labels)
+            return True
+        if not is_newer(at, self._online_at.get(msg.device)):
+            return False
+        self._online_at[msg.device] = at
+        if row is None:
+            self._put(sys.intern(msg.device), _EMPTY, _EMPTY, None, None, None, (), msg.online,
+                      at, None)
         else:
-            held = self._online_at.get(msg.device)
-            if not is_newer(msg.received_at, held):
-                return False
-            self._online_at[msg.device] = msg.received_at
-            row = replace(row, online=msg.online,
-                          last_seen=max(row.last_seen or 0.0, msg.received_at))
-        self.put_device(row)
+            self._put(row.uuid, row.versions, row.reported_labels, row.deployment_type,
+                      row.ip, row.name, row.containers, msg.online,
+                      max(row.last_seen or 0.0, at), row.state_received_at,
+                      row.inventory_labels)
         return True
 
     def set_inventory(self, inventory: Mapping[str, Mapping[str, str]]) -> bool:
