@@ -18,7 +18,7 @@ import contextlib
 import random
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -206,11 +206,11 @@ class PahoConnection:
             if not fut.done():
                 fut.set_result(None)
 
-    def ack(self, acks: list[tuple[int, int, int]]) -> None:
-        """Acknowledge inbound messages, given as (message id, qos, session), in the order
-        they arrived. Those of an earlier connection are skipped: the broker sends them
-        again on this one, and their ids may name other messages now."""
-        for mid, qos, session in acks:
+    def ack(self, acks: Sequence[tuple[int, int, int, int]]) -> None:
+        """Acknowledge inbound messages, given as (message id, qos, session, …), in the
+        order they arrived. Those of an earlier connection are skipped: the broker sends
+        them again on this one, and their ids may name other messages now."""
+        for mid, qos, session, _ in acks:
             if qos > 0 and session == self.session:
                 self.client.ack(mid, qos)
 

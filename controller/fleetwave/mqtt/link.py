@@ -69,8 +69,10 @@ class MqttLink:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self._pending: list[DeviceMessage] = []
-        self._acks: list[tuple[int, int, int]] = []
-        """(message id, qos, session) of every message since the last batch, in order."""
+        self._acks: list[tuple[int, int, int, int]] = []
+        """(message id, qos, session, how many pending messages precede or are it) of every
+        message since the last batch, in order: a chunk's messages are acknowledged as soon
+        as that chunk is stored."""
         self._max_pending = settings.batch_max * 20
         self._wake = asyncio.Event()
         self._full = asyncio.Event()
@@ -175,19 +177,19 @@ class MqttLink:
                 topic = ""
             item = parse_message(topic, bytes(msg.payload), time.time(), self.topics,
                                  self.settings.max_payload)
-            ack = (msg.mid, msg.qos, self._conn.session)
+            mid, qos, session = msg.mid, msg.qos, self._conn.session
             if type(item) is Dropped:
                 self._drop(item)
-                with self._lock:
-                    self._acks.append(ack)  # acknowledged in order, with the next batch
+                with self._lock:  # acknowledged in order, with the chunk it follows
+                    self._acks.append((mid, qos, session, len(self._pending)))
                     n = len(self._acks)
                 if n == 1:
                     self._call(self._wake.set)
                 return
             with self._lock:
                 self._pending.append(item)  # type: ignore[arg-type]
-                self._acks.append(ack)
                 n = len(self._pending)
+                self._acks.append((mid, qos, session, n))
             if n == 1:
                 self._call(self._wake.set)
             elif n == self.settings.batch_max:
@@ -245,15 +247,26 @@ class MqttLink:
             # counted per batch on the loop, not per message in the network thread
             for cls, n in collections.Counter(map(type, batch)).items():
                 self._received[cls].inc(n)
-            stored = True
-            for start in range(0, len(batch), batch_max):
-                try:
-                    await self._on_messages(batch[start:start + batch_max])
-                except Exception:
-                    stored = False
-                    log.exception("mqtt.ingest.callback_failed", size=len(batch))
-            if stored:
-                self._conn.ack(acks)
-            # else: unacknowledged, the broker delivers them again after a reconnect
+            await self._deliver(batch, acks)
             if self._closing and not self._pending:
                 return
+
+    async def _deliver(self, batch: list[DeviceMessage],
+                       acks: list[tuple[int, int, int, int]]) -> None:
+        """Hand `batch` over in chunks; acknowledge each chunk's messages once it is stored.
+        After a failed chunk nothing more is acknowledged (acknowledgements go in order):
+        the broker delivers those messages again after a reconnect."""
+        done = 0
+        for start in range(0, len(batch), self.settings.batch_max):
+            end = start + self.settings.batch_max
+            try:
+                await self._on_messages(batch[start:end])
+            except Exception:
+                log.exception("mqtt.ingest.callback_failed", size=len(batch))
+                return
+            upto = done
+            while upto < len(acks) and acks[upto][3] <= end:
+                upto += 1
+            self._conn.ack(acks[done:upto])
+            done = upto
+        self._conn.ack(acks[done:])

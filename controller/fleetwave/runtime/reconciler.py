@@ -87,6 +87,7 @@ class Reconciler:
         """rollout -> (component, generation, spec hash, source kind) it was planned with."""
         self._dirty_groups: set[str] = set()
         self._last_full = 0.0
+        self._gauged_at = 0.0
         self.inventory_dirty = False
         """The source's inventory changed: the store's copy is written on the next pass."""
         self.to_clear = to_clear
@@ -160,7 +161,7 @@ class Reconciler:
         rollouts = [r for r in desired.values() if r.spec.component in chosen]
         results = {key: verdict[0] for key, verdict in self.checks.results.items()}
         plans = plan_fleet(rollouts, list(fleet.views.values()), fleet.records, fleet.states,
-                           now, check_results=results, cache=self._hashes).plans
+                           now, check_results=results, cache=self._hashes).plans if rollouts else {}
         for component in chosen:
             self._group_wake[component] = None
         for rollout in rollouts:
@@ -183,12 +184,18 @@ class Reconciler:
         for name in deleted:
             fleet.forget_rollout(name)
             self.desired.forget(name)
-        update_gauges(self.metrics, fleet, desired, now)
+        wakes = [w for w in self._group_wake.values() if w is not None]
+        if plans or now - self._gauged_at >= 0.5:
+            self._gauged_at = now
+            update_gauges(self.metrics, fleet, desired, now)
+        else:
+            # Counting 100,000 devices per pass would slow their ingest at start-up: without
+            # a plan the fleet gauges follow at most half a second behind.
+            wakes.append(self._gauged_at + 0.5)
         outgoing = built.outgoing()
         # ...unless another update of that device is already queued.
         outgoing += [Outgoing(d, None) for d in sorted(self.to_clear) if not fleet.open.get(d)]
         self.to_clear.clear()
-        wakes = [w for w in self._group_wake.values() if w is not None]
         return outgoing, min(wakes) if wakes else None
 
     def _groups_to_plan(self, desired: Mapping[str, Rollout], now: float,
