@@ -300,8 +300,7 @@ class Store:
             "last_seen": m.received_at, "state_received_at": m.received_at,
         } for m in states.values()]
         online_params: list[dict[str, Any]] = [{
-            "uuid": m.device, "versions": {}, "reported_labels": {}, "inventory_labels": {},
-            "containers": [], "online": m.online, "online_at": m.received_at,
+            "uuid": m.device, "online": m.online, "online_at": m.received_at,
             "last_seen": m.received_at if m.online else None,
         } for m in onlines.values()]
 
@@ -319,7 +318,12 @@ class Store:
                                  devices.c.state_received_at < ex.state_received_at)),
                     state_params)
             if online_params:
-                stmt = self._insert(devices)
+                # A device first known by its `online` flag has empty JSON columns: SQL
+                # literals, not four JSON encodings per row of a 100,000-device start-up.
+                empty: dict[str, Any] = {name: sa.literal_column(text) for name, text in (
+                    ("versions", "'{}'"), ("reported_labels", "'{}'"),
+                    ("inventory_labels", "'{}'"), ("containers", "'[]'"))}
+                stmt = self._insert(devices).values(empty)
                 ex = stmt.excluded
                 await conn.execute(stmt.on_conflict_do_update(
                     index_elements=[devices.c.uuid],
