@@ -56,6 +56,9 @@ class Metrics:
     source_invalid_files: Gauge
     # notifications
     notifications: Counter
+    # dashboard
+    dashboard_streams: Gauge
+    dashboard_streams_refused: Counter
 
 
 def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
@@ -117,6 +120,12 @@ def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
                                    registry=reg),
         notifications=Counter(f"{p}_notifications", "Outbound notifications by result.",
                               ["result"], registry=reg),
+        dashboard_streams=Gauge(f"{p}_dashboard_streams",
+                                "Dashboard live streams (server-sent events) open.",
+                                registry=reg),
+        dashboard_streams_refused=Counter(f"{p}_dashboard_streams_refused",
+                                          "Dashboard streams refused: too many open.",
+                                          registry=reg),
     )
     m.build.info({"version": __version__})
     for reason in DROP_REASONS:

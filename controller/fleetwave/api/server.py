@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import date, datetime
 from enum import Enum
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote
 
 import prometheus_client
@@ -38,6 +38,9 @@ from fleetwave.metrics import Metrics
 from fleetwave.resources.durations import DurationError, parse_duration
 from fleetwave.resources.schema import PHASES
 from fleetwave.updates.model import UpdateState
+
+if TYPE_CHECKING:
+    from fleetwave.dashboard.live import LiveFeed
 
 log = structlog.get_logger("fleetwave.api")
 
@@ -472,12 +475,17 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
 
 def build_app(control: ControlPlane, metrics: Metrics, tokens: TokenSet, *,
               webhook_secrets: WebhookSecrets | None = None,
-              max_body: int = MAX_BODY) -> web.Application:
+              max_body: int = MAX_BODY, live: LiveFeed | None = None) -> web.Application:
     """The API application; the caller owns the control plane's and the server's lifetimes.
 
     `webhook_secrets` authenticate both webhooks (HMAC key and/or shared tokens);
-    without them every webhook delivery is refused with 401.
+    without them every webhook delivery is refused with 401. The dashboard is served
+    at `/`; `live` is the feed the engine's event and status hooks fill (without one
+    its stream only says hello and keeps alive).
     """
+    from fleetwave.dashboard.live import LiveFeed
+    from fleetwave.dashboard.routes import mount as mount_dashboard
+
     app = web.Application(client_max_size=max_body,
                           middlewares=[_access_log, _errors])
     app[CONTROL_KEY] = control
@@ -490,6 +498,7 @@ def build_app(control: ControlPlane, metrics: Metrics, tokens: TokenSet, *,
             app.router.add_get(path, handler)
         else:
             app.router.add_route(method, path, handler)
+    mount_dashboard(app, control, live if live is not None else LiveFeed(metrics))
     return app
 
 

@@ -101,6 +101,11 @@ class DemoState:
     engine: Engine | None = None
     commits: list[str] | None = None
 
+    @property
+    def dashboard_url(self) -> str:
+        """The dashboard, served by the controller at `/` of its API listener."""
+        return f"{self.api_url}/"
+
 
 def ensure_installed() -> None:
     """Install Mosquitto and git with apt-get where they are missing and we may (root);

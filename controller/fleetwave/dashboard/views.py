@@ -1,0 +1,363 @@
+"""What the dashboard's pages show, computed from the API's `ControlPlane` and nothing else.
+
+The dashboard reads what `fleetwave status`, `devices` and `plan` read: the control
+plane's JSON. Wave membership and the "what happens next" times come from the
+planner's own functions (`resolve_targets`, `wave_members`, `preview`), so the
+dashboard never disagrees with the controller about who is in which wave.
+
+Every answer is one bounded page: a list over the fleet is cut to `limit` rows
+here, so no response grows with the fleet. The fleet-wide inputs (every device,
+every rollout, their targets) are read at most once per `ttl` seconds and shared
+by every request in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from fleetwave.api.ports import JSON, ControlPlane, NotFound
+from fleetwave.planner.model import DeviceView
+from fleetwave.planner.preview import preview, wave_members
+from fleetwave.planner.selectors import Targets, resolve_targets
+from fleetwave.resources.model import Rollout, SourceRef, resource_from
+from fleetwave.updates.model import OPEN_STATES, Health, Reason, UpdateState
+
+GROUPS = ("done", "inFlight", "failed", "unreachable", "parked", "waiting")
+"""How a wave's progress bar splits its devices, in drawing order."""
+
+OPEN = frozenset(s.value for s in OPEN_STATES)
+FAILED = frozenset({UpdateState.FAILED.value, UpdateState.TIMEOUT.value,
+                    UpdateState.ROLLED_BACK.value})
+
+STEP_REASONS = frozenset({"StepStarted", "StepFinished", "Paused", "Resumed", "Promoted",
+                          "Aborted", "RollbackRequested", "FailureBudgetExceeded",
+                          "Superseded", "Restarted", "Completed"})
+"""Events drawn as markers on the progress chart."""
+
+CHART_EVENTS = 1000
+"""The newest events read for chart markers: one bounded query."""
+
+
+def parse_time(text: Any) -> float | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def rollout_of(item: Mapping[str, Any]) -> Rollout:
+    """The typed Rollout of a control-plane rollout (its spec is validated already)."""
+    source = item.get("source") or {}
+    resource = resource_from(
+        {"kind": "Rollout", "spec": item["spec"],
+         "metadata": {"name": item["name"], "generation": item.get("generation", 1)}},
+        SourceRef(kind=str(source.get("kind") or "folder"), revision=source.get("revision"),
+                  path=source.get("path")))
+    assert isinstance(resource, Rollout)
+    return resource
+
+
+def device_view(item: Mapping[str, Any]) -> DeviceView:
+    return DeviceView(uuid=item["uuid"], versions=dict(item.get("versions") or {}),
+                      labels=dict(item.get("labels") or {}), online=item.get("online"),
+                      last_seen=parse_time(item.get("lastSeen")), ip=item.get("ip"),
+                      name=item.get("name"))
+
+
+def group_of(row: Mapping[str, Any] | None, reported: str | None, version: str) -> str:
+    """Which part of a wave's bar a device is in, from its latest record in the rollout."""
+    if row is None or row.get("toVersion") != version:
+        return "done" if reported == version else "waiting"
+    state = row.get("state")
+    if row.get("parked"):
+        return "parked"
+    if state in OPEN:
+        return "inFlight"
+    if state == UpdateState.TIMEOUT.value and row.get("reason") == Reason.UNREACHABLE:
+        return "done" if reported == version else "unreachable"
+    if state in FAILED or row.get("health") == Health.UNHEALTHY.value:
+        return "failed"
+    if state == UpdateState.SUCCEEDED.value:
+        return "done"
+    return "done" if reported == version else "waiting"
+
+
+@dataclass
+class Fleet:
+    """One read of the whole fleet and every rollout, shared for `ttl` seconds."""
+
+    at: float
+    devices: dict[str, DeviceView]
+    device_json: list[JSON]
+    """Sorted by uuid, as the control plane lists them."""
+    rollouts: dict[str, Rollout]
+    rollout_json: dict[str, JSON]
+    targets: dict[str, Targets]
+    _waves: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def wave_of(self, name: str) -> dict[str, int]:
+        """uuid -> 0-based step of every device the rollout targets."""
+        waves = self._waves.get(name)
+        if waves is None:
+            members = wave_members(self.rollouts[name], self.targets[name].targeted)
+            waves = {d.uuid: i for i, wave in enumerate(members) for d in wave}
+            self._waves[name] = waves
+        return waves
+
+
+class Views:
+    """The dashboard's data, one bounded page at a time."""
+
+    def __init__(self, control: ControlPlane, *, ttl: float = 1.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.control = control
+        self.ttl = ttl
+        """Seconds a fleet read is reused: a second of staleness for a bounded cost per
+        second however many browsers are open."""
+        self.clock = clock
+        self._fleet: Fleet | None = None
+        self._reading: asyncio.Lock = asyncio.Lock()
+        self._started_at: dict[str, float] = {}
+
+    async def fleet(self) -> Fleet:
+        async with self._reading:
+            now = time.monotonic()
+            if self._fleet is not None and now - self._fleet.at < self.ttl:
+                return self._fleet
+            items = await self.control.list_devices()
+            listed = self.control.list_rollouts()
+            rollouts: dict[str, Rollout] = {}
+            for item in listed:
+                rollouts[item["name"]] = rollout_of(item)
+            devices = {d["uuid"]: device_view(d) for d in items}
+            targets = resolve_targets(list(rollouts.values()), list(devices.values()))
+            self._fleet = Fleet(at=now, devices=devices, device_json=items, rollouts=rollouts,
+                                rollout_json={i["name"]: i for i in listed}, targets=targets)
+            return self._fleet
+
+    # -- rollouts ---------------------------------------------------------------------
+
+    async def rollouts(self, offset: int, limit: int, phase: str | None) -> JSON:
+        fleet = await self.fleet()
+        names = sorted(fleet.rollouts)
+        if phase:
+            names = [n for n in names
+                     if fleet.rollout_json[n]["status"].get("phase", "Pending") == phase]
+        page = names[offset:offset + limit]
+        items = [await self._summary(fleet, name) for name in page]
+        return {"items": items, "total": len(names), "offset": offset, "limit": limit}
+
+    async def rollout(self, name: str) -> JSON:
+        fleet = await self._fleet_with(name)
+        summary = await self._summary(fleet, name)
+        item = fleet.rollout_json[name]
+        spec = item["spec"]
+        targets = fleet.targets[name]
+        summary.update({
+            "conditions": item["status"].get("conditions", []),
+            "strategy": spec.get("strategy", {}), "health": spec.get("health", {}),
+            "failurePolicy": spec.get("failurePolicy", {}), "selector": spec.get("selector"),
+            "conflicted": len(targets.conflicted), "conflictsWith": sorted(targets.conflicts_with),
+            "overridden": len(targets.overridden),
+        })
+        return summary
+
+    async def _fleet_with(self, name: str) -> Fleet:
+        """The fleet read, fresh when `name` is newer than it; NotFound for no such rollout."""
+        fleet = await self.fleet()
+        if name in fleet.rollouts:
+            return fleet
+        if self.control.get_rollout(name) is None:
+            raise NotFound(f"no rollout named {name}")
+        async with self._reading:
+            self._fleet = None
+        fleet = await self.fleet()
+        if name not in fleet.rollouts:
+            raise NotFound(f"no rollout named {name}")
+        return fleet
+
+    async def _summary(self, fleet: Fleet, name: str) -> JSON:
+        item = fleet.rollout_json[name]
+        rollout = fleet.rollouts[name]
+        status = item["status"]
+        waves = await self._wave_counts(fleet, name)
+        steps = rollout.spec.strategy.steps
+        return {
+            "name": name, "component": rollout.spec.component, "version": rollout.spec.version,
+            "phase": status.get("phase", "Pending"), "currentStep": status.get("currentStep", 0),
+            "message": status.get("message", ""), "targeted": status.get("targeted", 0),
+            "progress": status.get("progress", "0/0"), "counts": status.get("counts", {}),
+            "failureRate": status.get("failureRate", 0.0),
+            "maxFailurePercent": rollout.spec.failure_policy.max_failure_percent,
+            "source": item.get("source", {}), "generation": item.get("generation"),
+            "startedAt": await self._started(name),
+            "waves": [{"step": i + 1, "percent": s.percent,
+                       "pause": s.pause.total_seconds() if s.pause else None,
+                       "members": sum(waves[i].values()), "counts": dict(waves[i])}
+                      for i, s in enumerate(steps)],
+        }
+
+    async def _wave_counts(self, fleet: Fleet, name: str) -> list[Counter[str]]:
+        rollout = fleet.rollouts[name]
+        rows = {r["uuid"]: r for r in await self.control.rollout_devices(name)}
+        counts = [Counter[str]() for _ in range(len(rollout.spec.strategy.steps) + 1)]
+        component, version = rollout.spec.component, rollout.spec.version
+        for uuid, step in fleet.wave_of(name).items():
+            device = fleet.devices.get(uuid)
+            reported = device.versions.get(component) if device is not None else None
+            counts[step][group_of(rows.get(uuid), reported, version)] += 1
+        return counts
+
+    async def _started(self, name: str) -> float | None:
+        """When the rollout's audit trail begins: its age."""
+        known = self._started_at.get(name)
+        if known is not None:
+            return known
+        items, _ = await self.control.rollout_events(name, 0, 1)
+        started = parse_time(items[0].get("time")) if items else None
+        if started is not None:
+            self._started_at[name] = started
+        return started
+
+    async def rollout_devices(self, name: str, offset: int, limit: int, *,
+                              state: str | None, wave: int | None,
+                              label: tuple[str, str | None] | None) -> JSON:
+        """The rollout's devices with wave and state, filtered, one page."""
+        fleet = await self._fleet_with(name)
+        rollout = fleet.rollouts[name]
+        component, version = rollout.spec.component, rollout.spec.version
+        rows = {r["uuid"]: r for r in await self.control.rollout_devices(name)}
+        waves = fleet.wave_of(name)
+        matched: list[JSON] = []
+        total = 0
+        for uuid in sorted(waves):
+            step = waves[uuid]
+            if wave is not None and step != wave - 1:
+                continue
+            device = fleet.devices.get(uuid)
+            if label is not None and not _has_label(device, label):
+                continue
+            row = rows.get(uuid)
+            reported = device.versions.get(component) if device is not None else None
+            group = group_of(row, reported, version)
+            shown = row.get("state") if row is not None and row.get("toVersion") == version \
+                else ("upToDate" if group == "done" else "waiting")
+            if state is not None and state not in (group, shown):
+                continue
+            total += 1
+            if offset < total <= offset + limit:
+                matched.append({
+                    "uuid": uuid, "wave": step + 1 if step < len(rollout.spec.strategy.steps)
+                    else None, "group": group, "state": shown,
+                    "attempt": row.get("attempt") if row else None,
+                    "reported": reported, "online": device.online if device else None,
+                    "reason": row.get("reason") if row else None,
+                    "labels": dict(device.labels) if device else {},
+                    "updateId": row.get("updateId") if row else None,
+                })
+        return {"items": matched, "total": total, "offset": offset, "limit": limit}
+
+    async def events(self, name: str, offset: int, limit: int) -> JSON:
+        """The timeline, newest first: `offset` counts back from the newest event."""
+        _, total = await self.control.rollout_events(name, 0, 1)
+        start = max(0, total - offset - limit)
+        end = max(0, total - offset)
+        items: list[JSON] = []
+        if end > start:
+            items, total = await self.control.rollout_events(name, start, end - start)
+        return {"items": list(reversed(items)), "total": total, "offset": offset,
+                "limit": limit}
+
+    async def chart(self, name: str, samples: Sequence[Mapping[str, Any]]) -> JSON:
+        """Progress and failure rate over time, with the step and control events as marks."""
+        _, total = await self.control.rollout_events(name, 0, 1)
+        start = max(0, total - CHART_EVENTS)
+        items, _ = await self.control.rollout_events(name, start, CHART_EVENTS)
+        marks = [{"time": parse_time(e.get("time")), "reason": e.get("reason"),
+                  "message": e.get("message")}
+                 for e in items if e.get("reason") in STEP_REASONS and not e.get("device")]
+        return {"samples": list(samples), "marks": marks}
+
+    async def plan(self, name: str) -> JSON:
+        """`fleetwave plan` of this rollout against the live fleet: each wave's earliest
+        start; device lists are left out (counts only), so the answer stays small."""
+        fleet = await self._fleet_with(name)
+        others = [r for n, r in fleet.rollouts.items() if n != name]
+        result = preview([fleet.rollouts[name]], list(fleet.devices.values()), self.clock(),
+                         others=others, group_by=()).to_dict()
+        (previewed,) = result["rollouts"]
+        for wave in previewed["waves"]:
+            wave.pop("devices", None)
+            wave.pop("byLabel", None)
+        for key in ("excluded", "conflicted", "overridden"):
+            previewed[key].pop("devices", None)
+        return {"now": result["now"], "assumptions": result["assumptions"], **previewed}
+
+    # -- devices -------------------------------------------------------------------------
+
+    async def devices(self, offset: int, limit: int, *, query: str | None,
+                      label: tuple[str, str | None] | None, online: bool | None) -> JSON:
+        fleet = await self.fleet()
+        matched: list[JSON] = []
+        total = 0
+        needle = query.lower() if query else None
+        for item in fleet.device_json:
+            if needle is not None and needle not in item["uuid"].lower() and \
+                    needle not in str(item.get("name") or "").lower():
+                continue
+            if online is not None and bool(item.get("online")) != online:
+                continue
+            if label is not None and not _has_label(fleet.devices.get(item["uuid"]), label):
+                continue
+            total += 1
+            if offset < total <= offset + limit:
+                matched.append({k: item.get(k) for k in ("uuid", "name", "versions", "labels",
+                                                         "online", "lastSeen")})
+        return {"items": matched, "total": total, "offset": offset, "limit": limit}
+
+    async def fleet_summary(self) -> JSON:
+        """Versions per component and devices online: the fleet page's charts."""
+        fleet = await self.fleet()
+        versions: dict[str, Counter[str]] = {}
+        online = Counter[str]()
+        for device in fleet.devices.values():
+            online["online" if device.online else
+                   "unknown" if device.online is None else "offline"] += 1
+            for component, version in device.versions.items():
+                versions.setdefault(component, Counter())[version] += 1
+        return {"devices": len(fleet.devices), "online": dict(online),
+                "components": {c: _top(v) for c, v in sorted(versions.items())}}
+
+
+def _top(counts: Counter[str], limit: int = 12) -> list[JSON]:
+    """The most common versions, the rest summed as `other`: a chart stays readable."""
+    common = counts.most_common()
+    out: list[JSON] = [{"version": v, "devices": n} for v, n in common[:limit]]
+    rest = sum(n for _, n in common[limit:])
+    if rest:
+        out.append({"version": "other", "devices": rest, "other": len(common) - limit})
+    return out
+
+
+def _has_label(device: DeviceView | None, label: tuple[str, str | None]) -> bool:
+    if device is None:
+        return False
+    key, value = label
+    have = device.labels.get(key)
+    return have is not None and (value is None or have == value)
+
+
+def parse_label(text: str | None) -> tuple[str, str | None] | None:
+    """`region=eu` -> ("region", "eu"); `region` -> ("region", None): has the label."""
+    if not text:
+        return None
+    key, sep, value = text.partition("=")
+    return (key.strip(), value.strip() if sep else None)
