@@ -21,12 +21,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import structlog
+
 from fleetwave.api.ports import JSON, ControlPlane, NotFound
 from fleetwave.planner.model import DeviceView
 from fleetwave.planner.preview import preview, wave_members
 from fleetwave.planner.selectors import Targets, resolve_targets
 from fleetwave.resources.model import Rollout, SourceRef, resource_from
 from fleetwave.updates.model import OPEN_STATES, Health, Reason, UpdateState
+
+log = structlog.get_logger("fleetwave.dashboard")
 
 GROUPS = ("done", "inFlight", "failed", "unreachable", "parked", "waiting")
 """How a wave's progress bar splits its devices, in drawing order."""
@@ -39,6 +43,13 @@ STEP_REASONS = frozenset({"StepStarted", "StepFinished", "Paused", "Resumed", "P
                           "Aborted", "RollbackRequested", "FailureBudgetExceeded",
                           "Superseded", "Restarted", "Completed"})
 """Events drawn as markers on the progress chart."""
+
+READ_CHUNK = 2000
+"""Devices turned into planner views between two yields to the loop."""
+
+PREPARED_ROLLOUTS = 50
+"""Rollouts whose devices and waves a fleet read prepares (the first page of the list);
+others are prepared when a page asks for them."""
 
 CHART_EVENTS = 1000
 """The newest events read for chart markers: one bounded query."""
@@ -66,10 +77,10 @@ def rollout_of(item: Mapping[str, Any]) -> Rollout:
 
 
 def device_view(item: Mapping[str, Any]) -> DeviceView:
-    return DeviceView(uuid=item["uuid"], versions=dict(item.get("versions") or {}),
-                      labels=dict(item.get("labels") or {}), online=item.get("online"),
-                      last_seen=parse_time(item.get("lastSeen")), ip=item.get("ip"),
-                      name=item.get("name"))
+    """What targeting and waves need of a listed device; its dicts are the list's own
+    (fresh per listing), so nothing is copied: at 10,000 devices this is the hot loop."""
+    return DeviceView(uuid=item["uuid"], versions=item.get("versions") or {},
+                      labels=item.get("labels") or {}, online=item.get("online"))
 
 
 def group_of(row: Mapping[str, Any] | None, reported: str | None, version: str) -> str:
@@ -102,6 +113,15 @@ class Fleet:
     rollout_json: dict[str, JSON]
     targets: dict[str, Targets]
     _waves: dict[str, dict[str, int]] = field(default_factory=dict)
+    _rows: dict[str, dict[str, JSON]] = field(default_factory=dict)
+
+    async def rows_of(self, control: ControlPlane, name: str) -> dict[str, JSON]:
+        """uuid -> the rollout's latest record per device, read once per fleet read."""
+        rows = self._rows.get(name)
+        if rows is None:
+            rows = {r["uuid"]: r for r in await control.rollout_devices(name)}
+            self._rows[name] = rows
+        return rows
 
     def wave_of(self, name: str) -> dict[str, int]:
         """uuid -> 0-based step of every device the rollout targets."""
@@ -116,32 +136,77 @@ class Fleet:
 class Views:
     """The dashboard's data, one bounded page at a time."""
 
-    def __init__(self, control: ControlPlane, *, ttl: float = 1.0,
+    def __init__(self, control: ControlPlane, *, ttl: float = 2.0, plan_ttl: float = 10.0,
                  clock: Callable[[], float] = time.time) -> None:
         self.control = control
         self.ttl = ttl
-        """Seconds a fleet read is reused: a second of staleness for a bounded cost per
-        second however many browsers are open."""
+        """Seconds a fleet read is reused: two seconds of staleness (the page says live
+        within that) for a bounded cost however many browsers are open."""
+        self.plan_ttl = plan_ttl
+        """Seconds a plan preview is reused: it is an estimate of times to the second,
+        and computing it walks every targeted device."""
+        self._plans: dict[str, tuple[float, JSON]] = {}
         self.clock = clock
+        self.max_stale = 30.0
+        """Seconds after which a fleet read is not shown even once while a new one runs."""
         self._fleet: Fleet | None = None
+        self._refreshing: asyncio.Task[None] | None = None
         self._reading: asyncio.Lock = asyncio.Lock()
         self._started_at: dict[str, float] = {}
 
     async def fleet(self) -> Fleet:
+        """The shared fleet read: fresh within `ttl`; older, it is still answered at once
+        while a new read runs beside (so no request waits for one); past `max_stale`
+        (nobody looked for a while) it is read again first."""
+        fleet = self._fleet
+        if fleet is not None:
+            age = time.monotonic() - fleet.at
+            if age < self.ttl:
+                return fleet
+            if age < self.max_stale:
+                self._refresh_beside()
+                return fleet
         async with self._reading:
-            now = time.monotonic()
-            if self._fleet is not None and now - self._fleet.at < self.ttl:
-                return self._fleet
-            items = await self.control.list_devices()
-            listed = self.control.list_rollouts()
-            rollouts: dict[str, Rollout] = {}
-            for item in listed:
-                rollouts[item["name"]] = rollout_of(item)
-            devices = {d["uuid"]: device_view(d) for d in items}
-            targets = resolve_targets(list(rollouts.values()), list(devices.values()))
-            self._fleet = Fleet(at=now, devices=devices, device_json=items, rollouts=rollouts,
-                                rollout_json={i["name"]: i for i in listed}, targets=targets)
-            return self._fleet
+            fleet = self._fleet
+            if fleet is None or time.monotonic() - fleet.at >= self.ttl:
+                fleet = self._fleet = await self._read()
+            return fleet
+
+    def _refresh_beside(self) -> None:
+        if self._refreshing is not None and not self._refreshing.done():
+            return
+
+        async def refresh() -> None:
+            try:
+                async with self._reading:
+                    self._fleet = await self._read()
+            except Exception:
+                log.exception("dashboard.fleet_read_failed")
+
+        self._refreshing = asyncio.create_task(refresh(), name="dashboard-fleet-read")
+
+    async def _read(self) -> Fleet:
+        """Read the fleet, yielding to the loop between the parts so a request that
+        arrives meanwhile waits for one part at most, not the whole read."""
+        started = time.monotonic()
+        items = await self.control.list_devices()
+        await asyncio.sleep(0)
+        listed = self.control.list_rollouts()
+        rollouts = {item["name"]: rollout_of(item) for item in listed}
+        devices: dict[str, DeviceView] = {}
+        for start in range(0, len(items), READ_CHUNK):
+            for d in items[start:start + READ_CHUNK]:
+                devices[d["uuid"]] = device_view(d)
+            await asyncio.sleep(0)
+        targets = resolve_targets(list(rollouts.values()), list(devices.values()))
+        fleet = Fleet(at=started, devices=devices, device_json=items, rollouts=rollouts,
+                      rollout_json={i["name"]: i for i in listed}, targets=targets)
+        for name in sorted(rollouts)[:PREPARED_ROLLOUTS]:
+            await asyncio.sleep(0)
+            await fleet.rows_of(self.control, name)
+            await asyncio.sleep(0)
+            fleet.wave_of(name)
+        return fleet
 
     # -- rollouts ---------------------------------------------------------------------
 
@@ -178,8 +243,7 @@ class Views:
         if self.control.get_rollout(name) is None:
             raise NotFound(f"no rollout named {name}")
         async with self._reading:
-            self._fleet = None
-        fleet = await self.fleet()
+            fleet = self._fleet = await self._read()
         if name not in fleet.rollouts:
             raise NotFound(f"no rollout named {name}")
         return fleet
@@ -207,7 +271,7 @@ class Views:
 
     async def _wave_counts(self, fleet: Fleet, name: str) -> list[Counter[str]]:
         rollout = fleet.rollouts[name]
-        rows = {r["uuid"]: r for r in await self.control.rollout_devices(name)}
+        rows = await fleet.rows_of(self.control, name)
         counts = [Counter[str]() for _ in range(len(rollout.spec.strategy.steps) + 1)]
         component, version = rollout.spec.component, rollout.spec.version
         for uuid, step in fleet.wave_of(name).items():
@@ -234,7 +298,7 @@ class Views:
         fleet = await self._fleet_with(name)
         rollout = fleet.rollouts[name]
         component, version = rollout.spec.component, rollout.spec.version
-        rows = {r["uuid"]: r for r in await self.control.rollout_devices(name)}
+        rows = await fleet.rows_of(self.control, name)
         waves = fleet.wave_of(name)
         matched: list[JSON] = []
         total = 0
@@ -289,6 +353,9 @@ class Views:
     async def plan(self, name: str) -> JSON:
         """`fleetwave plan` of this rollout against the live fleet: each wave's earliest
         start; device lists are left out (counts only), so the answer stays small."""
+        cached = self._plans.get(name)
+        if cached is not None and time.monotonic() - cached[0] < self.plan_ttl:
+            return cached[1]
         fleet = await self._fleet_with(name)
         others = [r for n, r in fleet.rollouts.items() if n != name]
         result = preview([fleet.rollouts[name]], list(fleet.devices.values()), self.clock(),
@@ -299,7 +366,11 @@ class Views:
             wave.pop("byLabel", None)
         for key in ("excluded", "conflicted", "overridden"):
             previewed[key].pop("devices", None)
-        return {"now": result["now"], "assumptions": result["assumptions"], **previewed}
+        answer = {"now": result["now"], "assumptions": result["assumptions"], **previewed}
+        if len(self._plans) >= 1000:
+            self._plans.clear()
+        self._plans[name] = (time.monotonic(), answer)
+        return answer
 
     # -- devices -------------------------------------------------------------------------
 

@@ -659,7 +659,15 @@ function connect() {
     if (instance !== null) refreshSoon(0); // reconnected (maybe a restarted controller): refetch
     instance = hello.instance;
   });
-  for (const kind of ["rollout", "event", "resync"]) source.addEventListener(kind, () => refreshSoon());
+  let trailing = null;
+  const changed = () => {
+    refreshSoon();
+    // The server shares one fleet read for up to two seconds: once changes stop, one
+    // more refetch shows the final state.
+    clearTimeout(trailing);
+    trailing = setTimeout(() => refreshSoon(0), 3000);
+  };
+  for (const kind of ["rollout", "event", "resync"]) source.addEventListener(kind, changed);
   source.addEventListener("error", () => {
     live.textContent = "reconnecting…";
     live.className = "live live-off";
