@@ -228,5 +228,7 @@ def test_control_buttons_refuse_without_the_token_and_pause_with_it(
                    "the page did not follow the restarted controller")
     finally:
         restarted.stop()
-    expected = ("401 (Unauthorized)", "403 (Forbidden)", "/dashboard/api/stream")
+    # The refusals above, and requests made while the controller was down.
+    expected = ("401 (Unauthorized)", "403 (Forbidden)", "/dashboard/api/stream",
+                "net::ERR_CONNECTION_REFUSED")
     assert console_errors(browser, allowed=expected) == []
