@@ -195,9 +195,9 @@ async def main(devices: int, repeat: int) -> int:
                 ("baseline: all devices", "/api/v1/devices", False),
                 ("baseline: all rollout devices", f"/api/v1/rollouts/{NAME}/devices", False),
             ]
-            views.ttl = views.plan_ttl = views.max_stale = 0.0  # every request reads it all
+            views.reads.ttl = views.plan_ttl = views.reads.max_stale = 0.0  # always read all
             cold = await measure(base, paths, repeat)
-            views.ttl, views.plan_ttl, views.max_stale = 2.0, 10.0, 30.0  # as served
+            views.reads.ttl, views.plan_ttl, views.reads.max_stale = 2.0, 10.0, 30.0  # as served
             warm = await measure(base, paths, repeat, pace=0.3)
             hello = await stream_hello(base)
             began = time.perf_counter()

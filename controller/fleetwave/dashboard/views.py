@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -133,26 +133,20 @@ class Fleet:
         return waves
 
 
-class Views:
-    """The dashboard's data, one bounded page at a time."""
+class FleetReads:
+    """One read of the whole fleet shared by every request for `ttl` seconds."""
 
-    def __init__(self, control: ControlPlane, *, ttl: float = 2.0, plan_ttl: float = 10.0,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, control: ControlPlane, *, ttl: float = 2.0) -> None:
         self.control = control
         self.ttl = ttl
         """Seconds a fleet read is reused: two seconds of staleness (the page says live
         within that) for a bounded cost however many browsers are open."""
-        self.plan_ttl = plan_ttl
-        """Seconds a plan preview is reused: it is an estimate of times to the second,
-        and computing it walks every targeted device."""
-        self._plans: dict[str, tuple[float, JSON]] = {}
-        self.clock = clock
         self.max_stale = 30.0
         """Seconds after which a fleet read is not shown even once while a new one runs."""
         self._fleet: Fleet | None = None
-        self._refreshing: asyncio.Task[None] | None = None
+        self._refreshing = False
+        self._tasks: set[asyncio.Task[None]] = set()
         self._reading: asyncio.Lock = asyncio.Lock()
-        self._started_at: dict[str, float] = {}
 
     async def fleet(self) -> Fleet:
         """The shared fleet read: fresh within `ttl`; older, it is still answered at once
@@ -172,18 +166,32 @@ class Views:
                 fleet = self._fleet = await self._read()
             return fleet
 
+    async def fleet_with(self, name: str) -> Fleet:
+        """The fleet read, fresh when `name` is newer than it; NotFound for no such rollout."""
+        fleet = await self.fleet()
+        if name in fleet.rollouts:
+            return fleet
+        if self.control.get_rollout(name) is None:
+            raise NotFound(f"no rollout named {name}")
+        async with self._reading:
+            fleet = self._fleet = await self._read()
+        if name not in fleet.rollouts:
+            raise NotFound(f"no rollout named {name}")
+        return fleet
+
     def _refresh_beside(self) -> None:
-        if self._refreshing is not None and not self._refreshing.done():
+        if self._refreshing:
             return
+        self._refreshing = True
 
         async def refresh() -> None:
             try:
                 async with self._reading:
                     self._fleet = await self._read()
-            except Exception:
-                log.exception("dashboard.fleet_read_failed")
+            finally:
+                self._refreshing = False
 
-        self._refreshing = asyncio.create_task(refresh(), name="dashboard-fleet-read")
+        self.background(refresh(), "dashboard-fleet-read")
 
     async def _read(self) -> Fleet:
         """Read the fleet, yielding to the loop between the parts so a request that
@@ -207,6 +215,39 @@ class Views:
             await asyncio.sleep(0)
             fleet.wave_of(name)
         return fleet
+
+    def background(self, work: Awaitable[Any], name: str) -> None:
+        """Run `work` beside the requests; a failure is logged, the old answer stays."""
+        async def guarded() -> None:
+            try:
+                await work
+            except Exception:
+                log.exception("dashboard.background_failed", what=name)
+        task = asyncio.create_task(guarded(), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+class Views:
+    """The dashboard's data, one bounded page at a time."""
+
+    def __init__(self, control: ControlPlane, *, ttl: float = 2.0, plan_ttl: float = 10.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.control = control
+        self.reads = FleetReads(control, ttl=ttl)
+        self.plan_ttl = plan_ttl
+        """Seconds a plan preview is reused: it is an estimate of times to the second,
+        and computing it walks every targeted device."""
+        self._plans: dict[str, tuple[float, JSON]] = {}
+        self._planning: set[str] = set()
+        self.clock = clock
+        self._started_at: dict[str, float] = {}
+
+    async def fleet(self) -> Fleet:
+        return await self.reads.fleet()
+
+    async def _fleet_with(self, name: str) -> Fleet:
+        return await self.reads.fleet_with(name)
 
     # -- rollouts ---------------------------------------------------------------------
 
@@ -234,19 +275,6 @@ class Views:
             "overridden": len(targets.overridden),
         })
         return summary
-
-    async def _fleet_with(self, name: str) -> Fleet:
-        """The fleet read, fresh when `name` is newer than it; NotFound for no such rollout."""
-        fleet = await self.fleet()
-        if name in fleet.rollouts:
-            return fleet
-        if self.control.get_rollout(name) is None:
-            raise NotFound(f"no rollout named {name}")
-        async with self._reading:
-            fleet = self._fleet = await self._read()
-        if name not in fleet.rollouts:
-            raise NotFound(f"no rollout named {name}")
-        return fleet
 
     async def _summary(self, fleet: Fleet, name: str) -> JSON:
         item = fleet.rollout_json[name]
@@ -352,14 +380,28 @@ class Views:
 
     async def plan(self, name: str) -> JSON:
         """`fleetwave plan` of this rollout against the live fleet: each wave's earliest
-        start; device lists are left out (counts only), so the answer stays small."""
+        start; device lists are left out (counts only), so the answer stays small.
+        Kept `plan_ttl` seconds, then recomputed beside the requests like the fleet."""
         cached = self._plans.get(name)
-        if cached is not None and time.monotonic() - cached[0] < self.plan_ttl:
-            return cached[1]
-        fleet = await self._fleet_with(name)
-        others = [r for n, r in fleet.rollouts.items() if n != name]
-        result = preview([fleet.rollouts[name]], list(fleet.devices.values()), self.clock(),
-                         others=others, group_by=()).to_dict()
+        if cached is not None:
+            age = time.monotonic() - cached[0]
+            if age < self.plan_ttl:
+                return cached[1]
+            if age < self.reads.max_stale:
+                if name not in self._planning:
+                    self._planning.add(name)
+                    self.reads.background(self._replan(name), f"dashboard-plan-{name}")
+                return cached[1]
+        return await self._replan(name)
+
+    async def _replan(self, name: str) -> JSON:
+        try:
+            fleet = await self._fleet_with(name)
+            others = [r for n, r in fleet.rollouts.items() if n != name]
+            result = preview([fleet.rollouts[name]], list(fleet.devices.values()),
+                             self.clock(), others=others, group_by=()).to_dict()
+        finally:
+            self._planning.discard(name)
         (previewed,) = result["rollouts"]
         for wave in previewed["waves"]:
             wave.pop("devices", None)
