@@ -106,7 +106,7 @@ def test_the_list_shows_a_rollout_move_through_its_waves_live_and_a_device_its_h
             seen.append(state)
         return state[0] == "Completed"
 
-    wait_until(completed, 120, lambda: f"not completed in the page; seen {seen}; API "
+    wait_until(completed, 240, lambda: f"not completed in the page; seen {seen}; API "
                                        f"{controller.rollout(NAME)['status']}",
                interval=0.2)
     steps = {step for _, step in seen}

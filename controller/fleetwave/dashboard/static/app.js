@@ -419,9 +419,55 @@ function deviceRow(name, d, outcome) {
     h("td", { class: "actions" }, actions));
 }
 
+function rolloutFacts(r) {
+  return h("dl", { class: "facts" },
+    h("dt", {}, "Phase"), h("dd", { id: "phase" }, phaseBadge(r.phase)),
+    h("dt", {}, "Version"), h("dd", {}, `${r.component} → ${r.version}`),
+    h("dt", {}, "Step"), h("dd", { id: "step" }, `${Math.min(r.currentStep + 1, r.waves.length)} of ${r.waves.length}`),
+    h("dt", {}, "Done"), h("dd", {}, r.progress),
+    h("dt", {}, "Failure rate"), h("dd", {}, failureCell(r)),
+    h("dt", {}, "Source"), h("dd", {}, sourceText(r.source)),
+    h("dt", {}, "Age"), h("dd", {}, ago(r.startedAt)),
+    h("dt", {}, "Message"), h("dd", {}, r.message || "–"),
+    r.conflicted ? [h("dt", {}, "Conflicted"), h("dd", {}, `${r.conflicted} devices (with ${r.conflictsWith.join(", ")})`)] : null);
+}
+
+function devicesLoader(name, filter, region, outcome) {
+  const load = async () => {
+    const q = new URLSearchParams({ offset: filter.offset, limit: PAGE });
+    if (filter.state) q.set("state", filter.state);
+    if (filter.wave) q.set("wave", filter.wave);
+    if (filter.label) q.set("label", filter.label);
+    try {
+      const page = await getJSON(`/dashboard/api/rollouts/${enc(name)}/devices?${q}`);
+      replace(region,
+        page.total ? table(`Devices of ${name}`, ["Device", "Wave", "State", "Attempt", "Reports", "Online", "Reason", "Actions"],
+          page.items.map((d) => deviceRow(name, d, outcome)), "devices") : h("p", {}, "No device matches."),
+        pager(page, (next) => { filter.offset = next; load(); }, "Devices"));
+    } catch (error) { replace(region, errorBox(error)); }
+  };
+  return load;
+}
+
+function eventsLoader(name, region) {
+  let offset = 0;
+  const load = async () => {
+    try {
+      const page = await getJSON(`/dashboard/api/rollouts/${enc(name)}/events?offset=${offset}&limit=${PAGE}`);
+      replace(region,
+        page.items.length ? h("ol", { class: "timeline" }, page.items.map((e) => h("li", { class: `ev ev-${(e.type || "").toLowerCase()}` },
+          time(e.time), " ", h("strong", {}, e.reason), " ", e.message,
+          e.device ? h("span", {}, " · ", h("a", { href: `#/devices/${enc(e.device)}` }, e.device)) : null,
+          e.actor && e.actor !== "controller" ? h("span", { class: "muted" }, ` · by ${e.actor}`) : null)))
+          : h("p", {}, "No events yet."),
+        pager(page, (next) => { offset = next; load(); }, "Events"));
+    } catch (error) { replace(region, errorBox(error)); }
+  };
+  return load;
+}
+
 async function rolloutView(main, name) {
   const filter = { state: "", wave: "", label: "", offset: 0 };
-  let eventsOffset = 0;
   const header = h("div", { class: "region" });
   const outcome = h("p", { class: "outcome", role: "status", "aria-live": "polite" });
   const waves = h("div", { class: "region waves-big" });
@@ -441,45 +487,13 @@ async function rolloutView(main, name) {
     h("section", { "aria-labelledby": "h-dev" }, h("h2", { id: "h-dev" }, "Devices"), filters, devices),
     h("section", { "aria-labelledby": "h-events" }, h("h2", { id: "h-events" }, "Events"), events));
   let filtersDrawn = false;
-  const loadDevices = async () => {
-    const q = new URLSearchParams({ offset: filter.offset, limit: PAGE });
-    if (filter.state) q.set("state", filter.state);
-    if (filter.wave) q.set("wave", filter.wave);
-    if (filter.label) q.set("label", filter.label);
-    try {
-      const page = await getJSON(`/dashboard/api/rollouts/${enc(name)}/devices?${q}`);
-      replace(devices,
-        page.total ? table(`Devices of ${name}`, ["Device", "Wave", "State", "Attempt", "Reports", "Online", "Reason", "Actions"],
-          page.items.map((d) => deviceRow(name, d, outcome)), "devices") : h("p", {}, "No device matches."),
-        pager(page, (next) => { filter.offset = next; loadDevices(); }, "Devices"));
-    } catch (error) { replace(devices, errorBox(error)); }
-  };
-  const loadEvents = async () => {
-    try {
-      const page = await getJSON(`/dashboard/api/rollouts/${enc(name)}/events?offset=${eventsOffset}&limit=${PAGE}`);
-      replace(events,
-        page.items.length ? h("ol", { class: "timeline" }, page.items.map((e) => h("li", { class: `ev ev-${(e.type || "").toLowerCase()}` },
-          time(e.time), " ", h("strong", {}, e.reason), " ", e.message,
-          e.device ? h("span", {}, " · ", h("a", { href: `#/devices/${enc(e.device)}` }, e.device)) : null,
-          e.actor && e.actor !== "controller" ? h("span", { class: "muted" }, ` · by ${e.actor}`) : null)))
-          : h("p", {}, "No events yet."),
-        pager({ ...page, total: page.total }, (next) => { eventsOffset = next; loadEvents(); }, "Events"));
-    } catch (error) { replace(events, errorBox(error)); }
-  };
+  const loadDevices = devicesLoader(name, filter, devices, outcome);
+  const loadEvents = eventsLoader(name, events);
   view.refresh = async () => {
     let r;
     try { r = await getJSON(`/dashboard/api/rollouts/${enc(name)}`); }
     catch (error) { replace(header, errorBox(error)); return; }
-    replace(header, h("dl", { class: "facts" },
-      h("dt", {}, "Phase"), h("dd", { id: "phase" }, phaseBadge(r.phase)),
-      h("dt", {}, "Version"), h("dd", {}, `${r.component} → ${r.version}`),
-      h("dt", {}, "Step"), h("dd", { id: "step" }, `${Math.min(r.currentStep + 1, r.waves.length)} of ${r.waves.length}`),
-      h("dt", {}, "Done"), h("dd", {}, r.progress),
-      h("dt", {}, "Failure rate"), h("dd", {}, failureCell(r)),
-      h("dt", {}, "Source"), h("dd", {}, sourceText(r.source)),
-      h("dt", {}, "Age"), h("dd", {}, ago(r.startedAt)),
-      h("dt", {}, "Message"), h("dd", {}, r.message || "–"),
-      r.conflicted ? [h("dt", {}, "Conflicted"), h("dd", {}, `${r.conflicted} devices (with ${r.conflictsWith.join(", ")})`)] : null));
+    replace(header, rolloutFacts(r));
     replace(waves, legend(), r.waves.map((w) => waveBar(w)));
     replace(conditions, r.conditions.length ? table("Conditions", ["Type", "Status", "Reason", "Message", "Since"],
       r.conditions.map((c) => h("tr", {}, h("th", { scope: "row" }, c.type), h("td", {}, c.status),
