@@ -58,7 +58,7 @@ function replace(region, ...content) {
   // Keep keyboard focus across a live redraw: refocus the element with the same key.
   const key = document.activeElement && region.contains(document.activeElement)
     ? document.activeElement.dataset.key : null;
-  region.replaceChildren(...content.flat());
+  region.replaceChildren(...content.flat().filter((c) => c !== null && c !== undefined && c !== false));
   if (key) {
     const again = region.querySelector(`[data-key="${CSS.escape(key)}"]`);
     if (again) again.focus();
@@ -221,7 +221,9 @@ function waveBar(wave, compact = false) {
     if (!counts[key] || !total) continue;
     bar.append(h("span", { class: `seg seg-${key}`, style: { width: `${(100 * counts[key]) / total}%` } }));
   }
-  if (compact) return bar;
+  if (compact) {
+    return h("div", { class: "mini" }, h("span", { class: "muted", "aria-hidden": "true" }, String(wave.step)), bar);
+  }
   return h("div", { class: "wave" },
     h("div", { class: "wave-head" }, h("strong", {}, `Wave ${wave.step}`), ` ${wave.percent}%`,
       wave.pause ? ` · pause ${wave.pause}s` : "", h("span", { class: "muted" }, ` · ${total} devices`)),
