@@ -211,7 +211,10 @@ class FleetReads:
                       rollout_json={i["name"]: i for i in listed}, targets=targets)
         for name in sorted(rollouts)[:PREPARED_ROLLOUTS]:
             await asyncio.sleep(0)
-            await fleet.rows_of(self.control, name)
+            try:
+                await fleet.rows_of(self.control, name)
+            except NotFound:
+                continue  # deleted since the listing: its page says so when asked
             await asyncio.sleep(0)
             fleet.wave_of(name)
         return fleet
@@ -316,6 +319,8 @@ class Views:
         items, _ = await self.control.rollout_events(name, 0, 1)
         started = parse_time(items[0].get("time")) if items else None
         if started is not None:
+            if len(self._started_at) >= 10_000:
+                self._started_at.clear()  # ad-hoc rollouts come and go: stay bounded
             self._started_at[name] = started
         return started
 
