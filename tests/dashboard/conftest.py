@@ -6,8 +6,11 @@ that the page logged no error.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from selenium import webdriver
@@ -31,3 +34,22 @@ def browser() -> Iterator[webdriver.Chrome]:
         yield driver
     finally:
         driver.quit()
+
+
+AXE = Path(os.environ.get("FLEETWAVE_AXE")
+           or Path(__file__).resolve().parents[2] / ".tools" / "axe" / "axe.min.js")
+"""axe-core, installed by scripts/test (`fw_install_axe` in scripts/lib/tools.sh)."""
+
+
+def accessibility_violations(driver: webdriver.Chrome) -> list[dict[str, Any]]:
+    """What axe-core finds wrong on the page as shown (WCAG A/AA rules, contrast too)."""
+    if not AXE.is_file():
+        pytest.fail(f"axe-core is missing at {AXE}: run ./scripts/test once, or "
+                    "`ROOT=$PWD; source scripts/lib/tools.sh; fw_install_axe`")
+    driver.set_script_timeout(60)
+    driver.execute_script(AXE.read_text(encoding="utf-8"))
+    found: list[dict[str, Any]] = driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "axe.run(document, {resultTypes: ['violations']}).then(r => done(r.violations.map("
+        "v => ({id: v.id, help: v.help, nodes: v.nodes.map(n => n.target.join(' '))}))));")
+    return found

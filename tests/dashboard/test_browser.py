@@ -3,7 +3,8 @@
 Real processes throughout: Mosquitto with the shipped configuration, the
 controller on SQLite with a folder source and a token file, `fleetwave simulate`
 devices, and Debian's Chromium driven by selenium. The tests act as an operator
-would (click, type, confirm) and check what the API says afterwards.
+would (click, type, confirm) and check what the API says afterwards; axe-core
+checks every page's markup (labels, roles, contrast) as the browser shows it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.select import Select
 
+from tests.dashboard.conftest import accessibility_violations
 from tests.support.processes import Controller, Simulator, wait_until
 
 pytestmark = pytest.mark.slow
@@ -114,6 +116,7 @@ def test_the_list_shows_a_rollout_move_through_its_waves_live_and_a_device_its_h
     assert browser.execute_script("return window.notReloaded === true;"), "the page reloaded"
     bars = browser.find_elements(By.CSS_SELECTOR, f'tr[data-rollout="{NAME}"] [role=progressbar]')
     assert len(bars) == 4
+    assert accessibility_violations(browser) == []
     assert int(bars[-1].get_attribute("aria-valuemax") or 0) > 0
 
     # Into the rollout, then to a device, with the keyboard as well as links.
@@ -126,6 +129,7 @@ def test_the_list_shows_a_rollout_move_through_its_waves_live_and_a_device_its_h
     plan = browser.find_element(By.CSS_SELECTOR, "section[aria-labelledby=h-plan]").text
     assert "Earliest start" in plan
     assert browser.find_elements(By.CSS_SELECTOR, "svg.chart polyline")
+    assert accessibility_violations(browser) == []
     Select(browser.find_element(By.ID, "f-state")).select_by_value("succeeded")
     browser.find_element(By.CSS_SELECTOR, "form.filters button[type=submit]").click()
 
@@ -143,6 +147,7 @@ def test_the_list_shows_a_rollout_move_through_its_waves_live_and_a_device_its_h
     assert NAME in history and "succeeded" in history and "completed" in history, history
     assert "1.0.5 → 1.0.6" in history
     assert text_of(browser, "#online") == "online"
+    assert accessibility_violations(browser) == []
     api_history = controller.get(f"/api/v1/devices/{uuid}/updates")["items"]
     assert api_history[0]["state"] == "succeeded"
 
@@ -150,6 +155,7 @@ def test_the_list_shows_a_rollout_move_through_its_waves_live_and_a_device_its_h
     wait_until(lambda: text_of(browser, "#online-count") == "200", 20, "fleet page not drawn")
     assert "1.0.6" in browser.find_element(By.CSS_SELECTOR, "svg.hbars").get_attribute(
         "aria-label")
+    assert accessibility_violations(browser) == []
     assert console_errors(browser) == []
 
 

@@ -367,7 +367,7 @@ function planTable(plan) {
     h("td", {}, w.awaitsApproval ? "waits for promote" : "")));
   return h("div", {},
     h("p", {}, `As of ${when(plan.now)}: ${plan.toUpdate} of ${plan.targeted} targeted devices still to update; the rollout can start ${plan.startsAt ? when(plan.startsAt) : "never (within a year)"}.`),
-    table("What fleetwave plan would do next", ["Wave", "Percent", "To update", "Already there", "Step ready", "Earliest start", "Sending done", "Pause after", ""], rows),
+    table("What fleetwave plan would do next", ["Wave", "Percent", "To update", "Already there", "Step ready", "Earliest start", "Sending done", "Pause after", "Approval"], rows),
     plan.notes.length ? h("ul", {}, plan.notes.map((n) => h("li", {}, n))) : null,
     h("p", { class: "muted" }, `Earliest possible times: ${plan.assumptions.join("; ")}.`));
 }
