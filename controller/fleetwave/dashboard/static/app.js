@@ -690,6 +690,12 @@ function connect() {
   });
 }
 
+// Besides the stream: a refetch every few seconds while the tab is shown. It catches
+// what sends no event (a device going offline) and answers the server gave from a
+// fleet read that was being renewed at that moment.
+const POLL_MS = 5000;
+setInterval(() => { if (document.visibilityState === "visible") refreshSoon(0); }, POLL_MS);
+
 setupSignIn();
 window.addEventListener("hashchange", () => { route().then(() => document.getElementById("main").focus({ preventScroll: true })); });
 route();
