@@ -220,6 +220,22 @@ def test_control_buttons_refuse_without_the_token_and_pause_with_it(
     assert [e["actor"] for e in events if e["reason"] == "Paused"] == ["api:token-1"]
     wait_until(lambda: text_of(browser, "#phase") == "Paused", 20, "the page missed the pause")
 
+    # One device back to its previous version, from its row.
+    Select(browser.find_element(By.ID, "f-state")).select_by_value("succeeded")
+    browser.find_element(By.CSS_SELECTOR, "form.filters button[type=submit]").click()
+    wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, "button[data-key^=rollback-]"),
+               30, "no succeeded device to roll back")
+    button = browser.find_element(By.CSS_SELECTOR, "button[data-key^=rollback-]")
+    uuid = str(button.get_attribute("data-key")).removeprefix("rollback-")
+    button.click()
+    browser.find_element(By.ID, "confirm-ok").click()
+    wait_until(lambda: text_of(browser, ".controls .outcome") == f"Roll back device {uuid}: done.",
+               20,
+               lambda: f"rollback not done: {text_of(browser, '.controls .outcome')}")
+    events = controller.get(f"/api/v1/rollouts/{NAME}/events?limit=1000")["items"]
+    assert [(e["device"], e["actor"]) for e in events
+            if e["reason"] == "DeviceRollbackRequested"] == [(uuid, "api:token-1")]
+
     # The controller restarts: the stream reconnects and the page refetches by itself.
     controller.stop()
     wait_until(lambda: text_of(browser, "#live") == "reconnecting…", 20,
