@@ -69,6 +69,16 @@ def text_of(driver: webdriver.Chrome, css: str) -> str | None:
         return None
 
 
+def settled(action: Callable[[], Any], what: str) -> Any:
+    """`action` on elements a live redraw may replace meanwhile: again until it holds."""
+    def attempt() -> tuple[Any] | None:
+        try:
+            return (action(),)
+        except (StaleElementReferenceException, NoSuchElementException):
+            return None
+    return wait_until(attempt, 20, f"could not {what}")[0]
+
+
 def console_errors(driver: webdriver.Chrome, allowed: tuple[str, ...] = ()) -> list[Any]:
     return [e for e in driver.get_log("browser")
             if e["level"] == "SEVERE" and not any(a in e["message"] for a in allowed)]
@@ -114,19 +124,22 @@ def test_the_list_shows_a_rollout_move_through_its_waves_live_and_a_device_its_h
     steps = {step for _, step in seen}
     assert len(steps) >= 3, f"the page showed too few steps on the way: {seen}"
     assert browser.execute_script("return window.notReloaded === true;"), "the page reloaded"
-    bars = browser.find_elements(By.CSS_SELECTOR, f'tr[data-rollout="{NAME}"] [role=progressbar]')
-    assert len(bars) == 4
+    maxima = settled(lambda: [b.get_attribute("aria-valuemax") for b in browser.find_elements(
+        By.CSS_SELECTOR, f'tr[data-rollout="{NAME}"] [role=progressbar]')], "read the bars")
+    assert len(maxima) == 4 and int(maxima[-1] or 0) > 0
     assert accessibility_violations(browser) == []
-    assert int(bars[-1].get_attribute("aria-valuemax") or 0) > 0
 
     # Into the rollout, then to a device, with the keyboard as well as links.
-    browser.find_element(By.LINK_TEXT, NAME).send_keys(Keys.ENTER)
+    settled(lambda: browser.find_element(By.LINK_TEXT, NAME).send_keys(Keys.ENTER),
+            "follow the rollout's link")
     wait_until(lambda: text_of(browser, "#phase") == "Completed", 20, "rollout page not drawn")
     wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, "table.devices tbody tr"), 20,
                "no device rows")
-    timeline = browser.find_element(By.CSS_SELECTOR, ".timeline").text
+    timeline = settled(lambda: browser.find_element(By.CSS_SELECTOR, ".timeline").text,
+                       "read the timeline")
     assert "StepStarted" in timeline
-    plan = browser.find_element(By.CSS_SELECTOR, "section[aria-labelledby=h-plan]").text
+    plan = settled(lambda: browser.find_element(
+        By.CSS_SELECTOR, "section[aria-labelledby=h-plan]").text, "read the plan")
     assert "Earliest start" in plan
     assert browser.find_elements(By.CSS_SELECTOR, "svg.chart polyline")
     assert accessibility_violations(browser) == []
@@ -138,12 +151,18 @@ def test_the_list_shows_a_rollout_move_through_its_waves_live_and_a_device_its_h
         return bool(rows) and all(r.split()[2] == "succeeded" for r in rows or ())
 
     wait_until(only_succeeded, 20, "the state filter did not apply")
-    link = browser.find_element(By.CSS_SELECTOR, "table.devices tbody tr th a")
-    uuid = link.text
-    link.click()
+
+    def open_first_device() -> str:
+        link = browser.find_element(By.CSS_SELECTOR, "table.devices tbody tr th a")
+        text = str(link.text)
+        link.click()
+        return text
+
+    uuid = settled(open_first_device, "open a device")
     wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, "table.history tbody tr"), 20,
                "no update history on the device page")
-    history = browser.find_element(By.CSS_SELECTOR, "table.history tbody tr").text
+    history = settled(lambda: browser.find_element(By.CSS_SELECTOR, "table.history tbody tr")
+                      .text, "read the history")
     assert NAME in history and "succeeded" in history and "completed" in history, history
     assert "1.0.5 → 1.0.6" in history
     assert text_of(browser, "#online") == "online"
@@ -153,8 +172,8 @@ def test_the_list_shows_a_rollout_move_through_its_waves_live_and_a_device_its_h
 
     browser.find_element(By.LINK_TEXT, "Fleet").click()
     wait_until(lambda: text_of(browser, "#online-count") == "200", 20, "fleet page not drawn")
-    assert "1.0.6" in browser.find_element(By.CSS_SELECTOR, "svg.hbars").get_attribute(
-        "aria-label")
+    assert "1.0.6" in settled(lambda: browser.find_element(
+        By.CSS_SELECTOR, "svg.hbars").get_attribute("aria-label"), "read the chart")
     assert accessibility_violations(browser) == []
     assert console_errors(browser) == []
 
@@ -225,9 +244,14 @@ def test_control_buttons_refuse_without_the_token_and_pause_with_it(
     browser.find_element(By.CSS_SELECTOR, "form.filters button[type=submit]").click()
     wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, "button[data-key^=rollback-]"),
                30, "no succeeded device to roll back")
-    button = browser.find_element(By.CSS_SELECTOR, "button[data-key^=rollback-]")
-    uuid = str(button.get_attribute("data-key")).removeprefix("rollback-")
-    button.click()
+
+    def roll_back_first() -> str:
+        button = browser.find_element(By.CSS_SELECTOR, "button[data-key^=rollback-]")
+        key = str(button.get_attribute("data-key"))
+        button.click()
+        return key.removeprefix("rollback-")
+
+    uuid = settled(roll_back_first, "click a device's Roll back")
     browser.find_element(By.ID, "confirm-ok").click()
     wait_until(lambda: text_of(browser, ".controls .outcome") == f"Roll back device {uuid}: done.",
                20,
