@@ -100,6 +100,9 @@ class Metrics:
     health_checks_refused: Counter
     # hostile input refused at the edges
     api_refused: Counter
+    # dashboard
+    dashboard_streams: Gauge
+    dashboard_streams_refused: Counter
 
 
 def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
@@ -172,6 +175,12 @@ def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
                             "API requests and webhook deliveries refused, by reason "
                             "(unauthorized, forbidden, replayed_delivery, stale_timestamp…).",
                             ["reason"], registry=reg),
+        dashboard_streams=Gauge(f"{p}_dashboard_streams",
+                                "Dashboard live streams (server-sent events) open.",
+                                registry=reg),
+        dashboard_streams_refused=Counter(f"{p}_dashboard_streams_refused",
+                                          "Dashboard streams refused: too many open.",
+                                          registry=reg),
     )
     m.build.info({"version": __version__})
     for reason in DROP_REASONS:
