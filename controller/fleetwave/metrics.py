@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass
-from typing import get_args
+from typing import Any, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
@@ -105,6 +105,29 @@ class Metrics:
     dashboard_streams_refused: Counter
 
 
+def _edge_metrics(p: str, reg: CollectorRegistry) -> dict[str, Any]:
+    """What the edges refuse or hold open (commands, checks, API, dashboard streams)."""
+    return dict(
+        commands_refused=Counter(f"{p}_commands_refused",
+                                 "Commands devices reported refusing (bad signature, another "
+                                 "device's, expired, replayed, unmarked downgrade).",
+                                 ["reason"], registry=reg),
+        health_checks_refused=Counter(
+            f"{p}_health_checks_refused", "Health checks refused: an address the controller "
+            "does not connect to, a redirect, an oversized body.", ["reason"], registry=reg),
+        api_refused=Counter(f"{p}_api_requests_refused",
+                            "API requests and webhook deliveries refused, by reason "
+                            "(unauthorized, forbidden, replayed_delivery, stale_timestamp…).",
+                            ["reason"], registry=reg),
+        dashboard_streams=Gauge(f"{p}_dashboard_streams",
+                                "Dashboard live streams (server-sent events) open.",
+                                registry=reg),
+        dashboard_streams_refused=Counter(f"{p}_dashboard_streams_refused",
+                                          "Dashboard streams refused: too many open.",
+                                          registry=reg),
+    )
+
+
 def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
     """All metrics on `registry` (a fresh one when None); drop reasons pre-declared at 0."""
     reg = registry if registry is not None else CollectorRegistry()
@@ -151,10 +174,6 @@ def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
                              ["reason"], registry=reg),
         mqtt_connected=Gauge(f"{p}_mqtt_connected", "1 while connected to the broker.",
                              registry=reg),
-        commands_refused=Counter(f"{p}_commands_refused",
-                                 "Commands devices reported refusing (bad signature, another "
-                                 "device's, expired, replayed, unmarked downgrade).",
-                                 ["reason"], registry=reg),
         source_revision=Gauge(f"{p}_source_revision_info",
                               "1 for the revision last synced from a source.",
                               ["source", "revision"], registry=reg),
@@ -168,19 +187,7 @@ def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
                                    registry=reg),
         notifications=Counter(f"{p}_notifications", "Outbound notifications by result.",
                               ["result"], registry=reg),
-        health_checks_refused=Counter(
-            f"{p}_health_checks_refused", "Health checks refused: an address the controller "
-            "does not connect to, a redirect, an oversized body.", ["reason"], registry=reg),
-        api_refused=Counter(f"{p}_api_requests_refused",
-                            "API requests and webhook deliveries refused, by reason "
-                            "(unauthorized, forbidden, replayed_delivery, stale_timestamp…).",
-                            ["reason"], registry=reg),
-        dashboard_streams=Gauge(f"{p}_dashboard_streams",
-                                "Dashboard live streams (server-sent events) open.",
-                                registry=reg),
-        dashboard_streams_refused=Counter(f"{p}_dashboard_streams_refused",
-                                          "Dashboard streams refused: too many open.",
-                                          registry=reg),
+        **_edge_metrics(p, reg),
     )
     m.build.info({"version": __version__})
     for reason in DROP_REASONS:
