@@ -89,3 +89,11 @@ def test_device_inventory() -> None:
     inventory = load("device-inventory.yaml")
     assert isinstance(inventory, DeviceInventory)
     assert all("site" in labels for labels in inventory.labels.values())
+
+
+def test_budgets_per_region_and_per_store() -> None:
+    rollout = load("budget-per-region.yaml")
+    assert isinstance(rollout, Rollout)
+    budgets = {b.group_by: b.max_in_flight for b in rollout.spec.strategy.budgets}
+    assert budgets == {"region": 20, "store": 1}
+    assert rollout.spec.strategy.max_in_flight == 200

@@ -120,6 +120,8 @@ del _O
 
 HOLDS_STEP = tuple(EFFECTS[o].holds_step for o in Outcome)
 """EFFECTS[o].holds_step by index, for the per-device loop."""
+IN_FLIGHT = tuple(EFFECTS[o].in_flight for o in Outcome)
+"""EFFECTS[o].in_flight by index: which devices count against a per-label budget."""
 
 _OPEN_OUTCOME = {UpdateState.PENDING: Outcome.PENDING,
                  UpdateState.ACKNOWLEDGED: Outcome.ACKNOWLEDGED,
@@ -450,6 +452,9 @@ class Walk:
     hashes: they hold their step open and want attempt 1. Kept apart so that the
     commonest device of a rollout under way costs two appends, not a tuple."""
     decisions: Decisions = field(compare=False)
+    busy: list[DeviceView] = field(default_factory=list)
+    """Devices occupying a slot (an open update or rollback, targeted or not): what the
+    per-label budgets count."""
 
     def open_through(self, limits: Sequence[int], steps: int) -> list[int]:
         """Devices holding steps 0..i open, for each step i (limits are cumulative)."""
@@ -479,6 +484,7 @@ def walk(ctx: PassContext, devices: Sequence[DeviceView], hashes: Sequence[int],
     candidates: list[tuple[int, DeviceView, int]] = []
     fresh_hashes: list[int] = []
     fresh: list[DeviceView] = []
+    busy: list[DeviceView] = []
     append_open, append_cand = open_hashes.append, candidates.append
     append_fresh_hash, append_fresh = fresh_hashes.append, fresh.append
     version, component, force, now = ctx.version, ctx.component, ctx.force, ctx.now
@@ -500,8 +506,11 @@ def walk(ctx: PassContext, devices: Sequence[DeviceView], hashes: Sequence[int],
                              + offline_after)):
                     fast_done += 1  # Outcome.HEALTHY
                     continue
+            extra = out.extra_in_flight
             outcome, attempt = classify(ctx, out, d, recs)
             n[outcome] += 1
+            if IN_FLIGHT[outcome] or out.extra_in_flight != extra:
+                busy.append(d)
             if HOLDS_STEP[outcome]:
                 append_open(h)
             if attempt:
@@ -519,5 +528,8 @@ def walk(ctx: PassContext, devices: Sequence[DeviceView], hashes: Sequence[int],
         targeted_ids = {d.uuid for d in devices}
         for u, recs in records.items():
             if u not in targeted_ids:
-                orphan(ctx, out, recs, all_devices.get(u))
-    return Walk(tuple(n), open_hashes, candidates, fresh_hashes, fresh, out)
+                extra, known = out.extra_in_flight, all_devices.get(u)
+                orphan(ctx, out, recs, known)
+                if known is not None and out.extra_in_flight != extra:
+                    busy.append(known)
+    return Walk(tuple(n), open_hashes, candidates, fresh_hashes, fresh, out, busy)

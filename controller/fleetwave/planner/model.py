@@ -105,6 +105,8 @@ class RolloutState:
     tokens: float | None = None
     """maxPerMinute token bucket level (None: full)."""
     tokens_at: float | None = None
+    ramp_since: float | None = None
+    """When the ramp's current climb began (None: not started, or reset by a pause)."""
     parked: frozenset[str] = frozenset()
     """Penalty box: devices that failed retries+1 times in this generation."""
     released: Mapping[str, float] = field(default_factory=dict)
@@ -134,7 +136,7 @@ class RolloutState:
             "stepStartedAt": self.step_started_at, "stepFinishedAt": self.step_finished_at,
             "approvedStep": self.approved_step, "pausedBy": self.paused_by,
             "aborted": self.aborted, "rolledBack": self.rolled_back,
-            "tokens": self.tokens, "tokensAt": self.tokens_at,
+            "tokens": self.tokens, "tokensAt": self.tokens_at, "rampSince": self.ramp_since,
             "parked": sorted(self.parked), "released": dict(sorted(self.released.items())),
             "rollbackDevices": sorted(self.rollback_devices),
             "budgetFloor": self.budget_floor, "failures": self.failures,
@@ -156,6 +158,7 @@ class RolloutState:
             approved_step=int(doc.get("approvedStep", 0)), paused_by=doc.get("pausedBy"),
             aborted=doc.get("aborted"), rolled_back=doc.get("rolledBack"),
             tokens=doc.get("tokens"), tokens_at=doc.get("tokensAt"),
+            ramp_since=doc.get("rampSince"),
             parked=frozenset(doc.get("parked", ())),
             released={str(k): float(v) for k, v in doc.get("released", {}).items()},
             rollback_devices=frozenset(doc.get("rollbackDevices", ())),

@@ -10,7 +10,8 @@ the manner of argo-rollouts' rolloutCanary and flux's sub-reconcilers:
 3. `budget.enforce_budget`: the penalty box and the failure policy;
 4. `steps.advance_steps`: start, finish, pause, approve, next step;
 5. `choose.choose`: the devices to command now, lowest wave hash first, within
-   maxInFlight, pacing and windows;
+   maxInFlight, per-site budgets, pacing (`pacing.Pace`: maxPerMinute or the ramp)
+   and windows;
 
 and `status` turns the result into a phase, conditions and a typed status. The
 engine executes the actions; a second call with the same inputs returns the same
@@ -51,6 +52,7 @@ from fleetwave.planner.model import (
     RolloutStatus,
     SendCancel,
 )
+from fleetwave.planner.pacing import pace_state
 from fleetwave.planner.schedule import PassGates
 from fleetwave.planner.selectors import resolve_targets
 from fleetwave.planner.status import (
@@ -113,8 +115,10 @@ def plan(rollout: Rollout, devices: Sequence[DeviceView],
     state = move.state
     verdict = phase_of(rollout, state, gates.gate, gates.invalid, targeted, move.note)
     choice, window_changes = NOTHING, []
-    if (not stopped and not paused and gates.invalid is None and gates.gate.open
-            and targeted > 0 and state.started_at is not None):
+    running = (not stopped and not paused and gates.invalid is None and gates.gate.open
+               and targeted > 0 and state.started_at is not None)
+    state = pace_state(strategy, state, now, running=running, halted=stopped or paused)
+    if running:
         choice = choose(ctx, state, seen, limits, tally.in_flight,
                         gates.device_windows)
         if gates.device_windows is not None:

@@ -494,6 +494,7 @@ def _spec_checks(spec: Mapping[str, Any], base: Path_) -> Iterator[tuple[Path_, 
                            "a window must last longer than 0s", "error")
             except DurationError:
                 pass
+    yield from _pacing_checks(strategy, (*base, "strategy"))
     for i, freeze in enumerate(strategy.get("freezes", None) or []):
         if isinstance(freeze, dict):
             start, end = freeze.get("start"), freeze.get("end")
@@ -522,6 +523,36 @@ def _spec_checks(spec: Mapping[str, Any], base: Path_) -> Iterator[tuple[Path_, 
     if typed is not None and isinstance(excluded, list):
         for reason in empty_selector_reasons(typed, [str(d) for d in excluded]):
             yield ((*base, *reason.path), reason.message, "warning")
+
+
+def _pacing_checks(strategy: Mapping[str, Any], base: Path_) -> Iterator[tuple[Path_, str, str]]:
+    """Budgets and ramp: combinations the schema cannot refuse on its own."""
+    seen: dict[str, int] = {}
+    for i, budget in enumerate(strategy.get("budgets", None) or []):
+        label = budget.get("groupBy") if isinstance(budget, dict) else None
+        if isinstance(label, str) and label:
+            if label in seen:
+                yield ((*base, "budgets", i, "groupBy"),
+                       f"budgets[{seen[label]}] already limits {label!r}: keep one budget "
+                       "per label (the smaller maxInFlight is the one that holds)", "error")
+            seen.setdefault(label, i)
+    ramp = strategy.get("ramp")
+    if not isinstance(ramp, dict):
+        return
+    start, top = ramp.get("startPerMinute"), ramp.get("maxPerMinute")
+    if isinstance(start, int) and isinstance(top, int) and start > top:
+        yield ((*base, "ramp", "startPerMinute"),
+               f"startPerMinute {start} exceeds the ramp's maxPerMinute {top}: the ramp "
+               "would start above its ceiling; lower startPerMinute or raise maxPerMinute",
+               "error")
+    every = ramp.get("every")
+    if isinstance(every, str):
+        try:
+            if parse_duration(every).total_seconds() <= 0:
+                yield ((*base, "ramp", "every"), "the ramp must grow after more than 0s",
+                       "error")
+        except DurationError:
+            pass
 
 
 def _selector_or_none(raw: Any) -> Selector | None:

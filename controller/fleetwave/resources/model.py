@@ -93,10 +93,30 @@ class Freeze:
 
 
 @dataclass(frozen=True, slots=True)
+class Budget:
+    """At most `max_in_flight` devices updating at once per value of the label `group_by`."""
+
+    group_by: str
+    max_in_flight: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ramp:
+    """Exponential pacing: `start_per_minute` × `factor`^k after k periods of `every`."""
+
+    start_per_minute: int
+    max_per_minute: int
+    factor: float = 2.0
+    every: timedelta = timedelta(minutes=1)
+
+
+@dataclass(frozen=True, slots=True)
 class Strategy:
     steps: tuple[Step, ...]
     max_in_flight: int = 500
     max_per_minute: int | None = None
+    budgets: tuple[Budget, ...] = ()
+    ramp: Ramp | None = None
     window: Window | None = None
     freezes: tuple[Freeze, ...] = ()
     not_before: datetime | None = None
@@ -235,6 +255,12 @@ def _opt_duration(value: str | None) -> timedelta | None:
     return parse_duration(value) if value is not None else None
 
 
+def _ramp_from(doc: Mapping[str, Any]) -> Ramp:
+    return Ramp(start_per_minute=doc["startPerMinute"], max_per_minute=doc["maxPerMinute"],
+                factor=float(doc.get("factor", 2)),
+                every=parse_duration(doc.get("every", "1m")))
+
+
 def selector_from(doc: Mapping[str, Any]) -> Selector:
     return Selector(
         match_labels=dict(doc.get("matchLabels", {})),
@@ -267,6 +293,9 @@ def rollout_spec_from(spec: Mapping[str, Any]) -> RolloutSpec:
                         for s in strategy["steps"]),
             max_in_flight=strategy["maxInFlight"],
             max_per_minute=strategy.get("maxPerMinute"),
+            budgets=tuple(Budget(b["groupBy"], b["maxInFlight"])
+                          for b in strategy.get("budgets", ())),
+            ramp=_ramp_from(strategy["ramp"]) if "ramp" in strategy else None,
             window=Window(
                 cron=window["cron"],
                 duration=parse_duration(window["duration"]),

@@ -163,6 +163,38 @@ FREEZE = _obj(
     required=["start", "end"],
 )
 
+BUDGET = _obj(
+    "A disruption budget per site: at most `maxInFlight` devices updating at once among "
+    "the devices that share one value of the label `groupBy` (devices without the label "
+    "share one budget of their own).",
+    {
+        "groupBy": _str("The device label whose values are the sites, e.g. `region`.",
+                        pattern=LABEL_NAME_PATTERN, minLength=1),
+        "maxInFlight": {"type": "integer", "minimum": 1,
+                        "description": "Devices updating at once within one value of the "
+                                       "label."},
+    },
+    required=["groupBy", "maxInFlight"],
+)
+
+RAMP = _obj(
+    "Exponential pacing: commands per minute start at `startPerMinute` and are multiplied by "
+    "`factor` every `every` while the rollout runs, never above `maxPerMinute`. A pause of "
+    "the rollout (by a user, `spec.paused` or the failure budget) starts it again from "
+    "`startPerMinute`.",
+    {
+        "startPerMinute": {"type": "integer", "minimum": 1,
+                           "description": "Commands per minute at the start."},
+        "factor": {"type": "number", "minimum": 1, "default": 2,
+                   "description": "What the rate is multiplied by every `every`."},
+        "every": _duration("How long each rate holds before it grows.", default="1m"),
+        "maxPerMinute": {"type": "integer", "minimum": 1,
+                         "description": "The rate never exceeds this; at least "
+                                        "`startPerMinute`."},
+    },
+    required=["startPerMinute", "maxPerMinute"],
+)
+
 STRATEGY = _obj(
     "How fast to get there: waves, pacing, windows and approvals.",
     {
@@ -173,6 +205,9 @@ STRATEGY = _obj(
         "maxPerMinute": {"type": "integer", "minimum": 1,
                          "description": "Pace: at most this many update commands sent per "
                                         "minute, whatever the health. Unlimited when absent."},
+        "budgets": _list("Per-site disruption budgets, each on its own label, alongside "
+                         "maxInFlight.", BUDGET),
+        "ramp": RAMP,
         "window": WINDOW,
         "freezes": _list("Intervals with no new commands (holidays, events).", FREEZE),
         "notBefore": _str("No command is sent before this instant (RFC 3339).",
