@@ -97,3 +97,12 @@ def test_budgets_per_region_and_per_store() -> None:
     budgets = {b.group_by: b.max_in_flight for b in rollout.spec.strategy.budgets}
     assert budgets == {"region": 20, "store": 1}
     assert rollout.spec.strategy.max_in_flight == 200
+
+
+def test_exponential_ramp() -> None:
+    rollout = load("exponential-ramp.yaml")
+    assert isinstance(rollout, Rollout)
+    ramp = rollout.spec.strategy.ramp
+    assert ramp is not None
+    assert (ramp.start_per_minute, ramp.factor, ramp.max_per_minute) == (10, 2.0, 640)
+    assert ramp.every == timedelta(minutes=5)

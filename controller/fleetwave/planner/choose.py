@@ -49,9 +49,10 @@ def choose(ctx: PassContext, state: RolloutState, seen: Walk, limits: Sequence[i
     pace = Pace.of(strategy, state.ramp_since)
     if pace is not None:
         bucket = pace.bucket(state.tokens, state.tokens_at, ctx.now)
-        wanted = min(capacity, len(eligible))
-        if bucket.available < wanted:
-            wake = pace.ready_at(bucket, wanted)
+        if bucket.available < min(capacity, len(eligible)):
+            # Devices are left waiting for tokens: wake when the next one is there
+            # (after this pass's sends empty the bucket).
+            wake = pace.ready_at(bucket.take(bucket.available), 1)
         capacity = min(capacity, bucket.available)
     if capacity <= 0:
         return Choice((), wake)

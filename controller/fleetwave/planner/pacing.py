@@ -99,9 +99,12 @@ class Pace:
     def next_change(self, t: float) -> float | None:
         """When the rate next grows after `t` (None: it is at its ceiling for good)."""
         k = self._period(t)
-        if k >= self._last_period:
-            return None
-        return self.since + (k + 1) * self.every
+        while k < self._last_period:
+            change = self.since + (k + 1) * self.every
+            if change > t:  # floor division can land one period short in floating point
+                return change
+            k += 1
+        return None
 
     def bucket(self, tokens: float | None, at: float | None, now: float) -> TokenBucket:
         """The token bucket at `now`, refilled period by period at each period's rate."""
