@@ -106,3 +106,10 @@ def test_exponential_ramp() -> None:
     assert ramp is not None
     assert (ramp.start_per_minute, ramp.factor, ramp.max_per_minute) == (10, 2.0, 640)
     assert ramp.every == timedelta(minutes=5)
+
+
+def test_mandatory_intermediate_version() -> None:
+    rollout = load("mandatory-intermediate.yaml")
+    assert isinstance(rollout, Rollout)
+    [hop] = rollout.spec.strategy.requires
+    assert (hop.below, hop.via, rollout.spec.version) == ("2.0.0", "2.0.0", "3.1.0")

@@ -276,6 +276,10 @@ def classify(ctx: PassContext, out: Decisions, device: DeviceView,
             and rollback.created_at >= latest.created_at:
         out.decide(latest, DecisionKind.ROLLED_BACK)
     if latest.to_version != ctx.version or latest.component != ctx.component:
+        if ctx.hops and latest.component == ctx.component:
+            via = _via(ctx, out, a, latest)
+            if via is not None:
+                return via
         return fresh(ctx, a.reported, a.next_attempt)
     has_rollback = _rollback_requested(ctx, out, a, latest)
     state = latest.state
@@ -306,7 +310,8 @@ def fresh(ctx: PassContext, reported: str | None, attempt: int) -> Verdict:
 
 
 def _open(ctx: PassContext, out: Decisions, a: Attempts, latest: UpdateRecord) -> Verdict:
-    if latest.to_version != ctx.version or latest.component != ctx.component:
+    want = ctx.target_for(a.reported) if ctx.hops else ctx.version
+    if latest.to_version != want or latest.component != ctx.component:
         out.cancel(ctx, latest, Reason.SUPERSEDED)
         return Outcome.SUPERSEDED, 0
     if ctx.rollback_all:
@@ -316,6 +321,24 @@ def _open(ctx: PassContext, out: Decisions, a: Attempts, latest: UpdateRecord) -
         return _OPEN_OUTCOME[latest.state], 0
     # Timed out just now: unreachable waits for the device, a failure is retried.
     return (Outcome.UNREACHABLE if is_offline(a.device, ctx.now) else Outcome.TIMED_OUT), 0
+
+
+def _via(ctx: PassContext, out: Decisions, a: Attempts, latest: UpdateRecord) -> Verdict | None:
+    """A finished attempt to a mandatory intermediate version (None: go on to the next).
+
+    Its failures count and retry like any attempt's; its success waits for the state
+    that shows the intermediate version, then the device is a candidate for the next
+    version (`fresh`, with the next attempt number).
+    """
+    if latest.state == UpdateState.SUCCEEDED:
+        return (Outcome.AWAITING_HEALTH, 0) if a.reported != latest.to_version else None
+    if latest.to_version != ctx.target_for(a.reported):
+        return None  # an attempt the device has moved past (or another version's)
+    if latest.state == UpdateState.TIMEOUT and latest.reason == Reason.UNREACHABLE:
+        return Outcome.UNREACHABLE, 0 if is_offline(a.device, ctx.now) else a.next_attempt
+    if latest.state in (UpdateState.FAILED, UpdateState.TIMEOUT):
+        return _failed(ctx, out, a, latest, _rollback_requested(ctx, out, a, latest))
+    return None
 
 
 def _touched(a: Attempts, latest: UpdateRecord) -> bool:

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from fleetwave.planner.conditions import DecisionReason
 from fleetwave.planner.model import CheckResults, DeviceView, RolloutState
 from fleetwave.protocol.messages import Command, CommandAction
+from fleetwave.protocol.versions import compare, version_key
 from fleetwave.resources.model import (
     SCHEDULED_TIME_ANNOTATION,
     Check,
     FailurePolicy,
+    Hop,
     Rollout,
 )
 from fleetwave.resources.model import Health as HealthSpec
@@ -112,6 +114,8 @@ class PassContext:
     rollback_devices: frozenset[str]
     rollback_all: bool
     """The whole rollout is rolled back (by the policy or a user)."""
+    hops: tuple[Hop, ...] = ()
+    """`strategy.requires`, lowest `via` first."""
 
     @classmethod
     def build(cls, rollout: Rollout, state: RolloutState, now: float,
@@ -127,7 +131,22 @@ class PassContext:
             parked=state.parked, released=state.released,
             rollback_devices=state.rollback_devices,
             rollback_all=state.rolled_back is not None,
+            hops=tuple(sorted(spec.strategy.requires,
+                              key=lambda h: version_key(h.via) or ((0, 0, 0), None))),
         )
+
+    def target_for(self, reported: str | None) -> str:
+        """The version a device reporting `reported` goes to next: the lowest `via` whose
+        `below` it is under, else the rollout's version.
+
+        A version that does not compare (not SemVer, or unknown) is never taken to be
+        below: such a device goes straight to the target, as without `requires`.
+        """
+        if reported is not None:
+            for hop in self.hops:
+                if compare(reported, hop.below) == -1:
+                    return hop.via
+        return self.version
 
     def command(self, record: UpdateRecord, action: CommandAction = "update") -> Command:
         """The command a device receives for `record` (update, rollback or cancel)."""
@@ -140,7 +159,8 @@ class PassContext:
         rid, cid = record_ids(self.name, self.generation, device.uuid, attempt)
         return UpdateRecord(
             id=rid, device=device.uuid, rollout=self.name, component=self.component,
-            to_version=self.version, state=UpdateState.PENDING, attempt=attempt,
+            to_version=self.target_for(device.versions.get(self.component)),
+            state=UpdateState.PENDING, attempt=attempt,
             correlation_id=cid, created_at=self.now, updated_at=self.now,
             from_version=device.versions.get(self.component), generation=self.generation,
             force=self.force,

@@ -111,12 +111,21 @@ class Ramp:
 
 
 @dataclass(frozen=True, slots=True)
+class Hop:
+    """A device below `below` is first taken to `via` (a mandatory intermediate version)."""
+
+    below: str
+    via: str
+
+
+@dataclass(frozen=True, slots=True)
 class Strategy:
     steps: tuple[Step, ...]
     max_in_flight: int = 500
     max_per_minute: int | None = None
     budgets: tuple[Budget, ...] = ()
     ramp: Ramp | None = None
+    requires: tuple[Hop, ...] = ()
     window: Window | None = None
     freezes: tuple[Freeze, ...] = ()
     not_before: datetime | None = None
@@ -296,6 +305,8 @@ def rollout_spec_from(spec: Mapping[str, Any]) -> RolloutSpec:
             budgets=tuple(Budget(b["groupBy"], b["maxInFlight"])
                           for b in strategy.get("budgets", ())),
             ramp=_ramp_from(strategy["ramp"]) if "ramp" in strategy else None,
+            requires=tuple(Hop(str(h["below"]), str(h["via"]))
+                           for h in strategy.get("requires", ())),
             window=Window(
                 cron=window["cron"],
                 duration=parse_duration(window["duration"]),

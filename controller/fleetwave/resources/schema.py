@@ -195,6 +195,18 @@ RAMP = _obj(
     required=["startPerMinute", "maxPerMinute"],
 )
 
+HOP = _obj(
+    "A mandatory intermediate version: a device that runs a version below `below` is first "
+    "taken to `via`, then to the rollout's version, both as attempts of this rollout.",
+    {
+        "below": _str("Devices reporting a version lower than this (SemVer precedence) go "
+                      "through `via` first.", minLength=1),
+        "via": _str("The intermediate version; at least `below` and lower than the "
+                    "rollout's version.", minLength=1),
+    },
+    required=["below", "via"],
+)
+
 STRATEGY = _obj(
     "How fast to get there: waves, pacing, windows and approvals.",
     {
@@ -208,6 +220,8 @@ STRATEGY = _obj(
         "budgets": _list("Per-site disruption budgets, each on its own label, alongside "
                          "maxInFlight.", BUDGET),
         "ramp": RAMP,
+        "requires": _list("Mandatory intermediate versions (a migration that must run "
+                          "first); the lowest applicable `via` is taken first.", HOP),
         "window": WINDOW,
         "freezes": _list("Intervals with no new commands (holidays, events).", FREEZE),
         "notBefore": _str("No command is sent before this instant (RFC 3339).",
