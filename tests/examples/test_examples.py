@@ -113,3 +113,12 @@ def test_mandatory_intermediate_version() -> None:
     assert isinstance(rollout, Rollout)
     [hop] = rollout.spec.strategy.requires
     assert (hop.below, hop.via, rollout.spec.version) == ("2.0.0", "2.0.0", "3.1.0")
+
+
+def test_webhook_gate_before_the_main_wave() -> None:
+    rollout = load("webhook-gate.yaml")
+    assert isinstance(rollout, Rollout)
+    first, main = rollout.spec.strategy.steps
+    assert first.gate is None and main.gate is not None
+    assert main.gate.secret_ref == "RELEASE_GATE_SECRET"
+    assert main.gate.url.startswith("https://")

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import uuid as uuidlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fleetwave.planner.conditions import DecisionReason
-from fleetwave.planner.model import CheckResults, DeviceView, RolloutState
+from fleetwave.planner.model import CheckResults, DeviceView, GateResults, RolloutState
 from fleetwave.protocol.messages import Command, CommandAction
 from fleetwave.protocol.versions import compare, version_key
 from fleetwave.resources.model import (
@@ -116,10 +116,17 @@ class PassContext:
     """The whole rollout is rolled back (by the policy or a user)."""
     hops: tuple[Hop, ...] = ()
     """`strategy.requires`, lowest `via` first."""
+    gate_results: GateResults = field(default_factory=dict)
+
+    def gate_open(self, step: int) -> bool:
+        """Whether step `step` may start: it has no gate, or its gate answered open."""
+        return (self.rollout.spec.strategy.steps[step].gate is None
+                or self.gate_results.get((self.name, step)) is True)
 
     @classmethod
     def build(cls, rollout: Rollout, state: RolloutState, now: float,
-              check_results: CheckResults | None) -> PassContext:
+              check_results: CheckResults | None,
+              gate_results: GateResults | None = None) -> PassContext:
         spec = rollout.spec
         return cls(
             rollout=rollout, name=rollout.name, now=now, component=spec.component,
@@ -133,6 +140,7 @@ class PassContext:
             rollback_all=state.rolled_back is not None,
             hops=tuple(sorted(spec.strategy.requires,
                               key=lambda h: version_key(h.via) or ((0, 0, 0), None))),
+            gate_results=gate_results or {},
         )
 
     def target_for(self, reported: str | None) -> str:

@@ -24,6 +24,10 @@ CheckResults = Mapping[tuple[str, str], bool | None]
 """(rollout name, device uuid) -> result of the HTTP/TCP checks the engine ran
 (None: not run yet). The planner never does I/O, so it only reads results."""
 
+GateResults = Mapping[tuple[str, int], bool | None]
+"""(rollout name, 0-based step) -> the step's gate answer (True: open; False: closed;
+None: not answered yet). The engine's gate runner asks; the planner only reads."""
+
 
 @dataclass(frozen=True, slots=True)
 class DeviceView:
@@ -294,6 +298,8 @@ class Plan:
     again: no actions, no events, and the state it was given came back unchanged (the
     token bucket's clock aside). Only a settled plan may be reused (plan_fleet's
     `unchanged`)."""
+    awaiting_gate: int | None = None
+    """The 0-based step whose gate must open before it starts (the engine asks it)."""
 
     def reusable(self, rollout: Rollout, state: RolloutState | None, now: float) -> bool:
         """Whether this plan still stands for `rollout` in `state` at `now`, inputs unchanged."""

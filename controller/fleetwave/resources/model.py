@@ -68,9 +68,18 @@ class Artifact:
 
 
 @dataclass(frozen=True, slots=True)
+class WebhookGate:
+    """Asked before a step starts; `secret_ref` names the env variable of the HMAC key."""
+
+    url: str
+    secret_ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Step:
     percent: int
     pause: timedelta | None = None
+    gate: WebhookGate | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,7 +307,10 @@ def rollout_spec_from(spec: Mapping[str, Any]) -> RolloutSpec:
         component=spec["component"],
         version=str(spec["version"]),
         strategy=Strategy(
-            steps=tuple(Step(s["percent"], _opt_duration(s.get("pause")))
+            steps=tuple(Step(s["percent"], _opt_duration(s.get("pause")),
+                             WebhookGate(s["gate"]["webhook"]["url"],
+                                         s["gate"]["webhook"].get("secretRef"))
+                             if "gate" in s else None)
                         for s in strategy["steps"]),
             max_in_flight=strategy["maxInFlight"],
             max_per_minute=strategy.get("maxPerMinute"),

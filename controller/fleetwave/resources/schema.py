@@ -127,6 +127,19 @@ STEP = _obj(
                            "increase and the last must be 100.",
         },
         "pause": _duration("How long to wait after this wave finishes before the next starts."),
+        "gate": _obj(
+            "Ask before this wave starts: the wave waits (Waiting, reason GateClosed) until "
+            "the gate answers open; it is asked again with back-off.",
+            {"webhook": _obj(
+                "POST {rollout, step, version, counts}, HMAC-signed like notifications; a "
+                "2xx answer with {\"allow\": true} opens the gate, anything else keeps it "
+                "closed.",
+                {"url": _str("The http(s) URL to POST to.", minLength=1),
+                 "secretRef": _str("Name of the environment variable holding the HMAC "
+                                   "secret (X-Fleetwave-Signature: sha256=...).",
+                                   minLength=1)},
+                required=["url"])},
+            required=["webhook"]),
     },
     required=["percent"],
 )

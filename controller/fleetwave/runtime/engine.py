@@ -54,6 +54,7 @@ from fleetwave.resources.model import (
     resource_from,
 )
 from fleetwave.runtime.checks import CheckRunner, CheckTarget
+from fleetwave.runtime.gates import GateRunner
 from fleetwave.store import DeviceRow, Event, Store, device_json, event_json, record_json
 from fleetwave.updates.commands import CANCEL_LIFETIME, command_for
 from fleetwave.updates.model import (
@@ -143,6 +144,7 @@ class Engine:
         self._pass_lock = asyncio.Lock()
         """One reconcile pass at a time (the loop and control operations both run them)."""
         self.checks = CheckRunner()
+        self.gates = GateRunner(self._wake.set)
         self._checked_at: dict[tuple[str, str], float] = {}
         self._check_task: asyncio.Task[None] | None = None
         self._inventory_dirty = False
@@ -403,7 +405,9 @@ class Engine:
                 self._start_checks(desired, now)
                 results = {key: verdict[0] for key, verdict in self.checks.results.items()}
                 fleet = plan_fleet(list(desired.values()), list(self._views.values()),
-                                   self._records, self._states, now, check_results=results)
+                                   self._records, self._states, now, check_results=results,
+                                   gate_results=self.gates.results(desired))
+                await self._ask_gates(desired, fleet.plans, now)
                 next_wake = fleet.next_wake
                 for name, plan in fleet.plans.items():
                     outbox += await self._execute(name, plan, desired.get(name))
@@ -439,6 +443,15 @@ class Engine:
             async with self._lock:
                 for record in await self.store.apply_decisions(sent):
                     self._remember(record)
+
+    async def _ask_gates(self, desired: Mapping[str, Rollout], plans: Mapping[str, Plan],
+                         now: float) -> None:
+        """Ask the webhook gates the plans wait for (in the background); record answers."""
+        for name, plan in plans.items():
+            if plan.awaiting_gate is not None and name in desired:
+                self.gates.ask(desired[name], plan.awaiting_gate, plan.status.counts, now)
+        for name, event in self.gates.drain_events():
+            await self._record_events(name, [event], "gate")
 
     def _start_checks(self, desired: Mapping[str, Rollout], now: float,
                       every: float = 5.0) -> None:
