@@ -89,3 +89,36 @@ def test_device_inventory() -> None:
     inventory = load("device-inventory.yaml")
     assert isinstance(inventory, DeviceInventory)
     assert all("site" in labels for labels in inventory.labels.values())
+
+
+def test_budgets_per_region_and_per_store() -> None:
+    rollout = load("budget-per-region.yaml")
+    assert isinstance(rollout, Rollout)
+    budgets = {b.group_by: b.max_in_flight for b in rollout.spec.strategy.budgets}
+    assert budgets == {"region": 20, "store": 1}
+    assert rollout.spec.strategy.max_in_flight == 200
+
+
+def test_exponential_ramp() -> None:
+    rollout = load("exponential-ramp.yaml")
+    assert isinstance(rollout, Rollout)
+    ramp = rollout.spec.strategy.ramp
+    assert ramp is not None
+    assert (ramp.start_per_minute, ramp.factor, ramp.max_per_minute) == (10, 2.0, 640)
+    assert ramp.every == timedelta(minutes=5)
+
+
+def test_mandatory_intermediate_version() -> None:
+    rollout = load("mandatory-intermediate.yaml")
+    assert isinstance(rollout, Rollout)
+    [hop] = rollout.spec.strategy.requires
+    assert (hop.below, hop.via, rollout.spec.version) == ("2.0.0", "2.0.0", "3.1.0")
+
+
+def test_webhook_gate_before_the_main_wave() -> None:
+    rollout = load("webhook-gate.yaml")
+    assert isinstance(rollout, Rollout)
+    first, main = rollout.spec.strategy.steps
+    assert first.gate is None and main.gate is not None
+    assert main.gate.secret_ref == "RELEASE_GATE_SECRET"
+    assert main.gate.url.startswith("https://")

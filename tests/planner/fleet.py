@@ -91,6 +91,7 @@ class FakeFleet:
         self.sent: list[tuple[float, str, str]] = []  # (time, device, action)
         self.log: list[Plan] = []
         self.check_results: Mapping[tuple[str, str], bool | None] = {}
+        self.gate_results: Mapping[tuple[str, int], bool | None] = {}
 
     # -- records ----------------------------------------------------------------------------
 
@@ -122,7 +123,7 @@ class FakeFleet:
     def plan(self, now: float) -> FleetPlan:
         return plan_fleet(self.rollouts, list(self.devices.values()), self.records,
                           self.states, now, check_results=self.check_results,
-                          cache=self.cache)
+                          cache=self.cache, gate_results=self.gate_results)
 
     def step(self, now: float) -> FleetPlan:
         fp = self.plan(now)

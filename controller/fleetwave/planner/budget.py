@@ -96,7 +96,7 @@ class TokenBucket:
     commands empties it again.
     """
 
-    rate_per_minute: int
+    rate_per_minute: float
     tokens: float
     at: float
 
@@ -105,7 +105,7 @@ class TokenBucket:
         return max(1.0, self.rate_per_minute * BURST_SECONDS / 60.0)
 
     @classmethod
-    def restore(cls, rate_per_minute: int, tokens: float | None, at: float | None,
+    def restore(cls, rate_per_minute: float, tokens: float | None, at: float | None,
                 now: float) -> TokenBucket:
         bucket = cls(rate_per_minute, tokens if tokens is not None else 0.0,
                      at if at is not None else now)

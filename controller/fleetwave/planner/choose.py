@@ -1,8 +1,8 @@
 """Stage 5, choose: which candidates get a command now, lowest wave hash first.
 
-Only members of steps already started are eligible; per-device windows, maxInFlight
-and the maxPerMinute token bucket then bound how many. The step machine decides
-*whether* a step runs; this stage only fills its free slots.
+Only members of steps already started are eligible; per-device windows, maxInFlight,
+the per-site budgets and the pace (maxPerMinute or the ramp) then bound how many. The
+step machine decides *whether* a step runs; this stage only fills its free slots.
 """
 
 from __future__ import annotations
@@ -11,11 +11,14 @@ import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fleetwave.planner.budget import TokenBucket
 from fleetwave.planner.classify import Walk
 from fleetwave.planner.context import TIMEZONE_LABEL, PassContext
-from fleetwave.planner.model import RolloutState, SendUpdate
+from fleetwave.planner.model import DeviceView, RolloutState, SendUpdate
+from fleetwave.planner.pacing import Pace, SiteBudgets
 from fleetwave.planner.schedule import DeviceWindows
+
+Candidate = tuple[int, DeviceView, int]
+"""(wave hash, device, attempt to send)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,16 +46,20 @@ def choose(ctx: PassContext, state: RolloutState, seen: Walk, limits: Sequence[i
     if not eligible:
         return NOTHING
     wake: float | None = None
-    if strategy.max_per_minute is not None:
-        bucket = TokenBucket.restore(strategy.max_per_minute, state.tokens, state.tokens_at,
-                                     ctx.now)
-        wanted = min(capacity, len(eligible))
-        if bucket.available < wanted:
-            wake = bucket.ready_at(wanted)
+    pace = Pace.of(strategy, state.ramp_since)
+    if pace is not None:
+        bucket = pace.bucket(state.tokens, state.tokens_at, ctx.now)
+        if bucket.available < min(capacity, len(eligible)):
+            # Devices are left waiting for tokens: wake when the next one is there
+            # (after this pass's sends empty the bucket).
+            wake = pace.ready_at(bucket.take(bucket.available), 1)
         capacity = min(capacity, bucket.available)
     if capacity <= 0:
         return Choice((), wake)
-    chosen = heapq.nsmallest(capacity, eligible, key=lambda c: c[0])
+    if strategy.budgets:
+        chosen = _within_budgets(ctx, seen, eligible, capacity)
+    else:
+        chosen = heapq.nsmallest(capacity, eligible, key=lambda c: c[0])
     sends = []
     for _, device, attempt in chosen:
         record = ctx.update_record(device, attempt)
@@ -60,10 +67,28 @@ def choose(ctx: PassContext, state: RolloutState, seen: Walk, limits: Sequence[i
     return Choice(tuple(sends), wake)
 
 
+def _within_budgets(ctx: PassContext, seen: Walk, eligible: list[Candidate],
+                    capacity: int) -> list[Candidate]:
+    """Lowest hash first, skipping a device whose site has no slot left.
+
+    A device skipped here waits for its site, not for the wave: the next device in
+    another site goes ahead. Slots free up when an update finishes, which is new input,
+    so no wake-up is needed.
+    """
+    sites = SiteBudgets(ctx.rollout.spec.strategy.budgets, seen.busy)
+    chosen: list[Candidate] = []
+    for c in sorted(eligible, key=lambda c: c[0]):
+        if len(chosen) >= capacity:
+            break
+        if sites.admit(c[1]):
+            chosen.append(c)
+    return chosen
+
+
 def take_tokens(ctx: PassContext, state: RolloutState, sent: int) -> RolloutState:
     """The token bucket after this pass's sends (refilled up to now whatever was sent)."""
-    rate = ctx.rollout.spec.strategy.max_per_minute
-    if rate is None:
+    pace = Pace.of(ctx.rollout.spec.strategy, state.ramp_since)
+    if pace is None:
         return state
-    bucket = TokenBucket.restore(rate, state.tokens, state.tokens_at, ctx.now).take(sent)
+    bucket = pace.bucket(state.tokens, state.tokens_at, ctx.now).take(sent)
     return state.evolve(tokens=bucket.tokens, tokens_at=bucket.at)

@@ -120,6 +120,8 @@ del _O
 
 HOLDS_STEP = tuple(EFFECTS[o].holds_step for o in Outcome)
 """EFFECTS[o].holds_step by index, for the per-device loop."""
+IN_FLIGHT = tuple(EFFECTS[o].in_flight for o in Outcome)
+"""EFFECTS[o].in_flight by index: which devices count against a per-label budget."""
 
 _OPEN_OUTCOME = {UpdateState.PENDING: Outcome.PENDING,
                  UpdateState.ACKNOWLEDGED: Outcome.ACKNOWLEDGED,
@@ -274,6 +276,10 @@ def classify(ctx: PassContext, out: Decisions, device: DeviceView,
             and rollback.created_at >= latest.created_at:
         out.decide(latest, DecisionKind.ROLLED_BACK)
     if latest.to_version != ctx.version or latest.component != ctx.component:
+        if ctx.hops and latest.component == ctx.component:
+            via = _via(ctx, out, a, latest)
+            if via is not None:
+                return via
         return fresh(ctx, a.reported, a.next_attempt)
     has_rollback = _rollback_requested(ctx, out, a, latest)
     state = latest.state
@@ -304,7 +310,8 @@ def fresh(ctx: PassContext, reported: str | None, attempt: int) -> Verdict:
 
 
 def _open(ctx: PassContext, out: Decisions, a: Attempts, latest: UpdateRecord) -> Verdict:
-    if latest.to_version != ctx.version or latest.component != ctx.component:
+    want = ctx.target_for(a.reported) if ctx.hops else ctx.version
+    if latest.to_version != want or latest.component != ctx.component:
         out.cancel(ctx, latest, Reason.SUPERSEDED)
         return Outcome.SUPERSEDED, 0
     if ctx.rollback_all:
@@ -314,6 +321,24 @@ def _open(ctx: PassContext, out: Decisions, a: Attempts, latest: UpdateRecord) -
         return _OPEN_OUTCOME[latest.state], 0
     # Timed out just now: unreachable waits for the device, a failure is retried.
     return (Outcome.UNREACHABLE if is_offline(a.device, ctx.now) else Outcome.TIMED_OUT), 0
+
+
+def _via(ctx: PassContext, out: Decisions, a: Attempts, latest: UpdateRecord) -> Verdict | None:
+    """A finished attempt to a mandatory intermediate version (None: go on to the next).
+
+    Its failures count and retry like any attempt's; its success waits for the state
+    that shows the intermediate version, then the device is a candidate for the next
+    version (`fresh`, with the next attempt number).
+    """
+    if latest.state == UpdateState.SUCCEEDED:
+        return (Outcome.AWAITING_HEALTH, 0) if a.reported != latest.to_version else None
+    if latest.to_version != ctx.target_for(a.reported):
+        return None  # an attempt the device has moved past (or another version's)
+    if latest.state == UpdateState.TIMEOUT and latest.reason == Reason.UNREACHABLE:
+        return Outcome.UNREACHABLE, 0 if is_offline(a.device, ctx.now) else a.next_attempt
+    if latest.state in (UpdateState.FAILED, UpdateState.TIMEOUT):
+        return _failed(ctx, out, a, latest, _rollback_requested(ctx, out, a, latest))
+    return None
 
 
 def _touched(a: Attempts, latest: UpdateRecord) -> bool:
@@ -450,6 +475,9 @@ class Walk:
     hashes: they hold their step open and want attempt 1. Kept apart so that the
     commonest device of a rollout under way costs two appends, not a tuple."""
     decisions: Decisions = field(compare=False)
+    busy: list[DeviceView] = field(default_factory=list)
+    """Devices occupying a slot (an open update or rollback, targeted or not): what the
+    per-label budgets count."""
 
     def open_through(self, limits: Sequence[int], steps: int) -> list[int]:
         """Devices holding steps 0..i open, for each step i (limits are cumulative)."""
@@ -479,6 +507,7 @@ def walk(ctx: PassContext, devices: Sequence[DeviceView], hashes: Sequence[int],
     candidates: list[tuple[int, DeviceView, int]] = []
     fresh_hashes: list[int] = []
     fresh: list[DeviceView] = []
+    busy: list[DeviceView] = []
     append_open, append_cand = open_hashes.append, candidates.append
     append_fresh_hash, append_fresh = fresh_hashes.append, fresh.append
     version, component, force, now = ctx.version, ctx.component, ctx.force, ctx.now
@@ -500,8 +529,11 @@ def walk(ctx: PassContext, devices: Sequence[DeviceView], hashes: Sequence[int],
                              + offline_after)):
                     fast_done += 1  # Outcome.HEALTHY
                     continue
+            extra = out.extra_in_flight
             outcome, attempt = classify(ctx, out, d, recs)
             n[outcome] += 1
+            if IN_FLIGHT[outcome] or out.extra_in_flight != extra:
+                busy.append(d)
             if HOLDS_STEP[outcome]:
                 append_open(h)
             if attempt:
@@ -519,5 +551,8 @@ def walk(ctx: PassContext, devices: Sequence[DeviceView], hashes: Sequence[int],
         targeted_ids = {d.uuid for d in devices}
         for u, recs in records.items():
             if u not in targeted_ids:
-                orphan(ctx, out, recs, all_devices.get(u))
-    return Walk(tuple(n), open_hashes, candidates, fresh_hashes, fresh, out)
+                extra, known = out.extra_in_flight, all_devices.get(u)
+                orphan(ctx, out, recs, known)
+                if known is not None and out.extra_in_flight != extra:
+                    busy.append(known)
+    return Walk(tuple(n), open_hashes, candidates, fresh_hashes, fresh, out, busy)

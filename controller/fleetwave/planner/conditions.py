@@ -41,6 +41,7 @@ class ConditionReason:
     NOT_BEFORE = "NotBefore"
     OUTSIDE_WINDOW = "OutsideWindow"
     FREEZE = "Freeze"
+    GATE_CLOSED = "GateClosed"
     # Aborted / RolledBack
     ABORTED_BY_USER = "AbortedByUser"
     ROLLED_BACK_BY_USER = "RolledBackByUser"

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import uuid as uuidlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fleetwave.planner.conditions import DecisionReason
-from fleetwave.planner.model import CheckResults, DeviceView, RolloutState
+from fleetwave.planner.model import CheckResults, DeviceView, GateResults, RolloutState
 from fleetwave.protocol.messages import Command, CommandAction
+from fleetwave.protocol.versions import compare, version_key
 from fleetwave.resources.model import (
     SCHEDULED_TIME_ANNOTATION,
     Check,
     FailurePolicy,
+    Hop,
     Rollout,
 )
 from fleetwave.resources.model import Health as HealthSpec
@@ -112,10 +114,19 @@ class PassContext:
     rollback_devices: frozenset[str]
     rollback_all: bool
     """The whole rollout is rolled back (by the policy or a user)."""
+    hops: tuple[Hop, ...] = ()
+    """`strategy.requires`, lowest `via` first."""
+    gate_results: GateResults = field(default_factory=dict)
+
+    def gate_open(self, step: int) -> bool:
+        """Whether step `step` may start: it has no gate, or its gate answered open."""
+        return (self.rollout.spec.strategy.steps[step].gate is None
+                or self.gate_results.get((self.name, step)) is True)
 
     @classmethod
     def build(cls, rollout: Rollout, state: RolloutState, now: float,
-              check_results: CheckResults | None) -> PassContext:
+              check_results: CheckResults | None,
+              gate_results: GateResults | None = None) -> PassContext:
         spec = rollout.spec
         return cls(
             rollout=rollout, name=rollout.name, now=now, component=spec.component,
@@ -127,7 +138,23 @@ class PassContext:
             parked=state.parked, released=state.released,
             rollback_devices=state.rollback_devices,
             rollback_all=state.rolled_back is not None,
+            hops=tuple(sorted(spec.strategy.requires,
+                              key=lambda h: version_key(h.via) or ((0, 0, 0), None))),
+            gate_results=gate_results or {},
         )
+
+    def target_for(self, reported: str | None) -> str:
+        """The version a device reporting `reported` goes to next: the lowest `via` whose
+        `below` it is under, else the rollout's version.
+
+        A version that does not compare (not SemVer, or unknown) is never taken to be
+        below: such a device goes straight to the target, as without `requires`.
+        """
+        if reported is not None:
+            for hop in self.hops:
+                if compare(reported, hop.below) == -1:
+                    return hop.via
+        return self.version
 
     def command(self, record: UpdateRecord, action: CommandAction = "update") -> Command:
         """The command a device receives for `record` (update, rollback or cancel)."""
@@ -140,7 +167,8 @@ class PassContext:
         rid, cid = record_ids(self.name, self.generation, device.uuid, attempt)
         return UpdateRecord(
             id=rid, device=device.uuid, rollout=self.name, component=self.component,
-            to_version=self.version, state=UpdateState.PENDING, attempt=attempt,
+            to_version=self.target_for(device.versions.get(self.component)),
+            state=UpdateState.PENDING, attempt=attempt,
             correlation_id=cid, created_at=self.now, updated_at=self.now,
             from_version=device.versions.get(self.component), generation=self.generation,
             force=self.force,

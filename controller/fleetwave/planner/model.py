@@ -24,6 +24,10 @@ CheckResults = Mapping[tuple[str, str], bool | None]
 """(rollout name, device uuid) -> result of the HTTP/TCP checks the engine ran
 (None: not run yet). The planner never does I/O, so it only reads results."""
 
+GateResults = Mapping[tuple[str, int], bool | None]
+"""(rollout name, 0-based step) -> the step's gate answer (True: open; False: closed;
+None: not answered yet). The engine's gate runner asks; the planner only reads."""
+
 
 @dataclass(frozen=True, slots=True)
 class DeviceView:
@@ -105,6 +109,8 @@ class RolloutState:
     tokens: float | None = None
     """maxPerMinute token bucket level (None: full)."""
     tokens_at: float | None = None
+    ramp_since: float | None = None
+    """When the ramp's current climb began (None: not started, or reset by a pause)."""
     parked: frozenset[str] = frozenset()
     """Penalty box: devices that failed retries+1 times in this generation."""
     released: Mapping[str, float] = field(default_factory=dict)
@@ -134,7 +140,7 @@ class RolloutState:
             "stepStartedAt": self.step_started_at, "stepFinishedAt": self.step_finished_at,
             "approvedStep": self.approved_step, "pausedBy": self.paused_by,
             "aborted": self.aborted, "rolledBack": self.rolled_back,
-            "tokens": self.tokens, "tokensAt": self.tokens_at,
+            "tokens": self.tokens, "tokensAt": self.tokens_at, "rampSince": self.ramp_since,
             "parked": sorted(self.parked), "released": dict(sorted(self.released.items())),
             "rollbackDevices": sorted(self.rollback_devices),
             "budgetFloor": self.budget_floor, "failures": self.failures,
@@ -156,6 +162,7 @@ class RolloutState:
             approved_step=int(doc.get("approvedStep", 0)), paused_by=doc.get("pausedBy"),
             aborted=doc.get("aborted"), rolled_back=doc.get("rolledBack"),
             tokens=doc.get("tokens"), tokens_at=doc.get("tokensAt"),
+            ramp_since=doc.get("rampSince"),
             parked=frozenset(doc.get("parked", ())),
             released={str(k): float(v) for k, v in doc.get("released", {}).items()},
             rollback_devices=frozenset(doc.get("rollbackDevices", ())),
@@ -291,6 +298,8 @@ class Plan:
     again: no actions, no events, and the state it was given came back unchanged (the
     token bucket's clock aside). Only a settled plan may be reused (plan_fleet's
     `unchanged`)."""
+    awaiting_gate: int | None = None
+    """The 0-based step whose gate must open before it starts (the engine asks it)."""
 
     def reusable(self, rollout: Rollout, state: RolloutState | None, now: float) -> bool:
         """Whether this plan still stands for `rollout` in `state` at `now`, inputs unchanged."""

@@ -10,7 +10,8 @@ the manner of argo-rollouts' rolloutCanary and flux's sub-reconcilers:
 3. `budget.enforce_budget`: the penalty box and the failure policy;
 4. `steps.advance_steps`: start, finish, pause, approve, next step;
 5. `choose.choose`: the devices to command now, lowest wave hash first, within
-   maxInFlight, pacing and windows;
+   maxInFlight, per-site budgets, pacing (`pacing.Pace`: maxPerMinute or the ramp)
+   and windows;
 
 and `status` turns the result into a phase, conditions and a typed status. The
 engine executes the actions; a second call with the same inputs returns the same
@@ -44,6 +45,7 @@ from fleetwave.planner.model import (
     Decide,
     DeviceView,
     FleetPlan,
+    GateResults,
     HashCache,
     Plan,
     PlannedEvent,
@@ -51,6 +53,7 @@ from fleetwave.planner.model import (
     RolloutStatus,
     SendCancel,
 )
+from fleetwave.planner.pacing import pace_state
 from fleetwave.planner.schedule import PassGates
 from fleetwave.planner.selectors import resolve_targets
 from fleetwave.planner.status import (
@@ -83,7 +86,8 @@ def plan(rollout: Rollout, devices: Sequence[DeviceView],
          records: Mapping[str, Sequence[UpdateRecord]], state: RolloutState | None, now: float,
          *, conflicted: int = 0, overridden: int = 0, conflicts_with: Sequence[str] = (),
          check_results: CheckResults | None = None, cache: HashCache | None = None,
-         all_devices: Mapping[str, DeviceView] | None = None) -> Plan:
+         all_devices: Mapping[str, DeviceView] | None = None,
+         gate_results: GateResults | None = None) -> Plan:
     """Plan one rollout over its targeted `devices` (already filtered by plan_fleet).
 
     `records` maps each device to its attempts for this rollout, old generations
@@ -92,7 +96,7 @@ def plan(rollout: Rollout, devices: Sequence[DeviceView],
     strategy = rollout.spec.strategy
     state_in = state
     state, superseded = start_generation(rollout, state, now)
-    ctx = PassContext.build(rollout, state, now, check_results)
+    ctx = PassContext.build(rollout, state, now, check_results, gate_results)
     cache = cache or HashCache()
     hashes = cache.wave_hashes(rollout.name, devices)
     seen = walk(ctx, devices, hashes, records, all_devices or {})
@@ -113,8 +117,10 @@ def plan(rollout: Rollout, devices: Sequence[DeviceView],
     state = move.state
     verdict = phase_of(rollout, state, gates.gate, gates.invalid, targeted, move.note)
     choice, window_changes = NOTHING, []
-    if (not stopped and not paused and gates.invalid is None and gates.gate.open
-            and targeted > 0 and state.started_at is not None):
+    running = (not stopped and not paused and gates.invalid is None and gates.gate.open
+               and targeted > 0 and state.started_at is not None)
+    state = pace_state(strategy, state, now, running=running, halted=stopped or paused)
+    if running:
         choice = choose(ctx, state, seen, limits, tally.in_flight,
                         gates.device_windows)
         if gates.device_windows is not None:
@@ -134,7 +140,9 @@ def plan(rollout: Rollout, devices: Sequence[DeviceView],
     settled = (state_in is not None and not events and not decided.actions
                and not choice.sends
                and state.evolve(tokens=state_in.tokens, tokens_at=state_in.tokens_at)
-               == state_in)
+               == state_in
+               and move.awaiting_gate is None)  # a gate's answer is input the engine
+    # does not diff: a rollout waiting for one is planned every pass
     status = RolloutStatus(
         phase=verdict.phase, current_step=state.current_step,
         observed_generation=rollout.generation, revision=rollout.source.revision,
@@ -142,7 +150,8 @@ def plan(rollout: Rollout, devices: Sequence[DeviceView],
         failure_rate=failure_rate(tally.failures, tally.terminal), done=tally.done,
         message=verdict.message, conditions=conditions, steps=ctx.steps,
     )
-    return Plan((*decided.actions, *choice.sends), state, status, events, wake, settled)
+    return Plan((*decided.actions, *choice.sends), state, status, events, wake, settled,
+                awaiting_gate=move.awaiting_gate)
 
 
 # -- the fleet ----------------------------------------------------------------------------
@@ -153,7 +162,8 @@ def plan_fleet(rollouts: Sequence[Rollout], devices: Sequence[DeviceView],
                states: Mapping[str, RolloutState], now: float, *,
                check_results: CheckResults | None = None,
                cache: HashCache | None = None,
-               unchanged: Mapping[str, Plan] | None = None) -> FleetPlan:
+               unchanged: Mapping[str, Plan] | None = None,
+               gate_results: GateResults | None = None) -> FleetPlan:
     """Plan every rollout after resolving who may touch which device.
 
     Two rollouts targeting the same device and component conflict: both report
@@ -177,7 +187,7 @@ def plan_fleet(rollouts: Sequence[Rollout], devices: Sequence[DeviceView],
     try:
         return _plan_fleet(rollouts, devices, records, states, now,
                            check_results=check_results, cache=cache or HashCache(),
-                           unchanged=unchanged or {})
+                           unchanged=unchanged or {}, gate_results=gate_results)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -203,7 +213,8 @@ def _plan_fleet(rollouts: Sequence[Rollout], devices: Sequence[DeviceView],
                 records: Mapping[str, Mapping[str, Sequence[UpdateRecord]]],
                 states: Mapping[str, RolloutState], now: float, *,
                 check_results: CheckResults | None, cache: HashCache,
-                unchanged: Mapping[str, Plan]) -> FleetPlan:
+                unchanged: Mapping[str, Plan],
+                gate_results: GateResults | None = None) -> FleetPlan:
     plans = _still_standing(rollouts, states, now, unchanged) if unchanged else {}
     todo = [r for r in rollouts if r.name not in plans]
     targets = resolve_targets(todo, devices) if todo else {}
@@ -213,7 +224,8 @@ def _plan_fleet(rollouts: Sequence[Rollout], devices: Sequence[DeviceView],
         plans[r.name] = plan(r, t.targeted, records.get(r.name, {}), states.get(r.name), now,
                              conflicted=len(t.conflicted), overridden=len(t.overridden),
                              conflicts_with=sorted(t.conflicts_with),
-                             check_results=check_results, cache=cache, all_devices=index)
+                             check_results=check_results, cache=cache, all_devices=index,
+                             gate_results=gate_results)
     wakes = [p.next_wake for p in plans.values() if p.next_wake is not None]
     return FleetPlan({r.name: plans[r.name] for r in rollouts}, min(wakes) if wakes else None,
                      frozenset(r.name for r in todo))

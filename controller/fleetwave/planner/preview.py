@@ -6,7 +6,7 @@ what the controller later does, so this module decides nothing of its own: targe
 uses `resolve_targets`, the conflict rule `plan_fleet` itself calls; membership uses
 `device_hash`/`thresholds`/`step_of` from waves.py, and every time comes from the
 gates the planner uses (`rollout_gate` for notBefore, freezes and a rollout-wide window,
-`DeviceWindows` for `timezone: device`) and its `TokenBucket` for maxPerMinute.
+`DeviceWindows` for `timezone: device`) and its `Pace` for maxPerMinute and the ramp.
 
 The times are a lower bound under one stated assumption: an update takes no time, so a
 wave finishes when its last command is sent, and the next wave waits only for the
@@ -26,6 +26,7 @@ from typing import Any
 from fleetwave.planner.budget import TokenBucket
 from fleetwave.planner.context import TIMEZONE_LABEL
 from fleetwave.planner.model import DeviceView
+from fleetwave.planner.pacing import Pace
 from fleetwave.planner.schedule import DeviceWindows, ScheduleError, rollout_gate
 from fleetwave.planner.selectors import Targets, compile_selector, resolve_targets
 from fleetwave.planner.waves import device_hash, step_of, thresholds
@@ -216,6 +217,7 @@ class _Sender:
     rollout: Rollout
     until: float
     bucket: TokenBucket | None
+    pace: Pace | None = None
 
     def send(self, devices: Sequence[DeviceView], ready: float) -> list[float]:
         window = self.rollout.spec.strategy.window
@@ -248,13 +250,13 @@ class _Sender:
             queues = [[(h, u, z) for h, u in pending[z]] for z in open_zones]
             for h, _uuid, zone_label in heapq.merge(*queues):
                 at = t
-                if self.bucket is not None:
-                    bucket = self.bucket.refill(t)
-                    at = max(t, bucket.ready_at(1))
+                if self.bucket is not None and self.pace is not None:
+                    bucket = self.pace.refill(self.bucket, t)
+                    at = max(t, self.pace.ready_at(bucket, 1))
                 if at >= change:
                     break
-                if self.bucket is not None:
-                    self.bucket = self.bucket.refill(at).take(1)
+                if self.bucket is not None and self.pace is not None:
+                    self.bucket = self.pace.refill(self.bucket, at).take(1)
                 sent.append(at)
                 t = at
                 queue = pending[zone_label]
@@ -307,6 +309,15 @@ def _preview_one(rollout: Rollout, target: Targets, excluded: Sequence[str], now
         notes.append("spec.paused is set: nothing is sent until it is cleared")
     if strategy.manual_approval:
         notes.append("manualApproval: each wave after the first waits for `promote`")
+    for budget in strategy.budgets:
+        notes.append(f"budget: at most {budget.max_in_flight} device(s) updating at once per "
+                     f"{budget.group_by!r} value; updates taking "
+                     "time make waves longer than shown")
+    if strategy.ramp is not None:
+        ramp = strategy.ramp
+        notes.append(f"ramp: {ramp.start_per_minute}/min, x{ramp.factor:g} every "
+                     f"{ramp.every.total_seconds():g}s up to {ramp.max_per_minute}/min "
+                     "(times assume no pause, which restarts it)")
     if waves[-1]:
         notes.append(f"{len(waves[-1])} targeted device(s) are past the last step "
                      f"({strategy.steps[-1].percent}%) and get no command")
@@ -322,9 +333,9 @@ def _preview_one(rollout: Rollout, target: Targets, excluded: Sequence[str], now
         starts_at, _ = _open_at(rollout, now, until)
         if strategy.window is not None and strategy.window.per_device:
             DeviceWindows(strategy.window, now).state(None)  # the fallback zone must exist
-        bucket = (TokenBucket.restore(strategy.max_per_minute, None, None, starts_at)
-                  if strategy.max_per_minute is not None else None)
-        sender = _Sender(rollout, until, bucket)
+        pace = Pace.of(strategy, starts_at)
+        bucket = pace.bucket(None, None, starts_at) if pace is not None else None
+        sender = _Sender(rollout, until, bucket, pace)
     except ScheduleError as exc:
         error = str(exc)
         starts_at = None

@@ -63,6 +63,10 @@ def phase_of(rollout: Rollout, state: RolloutState, gate: Gate, invalid: str | N
     if not gate.open:
         return PhaseVerdict(Phase.WAITING, gate.reason or ConditionReason.OUTSIDE_WINDOW,
                             gate.message)
+    if step_note == ConditionReason.GATE_CLOSED:
+        nxt = state.current_step + (2 if state.started_at is not None else 1)
+        return PhaseVerdict(Phase.WAITING, step_note,
+                            f"step {nxt}/{steps}: waiting for its gate to open")
     if step_note == ConditionReason.STEP_PAUSE:
         return PhaseVerdict(Phase.PAUSED, step_note, f"{step} pause")
     if step_note == ConditionReason.AWAITING_APPROVAL:

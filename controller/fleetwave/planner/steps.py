@@ -78,6 +78,8 @@ class StepMove:
     """STEP_PAUSE or AWAITING_APPROVAL when the machine stopped at a step boundary."""
     wake: float | None
     """When the current pause ends."""
+    awaiting_gate: int | None = None
+    """The step whose webhook gate keeps it from starting."""
 
 
 def advance_steps(ctx: PassContext, state: RolloutState, open_through: Sequence[int], *,
@@ -86,6 +88,8 @@ def advance_steps(ctx: PassContext, state: RolloutState, open_through: Sequence[
     strategy, now, steps = ctx.rollout.spec.strategy, ctx.now, ctx.steps
     events: list[PlannedEvent] = []
     if can_move and state.started_at is None and gate_open:
+        if not ctx.gate_open(0):
+            return StepMove(state, (), ConditionReason.GATE_CLOSED, None, awaiting_gate=0)
         state = state.evolve(started_at=now, step_started_at=now, current_step=0)
         events.append(PlannedEvent("Normal", EventReason.STEP_STARTED,
                                    f"step 1/{steps} started ({strategy.steps[0].percent}%)"))
@@ -107,6 +111,9 @@ def advance_steps(ctx: PassContext, state: RolloutState, open_through: Sequence[
             return StepMove(state, tuple(events), ConditionReason.STEP_PAUSE, pause_end)
         if strategy.manual_approval and state.approved_step <= i:
             return StepMove(state, tuple(events), ConditionReason.AWAITING_APPROVAL, None)
+        if not ctx.gate_open(i + 1):
+            return StepMove(state, tuple(events), ConditionReason.GATE_CLOSED, None,
+                            awaiting_gate=i + 1)
         state = state.evolve(current_step=i + 1, step_started_at=now, step_finished_at=None)
         events.append(PlannedEvent(
             "Normal", EventReason.STEP_STARTED,

@@ -24,6 +24,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError
 
 from fleetwave import GROUP_VERSION
+from fleetwave.protocol.versions import compare, version_key
 from fleetwave.resources.durations import DurationError, parse_duration
 from fleetwave.resources.model import (
     DEVICE_TIMEZONE,
@@ -494,6 +495,8 @@ def _spec_checks(spec: Mapping[str, Any], base: Path_) -> Iterator[tuple[Path_, 
                            "a window must last longer than 0s", "error")
             except DurationError:
                 pass
+    yield from _pacing_checks(strategy, (*base, "strategy"))
+    yield from _hop_checks(strategy, spec.get("version"), (*base, "strategy"))
     for i, freeze in enumerate(strategy.get("freezes", None) or []):
         if isinstance(freeze, dict):
             start, end = freeze.get("start"), freeze.get("end")
@@ -522,6 +525,59 @@ def _spec_checks(spec: Mapping[str, Any], base: Path_) -> Iterator[tuple[Path_, 
     if typed is not None and isinstance(excluded, list):
         for reason in empty_selector_reasons(typed, [str(d) for d in excluded]):
             yield ((*base, *reason.path), reason.message, "warning")
+
+
+def _hop_checks(strategy: Mapping[str, Any], version: Any,
+                base: Path_) -> Iterator[tuple[Path_, str, str]]:
+    """`requires`: versions that compare, each `via` between its `below` and the target."""
+    for i, hop in enumerate(strategy.get("requires", None) or []):
+        if not isinstance(hop, dict):
+            continue
+        below, via = hop.get("below"), hop.get("via")
+        for key, value in (("below", below), ("via", via)):
+            if isinstance(value, str) and value and version_key(value) is None:
+                yield ((*base, "requires", i, key),
+                       f"{value!r} is not a version: write one like 2.0.0", "error")
+        if not (isinstance(below, str) and isinstance(via, str)):
+            continue
+        if isinstance(version, str) and compare(via, version) not in (-1, None):
+            yield ((*base, "requires", i, "via"),
+                   f"via {via!r} is not below the rollout's version {version!r}: an "
+                   "intermediate version must come before the target", "error")
+        if compare(via, below) == -1:
+            yield ((*base, "requires", i, "via"),
+                   f"via {via!r} is below `below` {below!r}: a device taken there would "
+                   "still be below it; use a via of at least below", "error")
+
+
+def _pacing_checks(strategy: Mapping[str, Any], base: Path_) -> Iterator[tuple[Path_, str, str]]:
+    """Budgets and ramp: combinations the schema cannot refuse on its own."""
+    seen: dict[str, int] = {}
+    for i, budget in enumerate(strategy.get("budgets", None) or []):
+        label = budget.get("groupBy") if isinstance(budget, dict) else None
+        if isinstance(label, str) and label:
+            if label in seen:
+                yield ((*base, "budgets", i, "groupBy"),
+                       f"budgets[{seen[label]}] already limits {label!r}: keep one budget "
+                       "per label (the smaller maxInFlight is the one that holds)", "error")
+            seen.setdefault(label, i)
+    ramp = strategy.get("ramp")
+    if not isinstance(ramp, dict):
+        return
+    start, top = ramp.get("startPerMinute"), ramp.get("maxPerMinute")
+    if isinstance(start, int) and isinstance(top, int) and start > top:
+        yield ((*base, "ramp", "startPerMinute"),
+               f"startPerMinute {start} exceeds the ramp's maxPerMinute {top}: the ramp "
+               "would start above its ceiling; lower startPerMinute or raise maxPerMinute",
+               "error")
+    every = ramp.get("every")
+    if isinstance(every, str):
+        try:
+            if parse_duration(every).total_seconds() <= 0:
+                yield ((*base, "ramp", "every"), "the ramp must grow after more than 0s",
+                       "error")
+        except DurationError:
+            pass
 
 
 def _selector_or_none(raw: Any) -> Selector | None:

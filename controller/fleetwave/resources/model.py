@@ -68,9 +68,18 @@ class Artifact:
 
 
 @dataclass(frozen=True, slots=True)
+class WebhookGate:
+    """Asked before a step starts; `secret_ref` names the env variable of the HMAC key."""
+
+    url: str
+    secret_ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Step:
     percent: int
     pause: timedelta | None = None
+    gate: WebhookGate | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,10 +102,39 @@ class Freeze:
 
 
 @dataclass(frozen=True, slots=True)
+class Budget:
+    """At most `max_in_flight` devices updating at once per value of the label `group_by`."""
+
+    group_by: str
+    max_in_flight: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ramp:
+    """Exponential pacing: `start_per_minute` × `factor`^k after k periods of `every`."""
+
+    start_per_minute: int
+    max_per_minute: int
+    factor: float = 2.0
+    every: timedelta = timedelta(minutes=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    """A device below `below` is first taken to `via` (a mandatory intermediate version)."""
+
+    below: str
+    via: str
+
+
+@dataclass(frozen=True, slots=True)
 class Strategy:
     steps: tuple[Step, ...]
     max_in_flight: int = 500
     max_per_minute: int | None = None
+    budgets: tuple[Budget, ...] = ()
+    ramp: Ramp | None = None
+    requires: tuple[Hop, ...] = ()
     window: Window | None = None
     freezes: tuple[Freeze, ...] = ()
     not_before: datetime | None = None
@@ -235,6 +273,12 @@ def _opt_duration(value: str | None) -> timedelta | None:
     return parse_duration(value) if value is not None else None
 
 
+def _ramp_from(doc: Mapping[str, Any]) -> Ramp:
+    return Ramp(start_per_minute=doc["startPerMinute"], max_per_minute=doc["maxPerMinute"],
+                factor=float(doc.get("factor", 2)),
+                every=parse_duration(doc.get("every", "1m")))
+
+
 def selector_from(doc: Mapping[str, Any]) -> Selector:
     return Selector(
         match_labels=dict(doc.get("matchLabels", {})),
@@ -263,10 +307,18 @@ def rollout_spec_from(spec: Mapping[str, Any]) -> RolloutSpec:
         component=spec["component"],
         version=str(spec["version"]),
         strategy=Strategy(
-            steps=tuple(Step(s["percent"], _opt_duration(s.get("pause")))
+            steps=tuple(Step(s["percent"], _opt_duration(s.get("pause")),
+                             WebhookGate(s["gate"]["webhook"]["url"],
+                                         s["gate"]["webhook"].get("secretRef"))
+                             if "gate" in s else None)
                         for s in strategy["steps"]),
             max_in_flight=strategy["maxInFlight"],
             max_per_minute=strategy.get("maxPerMinute"),
+            budgets=tuple(Budget(b["groupBy"], b["maxInFlight"])
+                          for b in strategy.get("budgets", ())),
+            ramp=_ramp_from(strategy["ramp"]) if "ramp" in strategy else None,
+            requires=tuple(Hop(str(h["below"]), str(h["via"]))
+                           for h in strategy.get("requires", ())),
             window=Window(
                 cron=window["cron"],
                 duration=parse_duration(window["duration"]),

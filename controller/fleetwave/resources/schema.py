@@ -127,6 +127,19 @@ STEP = _obj(
                            "increase and the last must be 100.",
         },
         "pause": _duration("How long to wait after this wave finishes before the next starts."),
+        "gate": _obj(
+            "Ask before this wave starts: the wave waits (Waiting, reason GateClosed) until "
+            "the gate answers open; it is asked again with back-off.",
+            {"webhook": _obj(
+                "POST {rollout, step, version, counts}, HMAC-signed like notifications; a "
+                "2xx answer with {\"allow\": true} opens the gate, anything else keeps it "
+                "closed.",
+                {"url": _str("The http(s) URL to POST to.", minLength=1),
+                 "secretRef": _str("Name of the environment variable holding the HMAC "
+                                   "secret (X-Fleetwave-Signature: sha256=...).",
+                                   minLength=1)},
+                required=["url"])},
+            required=["webhook"]),
     },
     required=["percent"],
 )
@@ -163,6 +176,50 @@ FREEZE = _obj(
     required=["start", "end"],
 )
 
+BUDGET = _obj(
+    "A disruption budget per site: at most `maxInFlight` devices updating at once among "
+    "the devices that share one value of the label `groupBy` (devices without the label "
+    "share one budget of their own).",
+    {
+        "groupBy": _str("The device label whose values are the sites, e.g. `region`.",
+                        pattern=LABEL_NAME_PATTERN, minLength=1),
+        "maxInFlight": {"type": "integer", "minimum": 1,
+                        "description": "Devices updating at once within one value of the "
+                                       "label."},
+    },
+    required=["groupBy", "maxInFlight"],
+)
+
+RAMP = _obj(
+    "Exponential pacing: commands per minute start at `startPerMinute` and are multiplied by "
+    "`factor` every `every` while the rollout runs, never above `maxPerMinute`. A pause of "
+    "the rollout (by a user, `spec.paused` or the failure budget) starts it again from "
+    "`startPerMinute`.",
+    {
+        "startPerMinute": {"type": "integer", "minimum": 1,
+                           "description": "Commands per minute at the start."},
+        "factor": {"type": "number", "minimum": 1, "default": 2,
+                   "description": "What the rate is multiplied by every `every`."},
+        "every": _duration("How long each rate holds before it grows.", default="1m"),
+        "maxPerMinute": {"type": "integer", "minimum": 1,
+                         "description": "The rate never exceeds this; at least "
+                                        "`startPerMinute`."},
+    },
+    required=["startPerMinute", "maxPerMinute"],
+)
+
+HOP = _obj(
+    "A mandatory intermediate version: a device that runs a version below `below` is first "
+    "taken to `via`, then to the rollout's version, both as attempts of this rollout.",
+    {
+        "below": _str("Devices reporting a version lower than this (SemVer precedence) go "
+                      "through `via` first.", minLength=1),
+        "via": _str("The intermediate version; at least `below` and lower than the "
+                    "rollout's version.", minLength=1),
+    },
+    required=["below", "via"],
+)
+
 STRATEGY = _obj(
     "How fast to get there: waves, pacing, windows and approvals.",
     {
@@ -173,6 +230,11 @@ STRATEGY = _obj(
         "maxPerMinute": {"type": "integer", "minimum": 1,
                          "description": "Pace: at most this many update commands sent per "
                                         "minute, whatever the health. Unlimited when absent."},
+        "budgets": _list("Per-site disruption budgets, each on its own label, alongside "
+                         "maxInFlight.", BUDGET),
+        "ramp": RAMP,
+        "requires": _list("Mandatory intermediate versions (a migration that must run "
+                          "first); the lowest applicable `via` is taken first.", HOP),
         "window": WINDOW,
         "freezes": _list("Intervals with no new commands (holidays, events).", FREEZE),
         "notBefore": _str("No command is sent before this instant (RFC 3339).",

@@ -29,10 +29,11 @@ from fleetwave.resources.model import Rollout
 from fleetwave.runtime.checks import CheckRunner
 from fleetwave.runtime.desired import DesiredState
 from fleetwave.runtime.fleet import FleetState
+from fleetwave.runtime.gates import GateRunner
 from fleetwave.runtime.gauges import count_final, update_gauges
 from fleetwave.runtime.outbox import Outbox, Outgoing
 from fleetwave.runtime.passes import PassBuilder, start_checks
-from fleetwave.store import Store
+from fleetwave.store import Event, Store
 from fleetwave.updates.model import Decision, UpdateRecord
 
 log = structlog.get_logger("fleetwave.engine")
@@ -74,6 +75,9 @@ class Reconciler:
         self.resync_interval = resync_interval
         self.hooks = hooks
         self.checks = checks or CheckRunner()
+        self.gates = GateRunner(self._gate_answered)
+        """Step webhook gates, asked in the background; an answer replans every group."""
+        self._gates_answered = False
         self._checked_at: dict[tuple[str, str], float] = {}
         self._check_task: asyncio.Task[None] | None = None
         self._wake = wakeup
@@ -161,7 +165,8 @@ class Reconciler:
         rollouts = [r for r in desired.values() if r.spec.component in chosen]
         results = {key: verdict[0] for key, verdict in self.checks.results.items()}
         plans = plan_fleet(rollouts, list(fleet.views.values()), fleet.records, fleet.states,
-                           now, check_results=results, cache=self._hashes).plans if rollouts else {}
+                           now, check_results=results, cache=self._hashes,
+                           gate_results=self.gates.results(desired)).plans if rollouts else {}
         for component in chosen:
             self._group_wake[component] = None
         for rollout in rollouts:
@@ -176,6 +181,7 @@ class Reconciler:
         for name, plan in plans.items():
             built.add(name, plan, desired.get(name))
         built.delete(deleted)
+        self._ask_gates(desired, plans, now, built)
         result = await self.store.write_pass(built.write())
         for record in [*result.created, *result.changed]:
             if fleet.remember(record):
@@ -205,7 +211,9 @@ class Reconciler:
         fleet = self.fleet
         dirty, devices_changed = fleet.take_dirty()
         groups = {r.spec.component for r in desired.values()}
-        if full or devices_changed or now - self._last_full >= self.resync_interval:
+        gates_answered, self._gates_answered = self._gates_answered, False
+        if (full or devices_changed or gates_answered
+                or now - self._last_full >= self.resync_interval):
             self._last_full = now
             self._dirty_groups.clear()
             return groups
@@ -251,6 +259,21 @@ class Reconciler:
         async with self.lock:
             for record in await self.store.apply_decisions(sent):
                 self.fleet.remember(record)
+
+    def _gate_answered(self) -> None:
+        self._gates_answered = True
+        self._wake.set()
+
+    def _ask_gates(self, desired: Mapping[str, Rollout], plans: Mapping[str, Plan],
+                   now: float, built: PassBuilder) -> None:
+        """Ask the webhook gates the plans wait for (in the background); the answers that
+        arrived since the last pass go into this pass's audit trail."""
+        for name, plan in plans.items():
+            if plan.awaiting_gate is not None and name in desired:
+                self.gates.ask(desired[name], plan.awaiting_gate, plan.status.counts, now)
+        built.events += [Event(time=now, rollout=name, type=e.type, reason=e.reason,
+                               message=e.message, device=e.device, actor="gate")
+                         for name, e in self.gates.drain_events()]
 
     def _start_checks(self, desired: Mapping[str, Rollout], now: float) -> None:
         """HTTP and TCP checks in the background: their results reach a later pass."""
