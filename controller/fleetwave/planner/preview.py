@@ -299,11 +299,10 @@ def _excluded(rollout: Rollout, devices: Sequence[DeviceView]) -> list[str]:
     return sorted(d.uuid for d in devices if d.uuid in excluded and selects(d))
 
 
-def _preview_one(rollout: Rollout, target: Targets, excluded: Sequence[str], now: float,
-                 group_by: Sequence[str], file: str | None) -> RolloutPreview:
+def _strategy_notes(rollout: Rollout, waves: Sequence[Sequence[DeviceView]]) -> list[str]:
+    """What a reader of the preview must know of the strategy beyond the times shown."""
     spec = rollout.spec
     strategy = spec.strategy
-    waves = wave_members(rollout, target.targeted)
     notes: list[str] = []
     if spec.paused:
         notes.append("spec.paused is set: nothing is sent until it is cleared")
@@ -321,6 +320,15 @@ def _preview_one(rollout: Rollout, target: Targets, excluded: Sequence[str], now
     if waves[-1]:
         notes.append(f"{len(waves[-1])} targeted device(s) are past the last step "
                      f"({strategy.steps[-1].percent}%) and get no command")
+    return notes
+
+
+def _preview_one(rollout: Rollout, target: Targets, excluded: Sequence[str], now: float,
+                 group_by: Sequence[str], file: str | None) -> RolloutPreview:
+    spec = rollout.spec
+    strategy = spec.strategy
+    waves = wave_members(rollout, target.targeted)
+    notes = _strategy_notes(rollout, waves)
 
     def needs(d: DeviceView) -> bool:
         return spec.force or d.versions.get(spec.component) != spec.version
