@@ -62,6 +62,10 @@ class Metrics:
     notifications: Counter
     # health checks
     health_checks_refused: Counter
+    # leadership (DESIGN.md 9.3)
+    leader: Gauge
+    leader_epoch: Gauge
+    fenced_writes: Counter
 
 
 def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
@@ -126,6 +130,12 @@ def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
         health_checks_refused=Counter(
             f"{p}_health_checks_refused", "Health checks refused: an address the controller "
             "does not connect to, a redirect, an oversized body.", ["reason"], registry=reg),
+        leader=Gauge(f"{p}_leader", "1 while this replica leads (plans and publishes).",
+                     registry=reg),
+        leader_epoch=Gauge(f"{p}_leader_epoch", "The epoch of the lease this replica last "
+                           "held; it increases with every change of leader.", registry=reg),
+        fenced_writes=Counter(f"{p}_fenced_writes", "Writes the store refused because this "
+                              "replica no longer held the lease.", registry=reg),
     )
     m.build.info({"version": __version__})
     for reason in DROP_REASONS:

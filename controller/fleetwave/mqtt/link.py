@@ -116,6 +116,11 @@ class MqttLink:
     def connected(self) -> bool:
         return self._conn.connected
 
+    @property
+    def last_error(self) -> str | None:
+        """Why the broker is unreachable, while it is (for /readyz)."""
+        return self._conn.last_error
+
     async def wait_connected(self) -> None:
         """Until connected (the first time, or again); bound it with `asyncio.timeout`."""
         await self._conn.wait_connected()

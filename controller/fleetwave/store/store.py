@@ -48,6 +48,7 @@ from fleetwave.updates.transitions import (
     Ignored,
     apply_decision,
     apply_status,
+    confirm_by_state,
     pick_legacy_record,
 )
 
@@ -296,8 +297,10 @@ class Store:
 
     # -- devices --------------------------------------------------------------------------
 
-    async def apply_device_messages(self, msgs: Sequence[ReportedState | Online]) -> None:
-        """Upserts reported state and liveness in one transaction.
+    async def apply_device_messages(self, msgs: Sequence[ReportedState | Online]
+                                    ) -> list[UpdateRecord]:
+        """Upserts reported state and liveness in one transaction; returns the open updates
+        that a reported state settled (`confirm_by_state`).
 
         A message never overwrites a newer one already stored (by our receive
         time), so a late redelivery or a second replica cannot roll a device back.
@@ -314,7 +317,7 @@ class Store:
                 if seen is None or msg.received_at > seen.received_at:
                     onlines[msg.device] = msg
         if not states and not onlines:
-            return
+            return []
         state_params = [{
             "uuid": m.device, "versions": dict(m.versions), "reported_labels": dict(m.labels),
             "inventory_labels": {}, "deployment_type": m.deployment_type, "ip": m.ip,
@@ -327,7 +330,7 @@ class Store:
             "last_seen": m.received_at if m.online else None,
         } for m in onlines.values()]
 
-        async def work(conn: AsyncConnection) -> None:
+        async def work(conn: AsyncConnection) -> list[UpdateRecord]:
             if state_params:
                 stmt = self._insert(devices)
                 ex = stmt.excluded
@@ -350,8 +353,25 @@ class Store:
                     where=sa.or_(devices.c.online_at.is_(None),
                                  devices.c.online_at < ex.online_at)),
                     online_params)
+            return await self._confirm_by_state(conn, states)
 
-        await self._write(work)
+        # What a device reports: whichever replica receives it stores it.
+        return await self._write(work, fenced=False)
+
+    async def _confirm_by_state(self, conn: AsyncConnection,
+                                states: Mapping[str, ReportedState]) -> list[UpdateRecord]:
+        if not states:
+            return []
+        open_ = await self._load(conn, updates.c.device, list(states),
+                                 updates.c.state.in_(OPEN_VALUES), updates.c.action == "update")
+        settled: dict[str, UpdateRecord] = {}
+        for record in open_:
+            state = states[record.device]
+            after = confirm_by_state(record, state.versions, state.received_at).record
+            if after is not None:
+                settled[record.id] = after
+        await self._save(conn, settled.values(), {r.id: r for r in open_})
+        return list(settled.values())
 
     @staticmethod
     def _later(incoming: Any) -> sa.ColumnElement[Any]:
@@ -509,7 +529,8 @@ class Store:
             await self._save(conn, (by_id[i] for i in sorted(dirty)), originals)
             return outcomes
 
-        return await self._write(work)
+        # A device's own report, stored by whichever replica its $share delivered it to.
+        return await self._write(work, fenced=False)
 
     @staticmethod
     def _apply_one(status: Status, by_id: Mapping[str, UpdateRecord],
