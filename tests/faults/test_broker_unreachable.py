@@ -1,0 +1,68 @@
+"""An unreachable broker is told at once: `fleetwave run` logs its address (credentials
+redacted) and the cause, again with back-off, and `/readyz` says not ready and why, until
+the broker is there; then it connects and is ready. Today's operator with a typo in the
+broker address would otherwise see "controller.started" and nothing else."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.broker import RunningBroker
+from tests.support.processes import Controller, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def log_events(controller: Controller, event: str) -> list[dict[str, Any]]:
+    out = []
+    for line in controller.log.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            entry = json.loads(line)
+            if entry.get("event") == event:
+                out.append(entry)
+    return out
+
+
+def test_a_broker_down_at_start_is_logged_and_not_ready_until_it_is_up(
+        tmp_path: Path, broker: RunningBroker,
+        controller_factory: Callable[..., Controller]) -> None:
+    source = tmp_path / "rollouts"
+    source.mkdir()
+    user, password = broker.controller
+    broker.stop()
+    controller = controller_factory(source, extra_args=[
+        "--broker", f"mqtt://{user}:{password}@127.0.0.1:{broker.port}"])
+    controller.start()
+    failures = wait_until(lambda: log_events(controller, "mqtt.unreachable")[1:], 30,
+                          lambda: f"no repeated mqtt.unreachable: {controller.tail()}")
+    assert failures[0]["broker"] == f"mqtt://127.0.0.1:{broker.port}"
+    assert "refused" in failures[0]["error"].lower()
+    ready = controller.get("/readyz", ok_only=False)
+    assert ready["status"] == 503
+    body = wait_until(lambda: _readyz_body(controller), 10, "no /readyz body")
+    assert body["ready"] is False and "refused" in body["checks"]["broker"].lower()
+    assert password not in controller.log.read_text()
+
+    broker.start()
+    wait_until(lambda: _readyz_body(controller).get("ready") is True, 60,
+               lambda: f"not ready after the broker came back: {controller.tail()}")
+    assert log_events(controller, "mqtt.connected")
+
+
+def _readyz_body(controller: Controller) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(controller.url + "/readyz", timeout=5) as response:
+            body: dict[str, Any] = json.loads(response.read())
+            return body
+    except urllib.error.HTTPError as exc:
+        parsed: dict[str, Any] = json.loads(exc.read())
+        return parsed
+    except OSError:
+        return {}
