@@ -13,7 +13,6 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
@@ -150,7 +149,7 @@ class Replicas:
         return [r for r in self.members if self.role(r) == "leader"]
 
     def wait_leader(self, timeout: float, why: str) -> Controller:
-        leaders = wait_until(lambda: self.leaders(), timeout,
+        leaders = wait_until(self.leaders, timeout,
                              lambda: f"no leader {why}: " + "; ".join(
                                  f"{r.url}: {self.role(r)}" for r in self.members))
         assert len(leaders) == 1, [r.url for r in leaders]
