@@ -37,7 +37,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "controller"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import paho.mqtt.client as paho
-from mqtt import CONTROLLER, SIMULATOR, run_publishers
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -47,6 +46,7 @@ from fleetwave.metrics import build_metrics
 from fleetwave.mqtt import MqttLink, MqttSettings
 from fleetwave.mqtt.broker import BrokerConfig, MosquittoProcess, free_port
 from fleetwave.protocol.messages import DeviceMessage
+from mqtt import CONTROLLER, SIMULATOR, run_publishers
 
 
 def shared(group: str) -> str:
