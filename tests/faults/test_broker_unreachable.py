@@ -6,14 +6,13 @@ broker address would otherwise see "controller.started" and nothing else."""
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.replicas.cluster import answer
 from tests.support.broker import RunningBroker
 from tests.support.processes import Controller, wait_until
 
@@ -46,23 +45,11 @@ def test_a_broker_down_at_start_is_logged_and_not_ready_until_it_is_up(
     assert "refused" in failures[0]["error"].lower()
     ready = controller.get("/readyz", ok_only=False)
     assert ready["status"] == 503
-    body = wait_until(lambda: _readyz_body(controller), 10, "no /readyz body")
+    body = wait_until(lambda: answer(controller, "/readyz"), 10, "no /readyz body")
     assert body["ready"] is False and "refused" in body["checks"]["broker"].lower()
     assert password not in controller.log.read_text()
 
     broker.start()
-    wait_until(lambda: _readyz_body(controller).get("ready") is True, 60,
+    wait_until(lambda: answer(controller, "/readyz").get("ready") is True, 60,
                lambda: f"not ready after the broker came back: {controller.tail()}")
     assert log_events(controller, "mqtt.connected")
-
-
-def _readyz_body(controller: Controller) -> dict[str, Any]:
-    try:
-        with urllib.request.urlopen(controller.url + "/readyz", timeout=5) as response:
-            body: dict[str, Any] = json.loads(response.read())
-            return body
-    except urllib.error.HTTPError as exc:
-        parsed: dict[str, Any] = json.loads(exc.read())
-        return parsed
-    except OSError:
-        return {}

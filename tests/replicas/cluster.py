@@ -10,13 +10,18 @@ import collections
 import json
 import re
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from fleetwave.store import open_store
 from fleetwave.updates.model import UpdateRecord
@@ -26,6 +31,23 @@ from tests.support.processes import Controller, wait_until
 ROLLOUT = "fleet"
 FAILOVER_BOUND = 15.0
 """DESIGN.md 9.3: another replica leads at most this long after the leader died."""
+
+
+def answer(replica: Controller, path: str) -> dict[str, Any]:
+    """The JSON body whatever the status (a 503 from /readyz still says why and the role);
+    {} when the replica does not answer."""
+    try:
+        with urllib.request.urlopen(replica.url + path, timeout=5) as response:
+            body: dict[str, Any] = json.loads(response.read())
+            return body
+    except urllib.error.HTTPError as exc:
+        try:
+            error_body: dict[str, Any] = json.loads(exc.read())
+        except ValueError:
+            return {}
+        return error_body
+    except OSError:
+        return {}
 
 
 def rollout_yaml(version: str, max_in_flight: int) -> str:
@@ -54,8 +76,10 @@ class Commands:
                              protocol=MQTTProtocolVersion.MQTTv5)
         client.username_pw_set(*broker.simulator)
         client.on_message = self._on_message
-        client.connect(broker.host, broker.port)
-        client.subscribe("iot/device/+/agent/update", qos=1)
+        client.on_connect = lambda c, *a: c.subscribe("iot/device/+/agent/update", qos=1)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = 3600  # nothing missed across a broker restart
+        client.connect(broker.host, broker.port, clean_start=False, properties=props)
         client.loop_start()
         self.client = client
 
@@ -142,8 +166,8 @@ class Replicas:
     def role(self, replica: Controller) -> str | None:
         if replica.proc is None:
             return None
-        body = replica.get("/readyz", ok_only=False)
-        return body.get("role") if isinstance(body, dict) else None
+        role: str | None = answer(replica, "/readyz").get("role")
+        return role
 
     def leaders(self) -> list[Controller]:
         return [r for r in self.members if self.role(r) == "leader"]
@@ -166,6 +190,17 @@ class Replicas:
 
     def tails(self) -> str:
         return "\n".join(f"--- {r.url}\n{r.tail(15)}" for r in self.members)
+
+
+def kill_leader(replicas: Replicas, why: str) -> Controller:
+    """SIGKILL the leader, check another leads within the bound, restart the dead one (as a
+    supervisor would: same client id, so its session's queued status comes back)."""
+    leader = replicas.wait_leader(30, why)
+    leader.kill()
+    successor = replicas.wait_leader(FAILOVER_BOUND, f"within {FAILOVER_BOUND}s after {why}")
+    assert successor is not leader
+    leader.start()
+    return successor
 
 
 def succeeded(store_url: str) -> int:

@@ -24,6 +24,7 @@ from tests.replicas.cluster import (
     Replicas,
     check_outcome,
     debug_broker,
+    kill_leader,
     published_by,
     rollout_yaml,
     succeeded,
@@ -44,18 +45,6 @@ def broker(tmp_path: Path) -> Iterator[RunningBroker]:
         yield running
     finally:
         running.stop()
-
-
-def kill_leader(replicas: Replicas, why: str) -> Controller:
-    """SIGKILL the leader, check another leads within the bound, restart the dead one."""
-    leader = replicas.wait_leader(30, why)
-    leader.kill()
-    died = time.monotonic()
-    successor = replicas.wait_leader(FAILOVER_BOUND, f"within {FAILOVER_BOUND}s after {why}")
-    assert successor is not leader
-    assert time.monotonic() - died <= FAILOVER_BOUND + 1  # one poll of slack
-    leader.start()  # back as a follower, same client id: its session's messages return
-    return successor
 
 
 def test_two_leader_deaths_during_a_rollout_of_2000_devices(
