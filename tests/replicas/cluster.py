@@ -214,9 +214,11 @@ def check_outcome(store_url: str, commands: Commands, devices: int, version: str
     for record in load_records(store_url):
         by_device[record.device].append(record)
     assert len(by_device) == devices
-    extra = {d: [(r.attempt, r.state.value) for r in rs] for d, rs in by_device.items()
-             if len(rs) != 1}
-    assert extra == {}, f"devices with more than one attempt: {list(extra.items())[:5]}"
+    extra = {d: [(r.attempt, r.action, r.state.value, r.reason, r.error, r.generation,
+                  r.triggered_by, r.created_at, r.sent_at, r.completed_at, r.rolled_back_at)
+                 for r in rs] for d, rs in by_device.items() if len(rs) != 1}
+    assert extra == {}, (f"{len(extra)} devices with more than one record: "
+                         f"{list(extra.items())[:4]}")
     not_ok = {d: rs[0].state.value for d, rs in by_device.items()
               if rs[0].state.value != "succeeded"}
     assert not_ok == {}, f"not succeeded: {collections.Counter(not_ok.values())}"

@@ -28,6 +28,7 @@ from fleetwave.protocol.messages import DeviceMessage
 from fleetwave.resources.model import Rollout, RolloutPolicy
 from fleetwave.runtime.checks import AddressPolicy, CheckRunner
 from fleetwave.runtime.engine import Engine
+from fleetwave.runtime.leadership import Elector, LeaderOnlyPublisher, keep_up, lead_while_elected
 from fleetwave.runtime.settings import Settings
 from fleetwave.sources.base import Source, SourceSnapshot
 from fleetwave.sources.credentials import redact_url
@@ -77,6 +78,8 @@ class ControllerCore:
     engine: Engine
     tokens: TokenSet
     notifier: Notifier | None
+    elector: Elector | None = None
+    """Set with replicas on one PostgreSQL (`--leader-election`): only the leader plans."""
 
 
 @contextlib.asynccontextmanager
@@ -95,7 +98,9 @@ async def controller_core(settings: Settings) -> AsyncIterator[ControllerCore]:
             await engine_box[0].on_device_messages(batch)
 
         link = MqttLink(mqtt_settings(settings), metrics, on_messages)
-        engine = Engine(store, link, metrics, resync_interval=settings.resync_interval,
+        elector = replica_elector(settings, store, metrics)
+        publisher = LeaderOnlyPublisher(link, elector) if elector is not None else link
+        engine = Engine(store, publisher, metrics, resync_interval=settings.resync_interval,
                         on_event=notifier.publish if notifier is not None else None)
         engine_box.append(engine)
         engine.checks = CheckRunner(
@@ -104,13 +109,36 @@ async def controller_core(settings: Settings) -> AsyncIterator[ControllerCore]:
         engine.broker_connected = lambda: link.connected
         await link.start()
         try:
-            yield ControllerCore(settings, metrics, store, link, engine, tokens, notifier)
+            yield ControllerCore(settings, metrics, store, link, engine, tokens, notifier,
+                                 elector)
         finally:
             await link.stop()  # the persistent session stays on the broker
             if notifier is not None:
                 await notifier.close()
     finally:
         await store.close()
+
+
+def replica_elector(settings: Settings, store: Store, metrics: Metrics) -> Elector | None:
+    """The elector of a `fleetwave run` replica, when leader election is on."""
+    if not settings.elects_leader:
+        return None
+    address = settings.advertise_url or f"http://{settings.listen}"
+    return Elector(store, metrics, ttl=settings.lease_ttl, address=address)
+
+
+def engine_tasks(core: ControllerCore, stop: asyncio.Event) -> list[asyncio.Task[None]]:
+    """The engine's loop: always, or with replicas only while leading (DESIGN.md 9.3)."""
+    engine, elector = core.engine, core.elector
+    if elector is None:
+        return [asyncio.create_task(engine.run(stop), name="engine")]
+    return [
+        asyncio.create_task(elector.run(stop), name="elector"),
+        asyncio.create_task(lead_while_elected(elector, stop, start=engine.start,
+                                               run=engine.run), name="engine"),
+        asyncio.create_task(keep_up(elector, stop, reload=engine.start, wake=engine.wake),
+                            name="keep-up"),
+    ]
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:
@@ -146,21 +174,22 @@ async def run_controller(settings: Settings, *, stop: asyncio.Event | None = Non
             engine.on_rolled_back = revert_proposer(committer, settings.branch)
         await engine.start()
         secrets = WebhookSecrets.of(settings.webhook_secret)
-        app = build_app(engine, core.metrics, core.tokens, webhook_secrets=secrets)
+        app = build_app(engine, core.metrics, core.tokens, webhook_secrets=secrets,
+                        leadership=core.elector)
         runner = await serve(app, settings.listen)
         tasks = [
             asyncio.create_task(source.run(on_snapshot, stop), name="source"),
-            asyncio.create_task(engine.run(stop), name="engine"),
+            *engine_tasks(core, stop),
         ]
         log.info("controller.started", listen=settings.listen, source=redact_url(settings.source),
                  store=redact_url(settings.store))
         try:
             if ready is not None:
                 await ready(engine)
-            done, _ = await asyncio.wait([asyncio.create_task(stop.wait()), *tasks],
+            done, _ = await asyncio.wait([asyncio.create_task(stop.wait(), name="stop"), *tasks],
                                          return_when=asyncio.FIRST_COMPLETED)
             for task in done:
-                if task.get_name() in ("source", "engine") and task.exception():
+                if task.get_name() != "stop" and task.exception():
                     log.error("controller.task_failed", task=task.get_name(),
                               error=str(task.exception()))
         finally:

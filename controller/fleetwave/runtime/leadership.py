@@ -18,13 +18,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import structlog
 
 from fleetwave.metrics import Metrics
+from fleetwave.protocol.messages import Command
 from fleetwave.store import Store, StoreError
-from fleetwave.store.leadership import Fence, Lease, new_holder
+from fleetwave.store.leadership import Fence, Fenced, Lease, new_holder
 
 log = structlog.get_logger("fleetwave.leadership")
 
@@ -56,6 +58,7 @@ class Elector:
         self._listeners: list[OnChange] = []
         # Epochs start at 1: until this replica leads, every fenced write is refused.
         store.set_fence(Fence(name, self.holder, 0))
+        store.on_fenced = self._fenced
         self._metrics(False)
 
     # -- what the rest of the process asks ------------------------------------------------
@@ -152,6 +155,10 @@ class Elector:
         self._metrics(False)
         self._notify(False)
 
+    def _fenced(self, exc: Fenced) -> None:
+        self.metrics.fenced_writes.inc()
+        self.step_down(str(exc))
+
     async def resign(self) -> None:
         """A clean stop: give the lease up so another replica leads at once."""
         lease, self.lease = self.lease, None
@@ -174,3 +181,111 @@ class Elector:
         self.metrics.leader.set(1 if leading else 0)
         if self.lease is not None:
             self.metrics.leader_epoch.set(self.lease.epoch)
+
+
+class CommandPublisher(Protocol):
+    async def publish_command(self, device: str, command: Command) -> None: ...
+
+    async def clear_command(self, device: str) -> None: ...
+
+
+class LeaderOnlyPublisher:
+    """The engine's publisher on a replica: a command leaves only while this replica leads
+    by its own clock (`Elector.still_leading`), checked before each one. What it holds back
+    stays unsent in the store, and the next leader sends it (same record, same correlation
+    id)."""
+
+    def __init__(self, publisher: CommandPublisher, elector: Elector) -> None:
+        self.publisher = publisher
+        self.elector = elector
+        self.held_back = 0
+
+    async def publish_command(self, device: str, command: Command) -> None:
+        if self._may_publish():
+            await self.publisher.publish_command(device, command)
+
+    async def clear_command(self, device: str) -> None:
+        if self._may_publish():
+            await self.publisher.clear_command(device)
+
+    def _may_publish(self) -> bool:
+        if self.elector.still_leading():
+            return True
+        if self.held_back == 0:
+            log.warning("leadership.publish_held_back", holder=self.elector.holder)
+        self.held_back += 1
+        return False
+
+
+async def lead_while_elected(elector: Elector, stop: asyncio.Event, *,
+                             start: Callable[[], Awaitable[None]],
+                             run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run the engine's loop only while leading. Each term first loads what the store holds
+    (another leader wrote it: rollout states, records), then plans until the lease is lost
+    or `stop`; losing it cancels the pass in hand at once."""
+    elected = asyncio.Event()
+    term = asyncio.Event()
+
+    def changed(leading: bool) -> None:
+        if leading:
+            elected.set()
+        else:
+            term.set()
+
+    elector.on_change(changed)
+    if elector.is_leader:
+        elected.set()
+    while not stop.is_set():
+        await _first(elected, stop)
+        elected.clear()
+        if stop.is_set() or not elector.is_leader:
+            continue
+        term.clear()
+
+        async def lead() -> None:
+            await start()
+            await run(term)
+
+        task = asyncio.create_task(lead(), name="engine-term")
+        await _first(term, stop, task)
+        term.set()
+        if not task.done():
+            task.cancel()
+        for result in await asyncio.gather(task, return_exceptions=True):
+            if isinstance(result, Exception):
+                log.error("leadership.term_failed", error=str(result))
+
+
+async def _first(*waits: asyncio.Event | asyncio.Task[None]) -> None:
+    futures = [asyncio.ensure_future(w.wait()) if isinstance(w, asyncio.Event) else w
+               for w in waits]
+    try:
+        await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for future, w in zip(futures, waits, strict=True):
+            if isinstance(w, asyncio.Event):
+                future.cancel()
+
+
+async def keep_up(elector: Elector, stop: asyncio.Event, *,
+                  reload: Callable[[], Awaitable[None]], wake: Callable[[], None],
+                  interval: float = 1.0, follower_interval: float = 5.0) -> None:
+    """Read back what other replicas stored: the leader every `interval` (status that a
+    follower's `$share` received reaches its plan within about that), a follower every
+    `follower_interval` (its API serves reads from memory)."""
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        while not stop.is_set():
+            await asyncio.wait([stopped],
+                               timeout=interval if elector.is_leader else follower_interval)
+            if stop.is_set():
+                return
+            try:
+                await reload()
+            except StoreError as exc:
+                log.warning("leadership.reload_failed", error=str(exc))
+                continue
+            if elector.is_leader:
+                wake()
+    finally:
+        stopped.cancel()

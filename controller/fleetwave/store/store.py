@@ -34,7 +34,7 @@ from sqlalchemy.pool import StaticPool
 from fleetwave.protocol.messages import Online, ReportedState, Status, StatusType
 from fleetwave.store import codec, leadership
 from fleetwave.store.errors import StoreError, translate
-from fleetwave.store.leadership import Fence, Lease
+from fleetwave.store.leadership import Fence, Fenced, Lease
 from fleetwave.store.rows import DeviceRow, Event, EventPage, RolloutRow, StatusOutcome, UpdateStats
 from fleetwave.store.schema import devices, events, rollouts, updates
 from fleetwave.updates.model import (
@@ -168,6 +168,8 @@ class Store:
         self._postgres = engine.dialect.name == "postgresql"
         self._insert = postgresql.insert if self._postgres else sqlite.insert
         self._fence: Fence | None = None
+        self.on_fenced: Callable[[Fenced], None] | None = None
+        """Told of every write the fence refused (the elector steps down at once)."""
 
     @property
     def engine(self) -> AsyncEngine:
@@ -197,7 +199,7 @@ class Store:
             try:
                 async with self._engine.begin() as conn:
                     if fenced and self._fence is not None:
-                        await self._fence.check(conn)
+                        await self._check_fence(self._fence, conn)
                     return await work(conn)
             except sqlalchemy.exc.DBAPIError as exc:
                 code = getattr(exc.orig, "sqlstate", None)
@@ -208,6 +210,14 @@ class Store:
             except OSError as exc:
                 raise translate(exc, self._where) from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _check_fence(self, fence: Fence, conn: AsyncConnection) -> None:
+        try:
+            await fence.check(conn)
+        except Fenced as exc:
+            if self.on_fenced is not None:
+                self.on_fenced(exc)
+            raise
 
     async def _read(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """Runs `work` in a read-only transaction (no write lock on SQLite)."""
