@@ -73,6 +73,8 @@ TOKENS_KEY = web.AppKey("tokens", TokenSet)
 SECRETS_KEY = web.AppKey("webhook_secrets", WebhookSecrets)
 MAX_BODY_KEY = web.AppKey("max_body", int)
 LEADERSHIP_KEY = web.AppKey("leadership", Leadership)
+Checks = Callable[[], Mapping[str, str]]
+CHECKS_KEY: web.AppKey[Checks] = web.AppKey("checks")
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -299,6 +301,10 @@ async def readyz(request: web.Request) -> web.Response:
     """Ready to serve (a follower is: it serves reads), and with replicas the role."""
     ready, reasons = _control(request).readiness()
     checks = dict(reasons)
+    more = request.app.get(CHECKS_KEY)
+    if more is not None:  # the process's own view: why the broker or the store is away
+        checks.update(more())
+        ready = all(value == "ok" for value in checks.values())
     body: dict[str, Any] = {"ready": ready, "checks": checks}
     leadership = request.app.get(LEADERSHIP_KEY)
     if leadership is not None:
@@ -511,7 +517,8 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
 def build_app(control: ControlPlane, metrics: Metrics, tokens: TokenSet, *,
               webhook_secrets: WebhookSecrets | None = None,
               max_body: int = MAX_BODY,
-              leadership: Leadership | None = None) -> web.Application:
+              leadership: Leadership | None = None,
+              checks: Checks | None = None) -> web.Application:
     """The API application; the caller owns the control plane's and the server's lifetimes.
 
     `webhook_secrets` authenticate both webhooks (HMAC key and/or shared tokens);
@@ -521,6 +528,8 @@ def build_app(control: ControlPlane, metrics: Metrics, tokens: TokenSet, *,
                           middlewares=[_access_log, _errors, _writes_to_the_leader])
     if leadership is not None:
         app[LEADERSHIP_KEY] = leadership
+    if checks is not None:
+        app[CHECKS_KEY] = checks
     app[CONTROL_KEY] = control
     app[METRICS_KEY] = metrics
     app[TOKENS_KEY] = tokens

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -37,7 +37,8 @@ from fleetwave.sources.git import GitCommitter, GitCredentials, GitSource
 from fleetwave.sources.policies import PolicyRollouts
 from fleetwave.sources.registry import RegistryPushHandler
 from fleetwave.sources.reverts import previous_version, propose_revert
-from fleetwave.store import Store, open_store
+from fleetwave.store import Store, StoreError, open_store
+from fleetwave.store.errors import StoreFull
 from fleetwave.updates.model import UpdateRecord
 
 log = structlog.get_logger("fleetwave.controller")
@@ -80,6 +81,19 @@ class ControllerCore:
     notifier: Notifier | None
     elector: Elector | None = None
     """Set with replicas on one PostgreSQL (`--leader-election`): only the leader plans."""
+    failed: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set with `fatal`: an error no retry mends (a full disk); the process stops with it."""
+    fatal: StoreError | None = None
+
+    def readiness(self) -> dict[str, str]:
+        """Why the broker or the store is unreachable, in the operator's words."""
+        checks: dict[str, str] = {}
+        if not self.link.connected and self.link.last_error:
+            checks["broker"] = f"unreachable: {redact_url(self.settings.broker)}: " \
+                               f"{self.link.last_error}"
+        if self.store.unreachable:
+            checks["store"] = f"unreachable: {self.store.unreachable}"
+        return checks
 
 
 @contextlib.asynccontextmanager
@@ -95,7 +109,7 @@ async def controller_core(settings: Settings) -> AsyncIterator[ControllerCore]:
         engine_box: list[Engine] = []
 
         async def on_messages(batch: list[DeviceMessage]) -> None:
-            await engine_box[0].on_device_messages(batch)
+            await stored_with_retry(engine_box[0].on_device_messages, batch)
 
         link = MqttLink(mqtt_settings(settings), metrics, on_messages)
         elector = replica_elector(settings, store, metrics)
@@ -109,14 +123,40 @@ async def controller_core(settings: Settings) -> AsyncIterator[ControllerCore]:
         engine.broker_connected = lambda: link.connected
         await link.start()
         try:
-            yield ControllerCore(settings, metrics, store, link, engine, tokens, notifier,
-                                 elector)
+            core = ControllerCore(settings, metrics, store, link, engine, tokens, notifier,
+                                  elector)
+
+            def stop_on_full(error: StoreFull) -> None:
+                core.fatal = core.fatal or error
+                core.failed.set()
+
+            store.on_full = stop_on_full
+            yield core
         finally:
             await link.stop()  # the persistent session stays on the broker
             if notifier is not None:
                 await notifier.close()
     finally:
         await store.close()
+
+
+async def stored_with_retry(deliver: Callable[[list[DeviceMessage]], Awaitable[None]],
+                            batch: list[DeviceMessage]) -> None:
+    """Hand a batch to the store, retrying while the database is unreachable (a PostgreSQL
+    restart): ingest pauses, the broker keeps the rest, nothing is dropped."""
+    delay = 0.5
+    while True:
+        try:
+            await deliver(batch)
+            return
+        except StoreFull:
+            return  # the process stops with this one error (`ControllerCore.fatal`)
+        except StoreError as exc:
+            if not exc.retry:
+                raise
+            log.warning("ingest.store_unavailable", error=str(exc), retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 def replica_elector(settings: Settings, store: Store, metrics: Metrics) -> Elector | None:
@@ -175,7 +215,7 @@ async def run_controller(settings: Settings, *, stop: asyncio.Event | None = Non
         await engine.start()
         secrets = WebhookSecrets.of(settings.webhook_secret)
         app = build_app(engine, core.metrics, core.tokens, webhook_secrets=secrets,
-                        leadership=core.elector)
+                        leadership=core.elector, checks=core.readiness)
         runner = await serve(app, settings.listen)
         tasks = [
             asyncio.create_task(source.run(on_snapshot, stop), name="source"),
@@ -186,7 +226,9 @@ async def run_controller(settings: Settings, *, stop: asyncio.Event | None = Non
         try:
             if ready is not None:
                 await ready(engine)
-            done, _ = await asyncio.wait([asyncio.create_task(stop.wait(), name="stop"), *tasks],
+            done, _ = await asyncio.wait([asyncio.create_task(stop.wait(), name="stop"),
+                                          asyncio.create_task(core.failed.wait(), name="stop"),
+                                          *tasks],
                                          return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if task.get_name() != "stop" and task.exception():
@@ -198,6 +240,8 @@ async def run_controller(settings: Settings, *, stop: asyncio.Event | None = Non
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await runner.cleanup()
+        if core.fatal is not None:
+            raise core.fatal
     log.info("controller.stopped")
 
 

@@ -33,7 +33,7 @@ from sqlalchemy.pool import StaticPool
 
 from fleetwave.protocol.messages import Online, ReportedState, Status, StatusType
 from fleetwave.store import codec, leadership
-from fleetwave.store.errors import StoreError, translate
+from fleetwave.store.errors import StoreError, StoreFull, translate
 from fleetwave.store.leadership import Fence, Fenced, Lease
 from fleetwave.store.rows import DeviceRow, Event, EventPage, RolloutRow, StatusOutcome, UpdateStats
 from fleetwave.store.schema import devices, events, rollouts, updates
@@ -170,6 +170,11 @@ class Store:
         self._fence: Fence | None = None
         self.on_fenced: Callable[[Fenced], None] | None = None
         """Told of every write the fence refused (the elector steps down at once)."""
+        self.on_full: Callable[[StoreFull], None] | None = None
+        """Told when the disk under the database is full (the controller stops)."""
+        self.unreachable: str | None = None
+        """Why the last transaction could not reach the database (None once one did): for
+        /readyz while PostgreSQL restarts."""
 
     @property
     def engine(self) -> AsyncEngine:
@@ -200,15 +205,17 @@ class Store:
                 async with self._engine.begin() as conn:
                     if fenced and self._fence is not None:
                         await self._check_fence(self._fence, conn)
-                    return await work(conn)
+                    done = await work(conn)
+                self.unreachable = None
+                return done
             except sqlalchemy.exc.DBAPIError as exc:
                 code = getattr(exc.orig, "sqlstate", None)
                 if code in ("40P01", "40001") and attempt + 1 < RETRIES:
                     await asyncio.sleep(0.01 * 2**attempt)
                     continue
-                raise translate(exc, self._where) from exc
+                raise self._failed(exc) from exc
             except OSError as exc:
-                raise translate(exc, self._where) from exc
+                raise self._failed(exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _check_fence(self, fence: Fence, conn: AsyncConnection) -> None:
@@ -225,9 +232,19 @@ class Store:
             async with self._engine.connect() as conn:
                 await conn.execution_options(fleetwave_begin="BEGIN")
                 async with conn.begin():
-                    return await work(conn)
+                    done = await work(conn)
+            self.unreachable = None
+            return done
         except (sqlalchemy.exc.DBAPIError, OSError) as exc:
-            raise translate(exc, self._where) from exc
+            raise self._failed(exc) from exc
+
+    def _failed(self, exc: BaseException) -> StoreError:
+        error = translate(exc, self._where)
+        if error.retry:
+            self.unreachable = error.message
+        if isinstance(error, StoreFull) and self.on_full is not None:
+            self.on_full(error)
+        return error
 
     async def close(self) -> None:
         await self._engine.dispose()
