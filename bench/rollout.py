@@ -356,7 +356,9 @@ def measure_fleetwave(args: argparse.Namespace, tmp: Path) -> Figures:
         argv = [sys.executable, "-m", "fleetwave", "run", "--broker", f"mqtt://127.0.0.1:{port}",
                 "--store", f"sqlite:///{tmp / 'fleetwave.db'}", "--source", str(source),
                 "--listen", f"127.0.0.1:{api_port}", "--poll-interval", "0.2",
-                "--log-format", "json", "--log-level", args.log_level]
+                "--log-format", "json", "--log-level", args.log_level,
+                # the whole fleet appears at once here; a real fleet trickles in
+                "--max-new-devices-per-minute", str(max(1000, args.devices))]
         if args.profile:
             argv = [str(ROOT / ".venv/bin/py-spy"), "record", "-o", args.profile, "-r", "50",
                     "-f", args.profile_format, "--", *argv]

@@ -8,6 +8,7 @@ build their own and read values back with `get_sample_value()`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -20,12 +21,40 @@ UPDATE_DURATION_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200)
 RECONCILE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 DROP_REASONS = ("too_large", "invalid_json", "invalid_schema", "uuid_mismatch", "unknown_topic",
-                "unknown_update")
+                "unknown_update", "new_device_rate")
 """Why an inbound message was dropped: the only values of the `reason` label."""
 
 HEALTH_CHECK_REFUSALS = ("not_an_address", "loopback", "link_local", "unspecified",
                          "multicast", "broadcast", "denied", "redirect", "body_too_large")
 """Why a health check was refused (runtime/checks.py): the only values of its `reason`."""
+
+OTHER = "other"
+"""The label value for every device-reported component or version no Rollout declares."""
+
+
+def declared_version_counts(reported: Iterable[Mapping[str, str]],
+                            declared: Mapping[str, Set[str]]) -> dict[tuple[str, str], int]:
+    """Devices per (component, version), with undeclared values folded into `other`.
+
+    Devices choose what they report, so a reported value only becomes a label value
+    when some Rollout declares it (`declared`: component -> versions); anything else
+    counts as `other`, which bounds the series by what operators committed, not by
+    what a hostile or buggy fleet sends. A component no Rollout names is `other` too.
+
+    >>> declared_version_counts([{"agent": "1.0.6"}, {"agent": "x"}, {"junk": "1"}],
+    ...                         {"agent": {"1.0.6"}})
+    {('agent', '1.0.6'): 1, ('agent', 'other'): 1, ('other', 'other'): 1}
+    """
+    counts: dict[tuple[str, str], int] = {}
+    for versions in reported:
+        for component, version in versions.items():
+            known = declared.get(component)
+            if known is None:
+                key = (OTHER, OTHER)
+            else:
+                key = (component, version if version in known else OTHER)
+            counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 @dataclass(frozen=True)
@@ -62,6 +91,8 @@ class Metrics:
     notifications: Counter
     # health checks
     health_checks_refused: Counter
+    # hostile input refused at the edges
+    api_refused: Counter
     # leadership (DESIGN.md 9.3)
     leader: Gauge
     leader_epoch: Gauge
@@ -130,6 +161,10 @@ def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
         health_checks_refused=Counter(
             f"{p}_health_checks_refused", "Health checks refused: an address the controller "
             "does not connect to, a redirect, an oversized body.", ["reason"], registry=reg),
+        api_refused=Counter(f"{p}_api_requests_refused",
+                            "API requests and webhook deliveries refused, by reason "
+                            "(unauthorized, forbidden, replayed_delivery, stale_timestamp…).",
+                            ["reason"], registry=reg),
         leader=Gauge(f"{p}_leader", "1 while this replica leads (plans and publishes).",
                      registry=reg),
         leader_epoch=Gauge(f"{p}_leader_epoch", "The epoch of the lease this replica last "

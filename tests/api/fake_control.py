@@ -12,9 +12,8 @@ import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fleetwave.api.ports import JSON, Conflict, ControlOp, NotFound
-
-TERMINAL = {"Completed", "Failed", "Aborted", "RolledBack"}
+from fleetwave.api.ports import JSON, Conflict, ControlOp, Key, NotFound, Page, page_after
+from fleetwave.resources.vocabulary import TERMINAL_PHASES as TERMINAL
 
 
 def make_rollout(name: str, *, phase: str = "Progressing", step: int = 1, steps: int = 4,
@@ -26,7 +25,7 @@ def make_rollout(name: str, *, phase: str = "Progressing", step: int = 1, steps:
                  "strategy": {"steps": [{"percent": p} for p in (5, 25, 50, 100)[:steps]]}},
         "status": {"phase": phase, "currentStep": step, "observedGeneration": 1,
                    "revision": "abc123", "targeted": targeted,
-                   "progress": f"{succeeded}/{targeted}",
+                   "done": succeeded, "progress": f"{succeeded}/{targeted}",
                    "counts": {"succeeded": succeeded, "failed": failed, "pending": 3},
                    "failureRate": round(100 * failed / max(1, succeeded + failed), 1),
                    "conditions": [{"type": "Progressing", "status": "True",
@@ -87,10 +86,13 @@ class FakeControl:
         r = self.rollouts.get(name)
         return copy.deepcopy(r) if r is not None else None
 
-    async def rollout_devices(self, name: str) -> list[JSON]:
+    async def rollout_devices(self, name: str, after: Key | None = None,
+                              limit: int = 100) -> Page:
         self._rollout(name)
-        return [{"uuid": u, "step": 0, "state": "pending", "attempt": 1, "version": "1.0.5",
-                 "reason": None} for u in self.devices]
+        uuids, next_key = page_after(sorted(self.devices), after, limit)
+        return Page([{"uuid": u, "step": 0, "state": "pending", "attempt": 1,
+                      "version": "1.0.5", "reason": None} for u in uuids], next_key,
+                    len(self.devices))
 
     async def rollout_events(self, name: str, offset: int, limit: int) -> tuple[list[JSON], int]:
         self._rollout(name)
@@ -128,8 +130,10 @@ class FakeControl:
         self.calls.append(("delete_rollout", {"name": name, "actor": actor}))
         del self.rollouts[name]
 
-    async def list_devices(self) -> list[JSON]:
-        return [copy.deepcopy(d) for d in self.devices.values()]
+    async def list_devices(self, after: Key | None = None, limit: int = 100) -> Page:
+        uuids, next_key = page_after(sorted(self.devices), after, limit)
+        return Page([copy.deepcopy(self.devices[u]) for u in uuids], next_key,
+                    len(self.devices))
 
     async def get_device(self, uuid: str) -> JSON | None:
         d = self.devices.get(uuid)
@@ -165,10 +169,11 @@ class FakeControl:
                 return copy.deepcopy(record)
         raise NotFound(f"no update {update_id} for device {uuid}")
 
-    async def list_updates(self, state: str | None, older_than: float | None) -> list[JSON]:
+    async def list_updates(self, state: str | None, older_than: float | None,
+                           after: Key | None = None, limit: int = 100) -> Page:
         self.calls.append(("list_updates", {"state": state, "older_than": older_than}))
-        return [r for records in self.updates.values() for r in records
-                if state is None or r["state"] == state]
+        return Page([r for records in self.updates.values() for r in records
+                     if state is None or r["state"] == state][:limit], None)
 
     async def registry_pushes(self, pushes: Sequence[Any]) -> list[JSON]:
         self.calls.append(("registry_pushes", {"pushes": list(pushes)}))

@@ -309,3 +309,14 @@ def test_live_watch_on_a_terminal_honours_no_color(server: LiveServer,
                             NO_COLOR="1")
     assert "Completed" in out
     assert "\x1b[3" not in out  # rich may move the cursor, but sets no colour
+
+
+def test_devices_follows_every_page(server: LiveServer, control: FakeControl) -> None:
+    """The API serves at most 1,000 devices a page; the command lists the whole fleet."""
+    control.devices = {f"dev-{i:05d}": {"uuid": f"dev-{i:05d}", "online": True,
+                                        "versions": {"agent": "1.0.5"}, "labels": {}}
+                       for i in range(2_345)}
+    result = fleetwave(server, "devices", "-o", "json")
+    assert result.returncode == 0, result.stderr
+    items = json.loads(result.stdout)["items"]
+    assert [d["uuid"] for d in items] == sorted(control.devices)

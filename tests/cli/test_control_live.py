@@ -26,7 +26,7 @@ FLEETWAVE = str(Path(sys.executable).with_name("fleetwave"))
 DEVICES = 100
 ROLLOUT = "agent-rollout"
 REFUSED = ("error: the server refused the token: set FLEETWAVE_TOKEN to a token from the "
-           "server's --token-file")
+           "server's --token-file (or --read-token-file for reads)")
 
 
 def rollout_yaml(steps: str, max_in_flight: int = 300) -> str:

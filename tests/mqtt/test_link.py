@@ -91,6 +91,24 @@ async def test_each_malformed_kind_is_dropped_and_counted(
     await pub.stop()
 
 
+async def test_the_broker_never_sends_a_packet_above_our_maximum_packet_size(
+        broker: RunningBroker, link: tuple[MqttLink, Collector], metrics: Metrics) -> None:
+    """The link's CONNECT carries MQTT 5 Maximum-Packet-Size (max_payload + 4 KiB): the
+    broker accepts a 100 KB message from the device (its own limit is 256 KiB) but never
+    forwards it, so the network thread does not even read it; a message just above
+    max_payload still arrives and is counted as too_large."""
+    _, collector = link
+    pub = await device_publisher(broker)
+    await pub.publish(T.status("dev-1"), b"x" * 100_000)
+    await pub.publish(T.status("dev-1"), b"y" * 20_000)
+    await pub.publish(T.status("dev-1"), status("after-huge"))
+    await collector.wait_for(lambda m: "after-huge" in cids(m))
+    assert metrics.registry.get_sample_value("fleetwave_mqtt_messages_dropped_total",
+                                             {"reason": "too_large"}) == 1
+    assert link[0]._options.max_packet_size == 16384 + 4096
+    await pub.stop()
+
+
 async def test_status_sent_while_controller_down_arrives_on_reconnect(
         broker: RunningBroker, metrics: Metrics) -> None:
     settings = settings_for(broker, client_id="fleetwave-persistent")

@@ -74,7 +74,7 @@ def test_a_push_becomes_a_rollout_once(
     assert created[0]["spec"]["selector"] == {"matchLabels": {"env": "production"}}
 
     status, body = docker_hub_push(controller, "2.0.1")  # the same push, delivered again
-    assert status == 200 and not any(item.get("created") for item in body["items"]), body
+    assert status == 409 and body["error"]["code"] == "replayed_delivery", body
     status, body = docker_hub_push(controller, "1.9.0")  # older than what is desired
     assert status == 200 and not any(item.get("created") for item in body["items"]), body
     assert [r["spec"]["version"] for r in policy_rollouts(controller)] == ["2.0.1"]

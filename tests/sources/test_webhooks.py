@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 from typing import Any
 
 import pytest
@@ -17,8 +18,12 @@ from fleetwave.api.webhooks import (
     ImagePush,
     MalformedPayload,
     PayloadTooLarge,
+    ReplayedDelivery,
+    StaleTimestamp,
     WebhookError,
     WebhookSecrets,
+    delivery_key,
+    sign_delivery,
     verify_git_webhook,
     verify_registry_webhook,
 )
@@ -29,6 +34,13 @@ SECRETS = WebhookSecrets.of(SECRET, tokens=["shared-token"])
 
 def sign(body: bytes, secret: str = SECRET) -> str:
     return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def ours(body: bytes, at: float | None = None, secret: str = SECRET) -> dict[str, str]:
+    """Our own scheme: a signed timestamp (X-Fleetwave-Timestamp) with the body."""
+    stamp = int(time.time() if at is None else at)
+    return {"X-Fleetwave-Timestamp": str(stamp),
+            "X-Fleetwave-Signature": sign_delivery(secret.encode(), body, stamp)}
 
 
 def body_of(payload: dict[str, Any]) -> bytes:
@@ -115,12 +127,13 @@ class TestRegistryFormats:
         pytest.param({"Authorization": "Bearer shared-token"}, id="bearer"),
         pytest.param({"authorization": "shared-token"}, id="harbor-raw-header"),
         pytest.param({"X-Fleetwave-Token": "shared-token"}, id="fleetwave-token"),
-        pytest.param({"X-Fleetwave-Signature": "sha256=SIGN"}, id="fleetwave-signature"),
-        pytest.param({"x-fleetwave-signature": "SIGN"}, id="bare-hex-signature"),
+        pytest.param({"X-Hub-Signature-256": "SIGN"}, id="bare-hex-signature"),
+        pytest.param("ours", id="fleetwave-timestamped-signature"),
     ])
-    def test_token_and_generic_signature(self, auth: dict[str, str]) -> None:
+    def test_token_and_generic_signature(self, auth: dict[str, str] | str) -> None:
         body = body_of(harbor())
-        headers = {k: v.replace("SIGN", sign(body)) for k, v in auth.items()}
+        headers = (ours(body) if auth == "ours" else
+                   {k: v.replace("SIGN", sign(body)) for k, v in auth.items()})
         assert [p.tag for p in verify_registry_webhook(headers, body, SECRETS)] == ["2.0.1"]
 
     def test_docker_hub_token_in_query(self) -> None:
@@ -153,7 +166,7 @@ class TestRegistryFormats:
     ])
     def test_malformed_is_400(self, body: bytes) -> None:
         with pytest.raises(MalformedPayload) as err:
-            verify_registry_webhook({"X-Fleetwave-Signature": sign(body)}, body, SECRETS)
+            verify_registry_webhook(ours(body), body, SECRETS)
         assert err.value.status == 400
 
     def test_oversized_is_413_before_anything_is_checked(self) -> None:
@@ -174,14 +187,64 @@ class TestRegistryFormats:
     def test_notifications_that_are_not_tag_pushes_give_nothing(
             self, payload: dict[str, Any]) -> None:
         body = body_of(payload)
-        assert verify_registry_webhook({"X-Fleetwave-Signature": sign(body)}, body,
-                                       SECRETS) == []
+        assert verify_registry_webhook(ours(body), body, SECRETS) == []
 
     def test_errors_carry_a_status_and_code(self) -> None:
         assert issubclass(BadSignature, WebhookError)
         assert (BadSignature.code, MalformedPayload.code, PayloadTooLarge.code) == \
             ("Unauthorized", "MalformedPayload", "PayloadTooLarge")
         assert "hook-secret" not in repr(SECRETS)
+
+
+# -- replays: signed timestamps and delivery ids ------------------------------------------
+
+class TestReplays:
+    NOW = 1_800_000_000.0
+
+    @pytest.mark.parametrize("skew", [-301, 301, -10**6])
+    def test_a_timestamp_outside_the_window_is_refused(self, skew: int) -> None:
+        body = body_of(harbor())
+        with pytest.raises(StaleTimestamp) as err:
+            verify_registry_webhook(ours(body, self.NOW + skew), body, SECRETS, now=self.NOW)
+        assert err.value.status == 401 and "window is 300 s" in str(err.value)
+
+    @pytest.mark.parametrize("skew", [-300, 0, 300])
+    def test_a_timestamp_inside_the_window_passes(self, skew: int) -> None:
+        body = body_of(GITHUB_PUSH)
+        headers = {"X-GitHub-Event": "push", **ours(body, self.NOW + skew)}
+        assert isinstance(verify_git_webhook(headers, body, SECRETS, now=self.NOW), GitPush)
+
+    @pytest.mark.parametrize("stamp", [None, "", "soon", "-5", "1" * 20])
+    def test_our_signature_without_a_readable_timestamp_is_refused(
+            self, stamp: str | None) -> None:
+        body = body_of(harbor())
+        headers = {"X-Fleetwave-Signature": "sha256=" + sign(body)}
+        if stamp is not None:
+            headers["X-Fleetwave-Timestamp"] = stamp
+        with pytest.raises(StaleTimestamp):
+            verify_registry_webhook(headers, body, SECRETS, now=self.NOW)
+
+    def test_a_moved_timestamp_breaks_the_signature(self) -> None:
+        body = body_of(harbor())
+        headers = ours(body, self.NOW - 3600)  # captured an hour ago...
+        headers["X-Fleetwave-Timestamp"] = str(int(self.NOW))  # ...and made to look fresh
+        with pytest.raises(BadSignature):
+            verify_registry_webhook(headers, body, SECRETS, now=self.NOW)
+
+    def test_delivery_keys_per_sender(self) -> None:
+        github = delivery_key("git", {"X-GitHub-Delivery": "d-1"})
+        assert github is not None and github[1] == 7 * 86400
+        assert github == delivery_key("git", {"x-github-delivery": "d-1"})
+        assert github[0] != delivery_key("registry", {"X-GitHub-Delivery": "d-1"})
+        ours_key = delivery_key("git", {"X-Fleetwave-Delivery": "x" * 10_000,
+                                        "X-Fleetwave-Signature": "sha256=…"})
+        assert ours_key is not None and ours_key[1] == 600 and len(ours_key[0]) < 64
+        pushes = [ImagePush("acme/app", "1", delivery_id="e2"),
+                  ImagePush("acme/app", "2", delivery_id="e1")]
+        assert delivery_key("registry", {}, pushes) == delivery_key("registry", {},
+                                                                   pushes[::-1])
+        assert delivery_key("registry", {}, [ImagePush("acme/app", "1")]) is None
+        assert ReplayedDelivery.status == 409
 
 
 # -- git push payloads -------------------------------------------------------------------

@@ -104,8 +104,15 @@ class Controller:
         return result
 
     def devices(self) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = self.get("/api/v1/devices")["items"]
-        return items
+        """Every device, following the API's pages."""
+        items: list[dict[str, Any]] = []
+        query = "?limit=1000"
+        while True:
+            page = self.get("/api/v1/devices" + query)
+            items += page["items"]
+            if page.get("next") is None:
+                return items
+            query = f"?limit=1000&cursor={page['next']}"
 
 
 @dataclass

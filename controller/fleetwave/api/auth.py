@@ -1,6 +1,8 @@
-"""Who may write: the bearer tokens of `--token-file`.
+"""Who may write (`--token-file`) and, optionally, who may read (`--read-token-file`).
 
-Reads are open (they show what git already shows); every write needs a token.
+Reads are open by default (they show what git already shows); with a read token
+file every read under /api/v1 needs a read or a write token. Every write needs a
+write token.
 Tokens are compared as SHA-256 digests with `hmac.compare_digest` against every
 configured token, so neither the position of a mismatch nor which token matched
 shows in the response time. Without a token file writes are refused outright:
@@ -27,6 +29,19 @@ class AuthError(Exception):
         self.status = status
         self.code = code
         self.message = message
+
+
+def bearer_token(header: str | None) -> str:
+    """The token of an `Authorization: Bearer <token>` header; AuthError 401 otherwise."""
+    if not header:
+        raise AuthError(401, "unauthorized",
+                        "this request needs a bearer token: send `Authorization: Bearer "
+                        "<token>` (the CLI reads FLEETWAVE_TOKEN)")
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise AuthError(401, "unauthorized", "the Authorization header must be `Bearer <token>`")
+    return token
 
 
 def _digest(token: str) -> bytes:
@@ -97,17 +112,41 @@ class TokenSet:
             raise AuthError(403, "writes_disabled",
                             "writes are disabled on this server: start `fleetwave run` with "
                             "--token-file FILE (one bearer token per line)")
-        if not header:
-            raise AuthError(401, "unauthorized",
-                            "this request needs a bearer token: send `Authorization: Bearer "
-                            "<token>` (the CLI reads FLEETWAVE_TOKEN)")
-        scheme, _, token = header.strip().partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise AuthError(401, "unauthorized",
-                            "the Authorization header must be `Bearer <token>`")
-        index = self.match(token)
+        index = self.match(bearer_token(header))
         if index is None:
             raise AuthError(403, "forbidden",
                             "the token is not accepted: use one from the server's --token-file")
         return f"api:token-{index}"
+
+
+@dataclass(frozen=True)
+class ReadAccess:
+    """Who may read /api/v1: anyone without `--read-token-file`, else a read or write token.
+
+    A write token reads too, so the CLI needs one FLEETWAVE_TOKEN whatever it does.
+    `/healthz`, `/readyz` and `/metrics` are not under /api/v1 and stay open: probes
+    and scrapers carry no token by default, and `/metrics` holds only bounded,
+    device-free aggregates (reach to it is a NetworkPolicy's job).
+    """
+
+    readers: TokenSet = field(default_factory=TokenSet.disabled)
+    writers: TokenSet = field(default_factory=TokenSet.disabled)
+
+    @property
+    def required(self) -> bool:
+        return self.readers.enabled
+
+    def authorize(self, header: str | None) -> str:
+        """The actor (`api:read-token-N`, `api:token-N`, or `anonymous` when reads are open)."""
+        if not self.required:
+            return "anonymous"
+        token = bearer_token(header)
+        index = self.readers.match(token)
+        if index is not None:
+            return f"api:read-token-{index}"
+        index = self.writers.match(token)
+        if index is not None:
+            return f"api:token-{index}"
+        raise AuthError(403, "forbidden",
+                        "the token is not accepted for reads: use one from the server's "
+                        "--read-token-file or --token-file")

@@ -15,6 +15,7 @@ from typing import Any
 from fleetwave import __version__
 from fleetwave.resources.durations import PATTERN as DURATION_PATTERN
 from fleetwave.resources.schema import PHASES, ROLLOUT_SPEC, ROLLOUT_STATUS
+from fleetwave.resources.vocabulary import CONTROL_OPS
 from fleetwave.updates.model import UpdateState
 
 Schema = dict[str, Any]
@@ -119,12 +120,37 @@ PROMOTE_REQUEST: Schema = {
                               "description": "Release this parked device only."}},
 }
 
+BEARER_DESCRIPTION = ("A token from --token-file (writes and reads), or from --read-token-file "
+                      "(reads; needed only when the server has one).")
+
 EMPTY_REQUEST: Schema = {"type": "object", "additionalProperties": False, "properties": {}}
 
 
 def _items(schema: Schema, **extra: Schema) -> Schema:
     return {"type": "object", "required": ["items"],
             "properties": {"items": {"type": "array", "items": schema}, **extra}}
+
+
+PAGE_PARAMS: list[dict[str, Any]] = [
+    {"name": "limit", "in": "query", "required": False,
+     "description": "Items per page.",
+     "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+    {"name": "cursor", "in": "query", "required": False,
+     "description": "The `next` of the previous page, unchanged; leave out for the first.",
+     "schema": {"type": "string", "maxLength": 1024}},
+]
+
+
+def _page(schema: Schema, *, total: bool = True) -> Schema:
+    """A page of a long list: `items` as before paging, `next` the cursor of the next page."""
+    extra: dict[str, Schema] = {"next": {"type": ["string", "null"],
+                                         "description": "Pass as `cursor`; null on the last "
+                                                        "page."}}
+    if total:
+        extra["total"] = {"type": "integer", "minimum": 0}
+    page = _items(schema, **extra)
+    page["required"] = ["items", "next"]
+    return page
 
 
 def _json(schema: Schema, description: str) -> dict[str, Any]:
@@ -173,7 +199,10 @@ def _write(summary: str, params: list[dict[str, Any]], ok: dict[str, Any],
 
 def _read(summary: str, params: list[dict[str, Any]], ok: dict[str, Any],
           *, not_found: bool = True) -> dict[str, Any]:
-    responses: dict[str, Any] = {"200": ok, "400": _error("A malformed parameter.")}
+    responses: dict[str, Any] = {
+        "200": ok, "400": _error("A malformed parameter."),
+        "401": _error("No bearer token, on a server with --read-token-file."),
+        "403": _error("A token from neither --read-token-file nor --token-file.")}
     if not_found:
         responses["404"] = _error("No such rollout or device.")
     return {"summary": summary, "parameters": params, "responses": responses}
@@ -205,8 +234,8 @@ def build_openapi() -> dict[str, Any]:
                                    "Deleted.")),
         },
         "/api/v1/rollouts/{name}/devices": {"get": _read(
-            "Per-device state in this rollout.", [NAME],
-            _json(_items(_ref("RolloutDevice")), "The devices."))},
+            "Per-device state in this rollout, by uuid.", [NAME, *PAGE_PARAMS],
+            _json(_page(_ref("RolloutDevice")), "A page of devices."))},
         "/api/v1/rollouts/{name}/events": {"get": _read(
             "The rollout's events, oldest first.",
             [NAME,
@@ -220,8 +249,8 @@ def build_openapi() -> dict[str, Any]:
         "/api/v1/rollouts/{name}/devices/{uuid}/rollback": {"post": _write(
             "Put one device back on its previous version.", [NAME, UUID],
             _json(_ref("UpdateRecord"), "The rollback record."), EMPTY_REQUEST)},
-        "/api/v1/devices": {"get": _read("List devices.", [],
-                                         _json(_items(_ref("Device")), "The devices."),
+        "/api/v1/devices": {"get": _read("List devices, by uuid.", PAGE_PARAMS,
+                                         _json(_page(_ref("Device")), "A page of devices."),
                                          not_found=False)},
         "/api/v1/devices/{uuid}": {"get": _read("One device.", [UUID],
                                                 _json(_ref("Device"), "The device."))},
@@ -244,10 +273,12 @@ def build_openapi() -> dict[str, Any]:
               "schema": {"type": "string", "enum": [s.value for s in UpdateState]}},
              {"name": "olderThan", "in": "query", "required": False,
               "description": "Only updates created longer ago than this, e.g. 30m.",
-              "schema": {"type": "string", "pattern": DURATION_PATTERN}}],
-            _json(_items(_ref("UpdateRecord")), "The records."), not_found=False)},
+              "schema": {"type": "string", "pattern": DURATION_PATTERN}},
+             *PAGE_PARAMS],
+            _json(_page(_ref("UpdateRecord"), total=False), "A page of records, oldest first."),
+            not_found=False)},
     }
-    for op in ("pause", "resume", "promote", "abort", "rollback"):
+    for op in CONTROL_OPS:
         body = PROMOTE_REQUEST if op == "promote" else EMPTY_REQUEST
         paths[f"/api/v1/rollouts/{{name}}/{op}"] = {"post": _write(
             f"{op.capitalize()} the rollout.", [NAME], _json(_ref("Rollout"), "The rollout."),
@@ -277,7 +308,7 @@ def build_openapi() -> dict[str, Any]:
         "paths": paths,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "description": "A token from --token-file."}},
+                                           "description": BEARER_DESCRIPTION}},
             "schemas": {"Error": ERROR, "Rollout": ROLLOUT, "Device": DEVICE,
                         "RolloutDevice": ROLLOUT_DEVICE, "UpdateRecord": UPDATE_RECORD,
                         "Event": EVENT, "UpdateRequest": UPDATE_REQUEST},

@@ -11,7 +11,10 @@ Every response is JSON (except `/metrics`), every error is
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -24,19 +27,22 @@ import prometheus_client
 import structlog
 from aiohttp import web
 
-from fleetwave.api.auth import AuthError, TokenSet
+from fleetwave.api.auth import AuthError, ReadAccess, TokenSet
 from fleetwave.api.openapi import build_openapi
-from fleetwave.api.ports import ControlError, ControlOp, ControlPlane
+from fleetwave.api.ports import ControlError, ControlOp, ControlPlane, DeliveryLog, Key, Page
 from fleetwave.api.webhooks import (
     Ignored,
+    ReplayedDelivery,
     WebhookError,
     WebhookSecrets,
+    delivery_key,
     verify_git_webhook,
     verify_registry_webhook,
 )
 from fleetwave.metrics import Metrics
 from fleetwave.resources.durations import DurationError, parse_duration
 from fleetwave.resources.schema import PHASES
+from fleetwave.resources.vocabulary import CONTROL_OPS
 from fleetwave.updates.model import UpdateState
 
 log = structlog.get_logger("fleetwave.api")
@@ -44,14 +50,15 @@ log = structlog.get_logger("fleetwave.api")
 MAX_BODY = 1024 * 1024
 """Default bound on request bodies (1 MiB): webhook payloads are a few KiB, updates less."""
 
-EVENTS_DEFAULT_LIMIT = 100
-EVENTS_MAX_LIMIT = 1000
-UPDATES_DEFAULT_LIMIT = 100
-UPDATES_MAX_LIMIT = 1000
+PAGE_DEFAULT_LIMIT = 100
+PAGE_MAX_LIMIT = 1000
+"""Page size of every long list (devices, a rollout's devices and events, updates, a
+device's history): a page of 1,000 serialises in milliseconds, 100,000 devices at once
+held the event loop for seconds."""
+MAX_CURSOR = 1024
 MAX_FIELD = 253
 """Longest component, version or id we accept: Kubernetes' name length, ample for tags."""
 
-CONTROL_OPS: tuple[ControlOp, ...] = ("pause", "resume", "promote", "abort", "rollback")
 UPDATE_STATES = tuple(s.value for s in UpdateState)
 
 class Leadership(Protocol):
@@ -70,8 +77,10 @@ class Leadership(Protocol):
 CONTROL_KEY = web.AppKey("control", ControlPlane)
 METRICS_KEY = web.AppKey("metrics", Metrics)
 TOKENS_KEY = web.AppKey("tokens", TokenSet)
+READ_KEY = web.AppKey("read_access", ReadAccess)
 SECRETS_KEY = web.AppKey("webhook_secrets", WebhookSecrets)
 MAX_BODY_KEY = web.AppKey("max_body", int)
+DELIVERIES_KEY = web.AppKey("deliveries", DeliveryLog)
 LEADERSHIP_KEY = web.AppKey("leadership", Leadership)
 Checks = Callable[[], Mapping[str, str]]
 CHECKS_KEY: web.AppKey[Checks] = web.AppKey("checks")
@@ -133,11 +142,13 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except ApiError as exc:
         return error_response(exc.status, exc.code, exc.message, exc.headers)
     except AuthError as exc:
+        request.app[METRICS_KEY].api_refused.labels(reason=exc.code).inc()
         headers = {"WWW-Authenticate": 'Bearer realm="fleetwave"'} if exc.status == 401 else None
         return error_response(exc.status, exc.code, exc.message, headers)
     except ControlError as exc:
         return error_response(exc.status, exc.code, exc.message)
     except WebhookError as exc:
+        request.app[METRICS_KEY].api_refused.labels(reason=_snake(exc.code)).inc()
         return error_response(exc.status, _snake(exc.code), str(exc))
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -163,6 +174,17 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_response(500, "internal_error",
                               "the server failed on this request; the controller log has "
                               "the details")
+
+
+@web.middleware
+async def _read_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """With `--read-token-file`, every read under /api/v1 needs a read or write token.
+
+    Writes check their own (write) token in the handler; webhooks their signature.
+    """
+    if request.method in ("GET", "HEAD") and request.path.startswith("/api/v1/"):
+        request.app[READ_KEY].authorize(request.headers.get("Authorization"))
+    return await handler(request)
 
 
 @web.middleware
@@ -240,6 +262,54 @@ def _int_param(request: web.Request, name: str, default: int, *, minimum: int,
         bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
         raise ApiError(400, "invalid_parameter", f"{name} must be {bound}, not {value}")
     return value
+
+
+def encode_cursor(key: Key) -> str:
+    """The opaque `next` of a page: the last key, as URL-safe base64 of a JSON array."""
+    return base64.urlsafe_b64encode(_dumps(list(key)).encode()).decode().rstrip("=")
+
+
+def _cursor_part(value: Any) -> bool:
+    """Strings without NUL and finite numbers: what a store can compare without failing."""
+    if isinstance(value, str):
+        return "\x00" not in value
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return abs(value) < 2**53
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def _decode_cursor(raw: str) -> Key:
+    bad = ApiError(400, "invalid_parameter",
+                   "cursor is not one this server handed out: pass the `next` of the "
+                   "previous page unchanged, or leave it out to start at the beginning")
+    if len(raw) > MAX_CURSOR:
+        raise bad
+    try:
+        key = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    except (ValueError, binascii.Error, RecursionError):
+        raise bad from None
+    if not isinstance(key, list) or not key or not all(_cursor_part(k) for k in key):
+        raise bad
+    return tuple(key)
+
+
+def _page_request(request: web.Request) -> tuple[Key | None, int]:
+    """`?cursor=` and `?limit=` of a paginated list, checked."""
+    limit = _int_param(request, "limit", PAGE_DEFAULT_LIMIT, minimum=1,
+                       maximum=PAGE_MAX_LIMIT)
+    raw = request.query.get("cursor") or None
+    return (_decode_cursor(raw) if raw is not None else None), limit
+
+
+def page_response(page: Page) -> web.Response:
+    """`{"items", "next", "total"?}`: `items` as before paging, so old clients read page 1."""
+    body: dict[str, Any] = {"items": page.items,
+                            "next": encode_cursor(page.next) if page.next is not None else None}
+    if page.total is not None:
+        body["total"] = page.total
+    return json_response(body)
 
 
 def _check_keys(body: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
@@ -360,14 +430,15 @@ async def delete_rollout(request: web.Request) -> web.Response:
 
 
 async def rollout_devices(request: web.Request) -> web.Response:
-    items = await _control(request).rollout_devices(_rollout_name(request))
-    return json_response({"items": items})
+    after, limit = _page_request(request)
+    return page_response(await _control(request).rollout_devices(_rollout_name(request),
+                                                                 after, limit))
 
 
 async def rollout_events(request: web.Request) -> web.Response:
     offset = _int_param(request, "offset", 0, minimum=0)
-    limit = _int_param(request, "limit", EVENTS_DEFAULT_LIMIT, minimum=1,
-                       maximum=EVENTS_MAX_LIMIT)
+    limit = _int_param(request, "limit", PAGE_DEFAULT_LIMIT, minimum=1,
+                       maximum=PAGE_MAX_LIMIT)
     items, total = await _control(request).rollout_events(_rollout_name(request), offset, limit)
     return json_response({"items": items, "total": total, "offset": offset, "limit": limit})
 
@@ -399,7 +470,8 @@ async def rollback_device(request: web.Request) -> web.Response:
 
 
 async def list_devices(request: web.Request) -> web.Response:
-    return json_response({"items": await _control(request).list_devices()})
+    after, limit = _page_request(request)
+    return page_response(await _control(request).list_devices(after, limit))
 
 
 async def get_device(request: web.Request) -> web.Response:
@@ -441,8 +513,8 @@ async def cancel_update(request: web.Request) -> web.Response:
 
 
 async def device_updates(request: web.Request) -> web.Response:
-    limit = _int_param(request, "limit", UPDATES_DEFAULT_LIMIT, minimum=1,
-                       maximum=UPDATES_MAX_LIMIT)
+    limit = _int_param(request, "limit", PAGE_DEFAULT_LIMIT, minimum=1,
+                       maximum=PAGE_MAX_LIMIT)
     items = await _control(request).device_updates(request.match_info["uuid"], limit)
     return json_response({"items": items})
 
@@ -461,7 +533,8 @@ async def list_updates(request: web.Request) -> web.Response:
             raise ApiError(400, "invalid_parameter", f"olderThan: {exc}") from None
         except OverflowError:
             raise ApiError(400, "invalid_parameter", f"olderThan {raw!r} is too long") from None
-    return json_response({"items": await _control(request).list_updates(state, older_than)})
+    after, limit = _page_request(request)
+    return page_response(await _control(request).list_updates(state, older_than, after, limit))
 
 
 def _snake(code: str) -> str:
@@ -469,23 +542,54 @@ def _snake(code: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", code).lower()
 
 
+async def _first_delivery(request: web.Request, key: tuple[str, float] | None) -> str | None:
+    """Refuse a delivery already handled (also before a restart); the key to forget if
+    acting on it fails, None when the sender gave no id or no log is configured."""
+    if key is None or DELIVERIES_KEY not in request.app:
+        return None
+    name, ttl = key
+    now = time.time()
+    if not await request.app[DELIVERIES_KEY].first_delivery(name, now, now + ttl):
+        raise ReplayedDelivery("this delivery was already handled (same delivery id): a "
+                               "replay, or a retry of one that succeeded; nothing was done")
+    return name
+
+
+async def _forget(request: web.Request, key: str | None) -> None:
+    if key is not None:
+        await request.app[DELIVERIES_KEY].forget_delivery(key)
+
+
 async def git_webhook(request: web.Request) -> web.Response:
     """A verified push syncs the git source now; verified non-pushes (ping) are answered 200."""
     body = await request.read()
     push = verify_git_webhook(request.headers, body, request.app[SECRETS_KEY],
-                              max_body=request.app[MAX_BODY_KEY])
+                              max_body=request.app[MAX_BODY_KEY], now=time.time())
     if isinstance(push, Ignored):
         return json_response({"accepted": False,
                               "ignored": {"event": push.event, "reason": push.reason}})
-    await _control(request).git_push(push.ref)
+    key = await _first_delivery(request, delivery_key("git", request.headers))
+    try:
+        await _control(request).git_push(push.ref)
+    except BaseException:
+        await _forget(request, key)
+        raise
     return json_response({"accepted": True, "ref": push.ref, "after": push.after}, status=202)
 
 
 async def registry_webhook(request: web.Request) -> web.Response:
     body = await request.read()
     pushes = verify_registry_webhook(request.headers, body, request.app[SECRETS_KEY],
-                                     query=request.query, max_body=request.app[MAX_BODY_KEY])
-    outcomes = await _control(request).registry_pushes(pushes) if pushes else []
+                                     query=request.query, max_body=request.app[MAX_BODY_KEY],
+                                     now=time.time())
+    if not pushes:
+        return json_response({"items": []})
+    key = await _first_delivery(request, delivery_key("registry", request.headers, pushes))
+    try:
+        outcomes = await _control(request).registry_pushes(pushes)
+    except BaseException:
+        await _forget(request, key)
+        raise
     return json_response({"items": outcomes})
 
 
@@ -516,16 +620,22 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
 
 def build_app(control: ControlPlane, metrics: Metrics, tokens: TokenSet, *,
               webhook_secrets: WebhookSecrets | None = None,
+              read_tokens: TokenSet | None = None,
+              deliveries: DeliveryLog | None = None,
               max_body: int = MAX_BODY,
               leadership: Leadership | None = None,
               checks: Checks | None = None) -> web.Application:
     """The API application; the caller owns the control plane's and the server's lifetimes.
 
     `webhook_secrets` authenticate both webhooks (HMAC key and/or shared tokens);
-    without them every webhook delivery is refused with 401.
+    without them every webhook delivery is refused with 401. `read_tokens` (enabled)
+    close every read under /api/v1 to callers without a read or write token.
+    `deliveries` (the store) remembers webhook delivery ids, so replays are refused
+    across restarts; without it (API tests) deliveries are not deduplicated.
     """
     app = web.Application(client_max_size=max_body,
-                          middlewares=[_access_log, _errors, _writes_to_the_leader])
+                          middlewares=[_access_log, _errors, _read_guard,
+                                       _writes_to_the_leader])
     if leadership is not None:
         app[LEADERSHIP_KEY] = leadership
     if checks is not None:
@@ -533,6 +643,9 @@ def build_app(control: ControlPlane, metrics: Metrics, tokens: TokenSet, *,
     app[CONTROL_KEY] = control
     app[METRICS_KEY] = metrics
     app[TOKENS_KEY] = tokens
+    app[READ_KEY] = ReadAccess(read_tokens or TokenSet.disabled(), tokens)
+    if deliveries is not None:
+        app[DELIVERIES_KEY] = deliveries
     app[SECRETS_KEY] = webhook_secrets if webhook_secrets is not None else WebhookSecrets()
     app[MAX_BODY_KEY] = max_body
     for method, path, handler in ROUTES:

@@ -15,6 +15,22 @@ Docker Hub, GitHub packages (`registry_package` / `package` events), Harbor
 `X-Hub-Signature-256` or `X-Fleetwave-Signature` (HMAC-SHA256 of the body), or
 carrying a shared token (`Authorization: Bearer <t>`, a bare `Authorization`
 value as Harbor sends it, `X-Fleetwave-Token`, or `?token=` in the URL).
+
+Replays. Every authenticated delivery is remembered by its id (see `delivery_key`)
+in the store, and a second one with the same id is refused, across restarts:
+- our own scheme signs a timestamp: `X-Fleetwave-Timestamp: <unix seconds>` and
+  `X-Fleetwave-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>." + body>`; a
+  delivery without the timestamp, or more than `REPLAY_WINDOW` away from our
+  clock, is refused (its id, `X-Fleetwave-Delivery`, is kept for the window);
+- GitHub and Gitea (`X-Hub-Signature-256`, `X-Gitea-Signature`) and GitLab
+  (`X-Gitlab-Token`) sign no timestamp: only their delivery id
+  (`X-GitHub-Delivery`, `X-Gitea-Delivery`, `X-Gitlab-Event-UUID`) guards
+  them, kept for `DELIVERY_TTL`;
+- registries send no delivery header: the ids inside the notification (the
+  distribution event ids, Docker Hub's callback URL, Harbor's occur_at and
+  digest) stand in, kept for `DELIVERY_TTL`. A shared token in the URL or a
+  header proves who sent it, not when: prefer a signature where the registry
+  can sign.
 """
 
 from __future__ import annotations
@@ -22,7 +38,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,16 +47,22 @@ from fleetwave.sources.pushes import GitPush, ImagePush
 
 __all__ = [
     "DEFAULT_MAX_BODY",
+    "DELIVERY_TTL",
+    "REPLAY_WINDOW",
     "BadSignature",
     "GitPush",
     "Ignored",
     "ImagePush",
     "MalformedPayload",
     "PayloadTooLarge",
+    "ReplayedDelivery",
+    "StaleTimestamp",
     "WebhookError",
     "WebhookSecrets",
+    "delivery_key",
     "parse_git_push",
     "parse_registry_push",
+    "sign_delivery",
     "verify_git_webhook",
     "verify_registry_webhook",
 ]
@@ -70,6 +93,29 @@ class BadSignature(WebhookError):
 class PayloadTooLarge(WebhookError):
     status = 413
     code = "PayloadTooLarge"
+
+
+class StaleTimestamp(WebhookError):
+    """A signed timestamp that is missing, unreadable or outside `REPLAY_WINDOW`."""
+
+    status = 401
+    code = "StaleTimestamp"
+
+
+class ReplayedDelivery(WebhookError):
+    """A delivery id already handled: a replay, or a sender retrying one that succeeded."""
+
+    status = 409
+    code = "ReplayedDelivery"
+
+
+REPLAY_WINDOW = 300.0
+"""Seconds a signed timestamp may be away from our clock (either way): 5 minutes, as
+Slack and Stripe allow, ample for retries and clock skew."""
+DELIVERY_TTL = 7 * 86400.0
+"""Seconds a delivery id without a signed timestamp is remembered: longer than GitHub's
+and registries' automatic retries; only authenticated deliveries are stored."""
+TIMESTAMP_HEADER = "X-Fleetwave-Timestamp"
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,11 +189,36 @@ def _token_matches(given: str | None, tokens: Iterable[str]) -> bool:
     return ok
 
 
+def sign_delivery(secret: bytes, body: bytes, timestamp: int) -> str:
+    """The `X-Fleetwave-Signature` of our own scheme: the timestamp is signed with the body."""
+    return "sha256=" + _hmac_hex(secret, str(timestamp).encode() + b"." + body)
+
+
+def _verify_timestamped(headers: Mapping[str, str], body: bytes, secret: bytes,
+                        signature: str, now: float) -> None:
+    raw = (header(headers, TIMESTAMP_HEADER) or "").strip()
+    if not raw.isdigit() or len(raw) > 12:
+        raise StaleTimestamp(f"X-Fleetwave-Signature needs {TIMESTAMP_HEADER}: the unix time in "
+                             "seconds, signed as HMAC-SHA256 of '<timestamp>.' + body")
+    if not _signature_matches(signature, secret, raw.encode() + b"." + body):
+        raise BadSignature("signature does not match the timestamp and body: sign "
+                           "'<timestamp>.' + body with the webhook secret")
+    if abs(now - int(raw)) > REPLAY_WINDOW:
+        raise StaleTimestamp(f"{TIMESTAMP_HEADER} is {now - int(raw):+.0f} s from the "
+                             f"server's clock; the window is {REPLAY_WINDOW:.0f} s: a replay, "
+                             "or a clock to fix")
+
+
 def _verify(headers: Mapping[str, str], body: bytes, secrets: WebhookSecrets,
-            signature_headers: tuple[str, ...], token_values: Iterable[str | None]) -> None:
+            signature_headers: tuple[str, ...], token_values: Iterable[str | None],
+            now: float) -> None:
     if not secrets.configured:
         raise BadSignature("this webhook has no secret configured, so no request is trusted; "
                            "configure a webhook secret or token")
+    ours = header(headers, "X-Fleetwave-Signature")
+    if ours and secrets.hmac_secret is not None:
+        _verify_timestamped(headers, body, secrets.hmac_secret, ours, now)
+        return
     signatures = [v for h in signature_headers if (v := header(headers, h))]
     if signatures and secrets.hmac_secret is not None:
         if any(_signature_matches(s, secrets.hmac_secret, body) for s in signatures):
@@ -193,7 +264,8 @@ def git_provider(headers: Mapping[str, str]) -> str | None:
 
 
 def verify_git_webhook(headers: Mapping[str, str], body: bytes, secrets: WebhookSecrets, *,
-                       max_body: int = DEFAULT_MAX_BODY) -> GitPush | Ignored:
+                       max_body: int = DEFAULT_MAX_BODY,
+                       now: float | None = None) -> GitPush | Ignored:
     """Check and parse a push webhook (`POST /api/v1/webhooks/git`)."""
     check_size(body, max_body)
     provider = git_provider(headers)
@@ -207,9 +279,9 @@ def verify_git_webhook(headers: Mapping[str, str], body: bytes, secrets: Webhook
                               [*secrets.tokens, *([key] if key else [])]):
             raise BadSignature("X-Gitlab-Token does not match: check the webhook secret token")
     else:
-        _verify(headers, body, secrets,
-                ("X-Gitea-Signature", "X-Hub-Signature-256", "X-Fleetwave-Signature"),
-                (header(headers, "Authorization"), header(headers, "X-Fleetwave-Token")))
+        _verify(headers, body, secrets, ("X-Gitea-Signature", "X-Hub-Signature-256"),
+                (header(headers, "Authorization"), header(headers, "X-Fleetwave-Token")),
+                time.time() if now is None else now)
     return parse_git_push(headers, body)
 
 
@@ -238,21 +310,45 @@ def parse_git_push(headers: Mapping[str, str], body: bytes) -> GitPush | Ignored
                    delivery_id=delivery)
 
 
+# -- replays -----------------------------------------------------------------------
+
+DELIVERY_HEADERS = ("X-Fleetwave-Delivery", "X-GitHub-Delivery", "X-Gitea-Delivery",
+                    "X-Gitlab-Event-UUID")
+
+
+def delivery_key(hook: str, headers: Mapping[str, str],
+                 pushes: Sequence[ImagePush] = ()) -> tuple[str, float] | None:
+    """The key a (verified) delivery is remembered by, and for how long; None: no id.
+
+    Hashed, so a sender's id of any length costs one fixed-size row.
+    """
+    timestamped = bool(header(headers, "X-Fleetwave-Signature"))
+    ident = next((v.strip() for h in DELIVERY_HEADERS if (v := header(headers, h))
+                  and v.strip()), None)
+    if ident is None and pushes and all(p.delivery_id for p in pushes):
+        ident = "\n".join(sorted(str(p.delivery_id) for p in pushes))
+    if ident is None:
+        return None
+    digest = hashlib.sha256(ident.encode("utf-8", "replace")).hexdigest()[:40]
+    return f"{hook}:{digest}", REPLAY_WINDOW * 2 if timestamped else DELIVERY_TTL
+
+
 # -- registry pushes --------------------------------------------------------------
 
 
 def verify_registry_webhook(headers: Mapping[str, str], body: bytes, secrets: WebhookSecrets,
                             *, query: Mapping[str, str] | None = None,
-                            max_body: int = DEFAULT_MAX_BODY) -> list[ImagePush]:
+                            max_body: int = DEFAULT_MAX_BODY,
+                            now: float | None = None) -> list[ImagePush]:
     """Check and parse a registry notification (`POST /api/v1/webhooks/registry`).
 
     Returns every pushed tag in it; an empty list for notifications that are not
     tag pushes (pulls, deletions, untagged manifests).
     """
     check_size(body, max_body)
-    _verify(headers, body, secrets, ("X-Hub-Signature-256", "X-Fleetwave-Signature"),
+    _verify(headers, body, secrets, ("X-Hub-Signature-256",),
             (header(headers, "Authorization"), header(headers, "X-Fleetwave-Token"),
-             (query or {}).get("token")))
+             (query or {}).get("token")), time.time() if now is None else now)
     return parse_registry_push(headers, body)
 
 

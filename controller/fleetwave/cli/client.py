@@ -21,6 +21,8 @@ from fleetwave.cli.output import diagnostic
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 TIMEOUT = 10.0
 """Seconds per request: a controller that takes longer is as good as unreachable."""
+PAGE_LIMIT = 1000
+"""Items per page when following a whole list: the server's maximum."""
 
 
 class ClientError(click.ClickException):
@@ -42,6 +44,23 @@ class Client:
             not_found: str | None = None) -> Any:
         return self.request("GET", path, params=params, not_found=not_found)
 
+    def get_all(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Every item of a paginated list, following `next` page by page, as one
+        `{"items": [...]}` document (what the list endpoints served before paging)."""
+        items: list[Any] = []
+        query = dict(params or {}, limit=PAGE_LIMIT)
+        seen: set[str] = set()
+        while True:
+            page = self.get(path, query)
+            if not isinstance(page, dict) or not isinstance(page.get("items"), list):
+                raise ClientError(f"{self.server}{path} did not answer with a list of items")
+            items += page["items"]
+            cursor = page.get("next")
+            if not isinstance(cursor, str) or cursor in seen:
+                return {"items": items}
+            seen.add(cursor)  # a server that repeats a cursor would loop forever
+            query["cursor"] = cursor
+
     def post(self, path: str, body: dict[str, Any] | None = None, *,
              not_found: str | None = None) -> Any:
         return self.request("POST", path, body=body, not_found=not_found)
@@ -57,7 +76,7 @@ class Client:
         headers = {"Accept": "application/json"}
         if data is not None:
             headers["Content-Type"] = "application/json"
-        if self.token and method != "GET":
+        if self.token:  # reads need it too where the server has --read-token-file
             headers["Authorization"] = f"Bearer {self.token}"
         req = urllib.request.Request(url, data=data, method=method, headers=headers)
         try:
@@ -91,7 +110,8 @@ class Client:
             return ClientError(message)  # no token would help: the server says what to do
         if exc.code in (401, 403):
             return ClientError("the server refused the token: set FLEETWAVE_TOKEN to a token "
-                               "from the server's --token-file")
+                               "from the server's --token-file (or --read-token-file for "
+                               "reads)")
         if exc.code == 404 and not_found is not None:
             return ClientError(not_found)
         return ClientError(message or f"the server answered HTTP {exc.code}")

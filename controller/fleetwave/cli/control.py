@@ -31,12 +31,11 @@ from fleetwave.cli.output import (
     use_colour,
 )
 from fleetwave.resources.durations import DurationError, parse_duration
+from fleetwave.resources.vocabulary import BAD_ENDINGS, TERMINAL_PHASES, ControlOp, Phase
 
-TERMINAL_PHASES = ("Completed", "Failed", "Aborted", "RolledBack")
-BAD_ENDINGS = ("Failed", "Aborted", "RolledBack")
-PHASE_COLOURS = {"Completed": "green", "Progressing": "cyan", "Paused": "yellow",
-                 "Waiting": "yellow", "Failed": "red", "Aborted": "red", "RolledBack": "red",
-                 "Pending": None}
+PHASE_COLOURS = {Phase.COMPLETED: "green", Phase.PROGRESSING: "cyan", Phase.PAUSED: "yellow",
+                 Phase.WAITING: "yellow", Phase.FAILED: "red", Phase.ABORTED: "red",
+                 Phase.ROLLED_BACK: "red", Phase.PENDING: None, Phase.DELETED: None}
 DEFAULT_STEPS = 4
 BAR_WIDTH = 12
 WATCH_INTERVAL = 1.0
@@ -45,8 +44,9 @@ WATCH_INTERVAL = 1.0
 
 def _server_options(func: Callable[..., Any]) -> Callable[..., Any]:
     func = click.option("--token", envvar="FLEETWAVE_TOKEN", default=None, show_envvar=True,
-                        help="Bearer token for control commands; prefer the environment "
-                             "variable, command lines are visible to other users.")(func)
+                        help="Bearer token for control commands (and reads where the server "
+                             "has --read-token-file); prefer the environment variable, "
+                             "command lines are visible to other users.")(func)
     return click.option("--server", envvar="FLEETWAVE_SERVER", default=DEFAULT_SERVER,
                         show_default=True, show_envvar=True,
                         help="URL of the fleetwave API.")(func)
@@ -83,15 +83,10 @@ def _age(rollout: dict[str, Any], now: datetime) -> str:
 
 
 def _progress(status: dict[str, Any]) -> tuple[int, int]:
-    """(done, targeted) from `status.progress` ("120/2000") or the counts."""
-    progress = status.get("progress")
-    if isinstance(progress, str) and "/" in progress:
-        done, _, total = progress.partition("/")
-        if done.strip().isdigit() and total.strip().isdigit():
-            return int(done), int(total)
-    counts = status.get("counts") or {}
-    targeted = status.get("targeted")
-    return int(counts.get("succeeded", 0) or 0), int(targeted or 0)
+    """(done, targeted) from the status's typed fields (`progress` is only for printers)."""
+    done, targeted = status.get("done"), status.get("targeted")
+    return (done if isinstance(done, int) else 0), (targeted if isinstance(targeted, int)
+                                                    else 0)
 
 
 def progress_bar(done: int, total: int, *, fancy: bool, width: int = BAR_WIDTH) -> str:
@@ -126,7 +121,7 @@ def rollout_rows(rollouts: Iterable[dict[str, Any]], wide: bool, *,
     for r in rollouts:
         spec = r.get("spec") or {}
         status = r.get("status") or {}
-        phase = str(status.get("phase") or "Pending")
+        phase = str(status.get("phase") or Phase.PENDING)
         done, total = _progress(status)
         rate = status.get("failureRate")
         failures = f"{float(rate):.1f}%" if isinstance(rate, int | float) else "-"
@@ -218,7 +213,7 @@ def _items(data: Any) -> list[dict[str, Any]]:
 
 
 def _phases(data: Any) -> dict[str, str]:
-    return {str(r.get("name")): str((r.get("status") or {}).get("phase") or "Pending")
+    return {str(r.get("name")): str((r.get("status") or {}).get("phase") or Phase.PENDING)
             for r in _items(data)}
 
 
@@ -334,7 +329,7 @@ def status(rollout: str | None, watch: bool, timeout: float | None, output: str,
 @_server_options
 def devices(output: str, server: str, token: str | None) -> None:
     """List devices: online, the versions they report, when they were last seen."""
-    emit(Client(server, token).get("/api/v1/devices"), output, _devices_table)
+    emit(Client(server, token).get_all("/api/v1/devices"), output, _devices_table)
 
 
 @click.command("history")
@@ -352,11 +347,11 @@ def history(device: str, limit: int, output: str, server: str, token: str | None
 
 # ---- control -------------------------------------------------------------------------------
 
-PAST = {"pause": "paused", "resume": "resumed", "promote": "promoted", "abort": "aborted",
-        "rollback": "rolling back"}
+PAST: dict[ControlOp, str] = {"pause": "paused", "resume": "resumed", "promote": "promoted",
+                              "abort": "aborted", "rollback": "rolling back"}
 
 
-def _control(op: str, name: str, output: str, server: str, token: str | None,
+def _control(op: ControlOp, name: str, output: str, server: str, token: str | None,
              device: str | None = None) -> None:
     client = Client(server, token)
     not_found = f"no rollout named {name}"
@@ -376,7 +371,8 @@ def _control(op: str, name: str, output: str, server: str, token: str | None,
         click.echo(message)
 
 
-def _control_command(op: str, help_text: str, *, device_help: str | None = None) -> click.Command:
+def _control_command(op: ControlOp, help_text: str, *,
+                     device_help: str | None = None) -> click.Command:
     def run(rollout: str, output: str, server: str, token: str | None,
             device: str | None = None) -> None:
         _control(op, rollout, output, server, token, device)

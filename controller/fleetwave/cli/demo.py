@@ -19,11 +19,12 @@ from rich.table import Table
 from rich.text import Text
 
 from fleetwave.cli.run import cidr_list
+from fleetwave.resources.vocabulary import Phase
 from fleetwave.runtime.demo import DemoOptions, DemoState, run_demo
-from fleetwave.runtime.engine import done_count
 
-PHASE_STYLE = {"Completed": "green", "Progressing": "cyan", "Paused": "yellow",
-               "Waiting": "blue", "Failed": "red", "Aborted": "red", "RolledBack": "magenta"}
+PHASE_STYLE = {Phase.COMPLETED: "green", Phase.PROGRESSING: "cyan", Phase.PAUSED: "yellow",
+               Phase.WAITING: "blue", Phase.FAILED: "red", Phase.ABORTED: "red",
+               Phase.ROLLED_BACK: "magenta"}
 
 
 def _rollout_rows(state: DemoState) -> list[dict[str, Any]]:
@@ -54,10 +55,10 @@ def _render(state: DemoState) -> Group:
         status = item["status"]
         counts = status.get("counts", {})
         targeted = int(status.get("targeted", 0))
-        done = done_count(status)
+        done = int(status.get("done", 0))
         in_flight = sum(counts.get(k, 0) for k in ("pending", "acknowledged", "scheduled",
                                                    "in_progress"))
-        phase = status.get("phase", "Pending")
+        phase = status.get("phase", Phase.PENDING)
         steps = len(item["spec"].get("strategy", {}).get("steps", [])) or 1
         table.add_row(
             item["name"], item["spec"]["version"], Text(phase, style=PHASE_STYLE.get(phase, "")),
@@ -81,7 +82,7 @@ class _PlainPrinter:
         elapsed = time.monotonic() - state.started
         for item in _rollout_rows(state):
             status = item["status"]
-            key = (status.get("phase"), status.get("currentStep"), status.get("progress"))
+            key = (status.get("phase"), status.get("currentStep"), status.get("done"))
             last = self.last.get(item["name"])
             if last is not None and (last[0] == key or (
                     last[0][:2] == key[:2] and elapsed - last[1] < 3.0)):

@@ -260,7 +260,7 @@ def plan(paths: tuple[Path, ...], fleet_file: Path | None, server: str | None,
         devices = _read_snapshot(fleet_file)
     else:
         client = Client(server or DEFAULT_SERVER)
-        devices = _fleet_from(client.get("/api/v1/devices"), f"{client.server}/api/v1/devices")
+        devices = _fleet_from(client.get_all("/api/v1/devices"), f"{client.server}/api/v1/devices")
         listed = client.get("/api/v1/rollouts")
         others = _live_rollouts(listed.get("items") if isinstance(listed, dict) else None)
     devices = apply_inventory(devices, inventories)

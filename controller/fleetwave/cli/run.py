@@ -25,9 +25,9 @@ def flag_option(*decls: str, **attrs: Any) -> Callable[..., Any]:
     return click.option(*decls, **attrs)
 
 
-def controller_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """The flags every controller process takes; each is also FLEETWAVE_<NAME>."""
-    options = [
+def _controller_flags() -> list[Callable[[Callable[..., Any]], Callable[..., Any]]]:
+    """The flag table of every controller process (data; each is also FLEETWAVE_<NAME>)."""
+    return [
         flag_option(
             "--broker",
             default=Settings.broker,
@@ -73,6 +73,19 @@ def controller_options(func: Callable[..., Any]) -> Callable[..., Any]:
             type=click.Path(dir_okay=False),
             help="Bearer tokens allowed to write, one a line (none: writes refused).",
         ),
+        flag_option(
+            "--read-token-file",
+            default=None,
+            type=click.Path(dir_okay=False),
+            help="Bearer tokens allowed to read /api/v1, one a line (none: reads open).",
+        ),
+        flag_option(
+            "--max-new-devices-per-minute",
+            default=Settings.max_new_devices_per_minute,
+            show_default=True,
+            type=click.IntRange(1),
+            help="Unknown device ids admitted per minute; beyond it they are refused.",
+        ),
         flag_option("--notify-url", default=None, help="Webhook for rollout events."),
         flag_option("--notify-secret", default=None, help="HMAC secret for --notify-url."),
         flag_option(
@@ -90,7 +103,11 @@ def controller_options(func: Callable[..., Any]) -> Callable[..., Any]:
         flag_option("--log-level", default="info", show_default=True),
         *health_check_options(),
     ]
-    for option in reversed(options):
+
+
+def controller_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The flags every controller process takes; each is also FLEETWAVE_<NAME>."""
+    for option in reversed(_controller_flags()):
         func = option(func)
     return func
 
@@ -188,6 +205,9 @@ def settings_from(kwargs: dict[str, Any]) -> Settings:
         git_known_hosts_file=kwargs.get("git_known_hosts_file"),
         listen=kwargs["listen"],
         token_file=kwargs["token_file"],
+        read_token_file=kwargs.get("read_token_file"),
+        max_new_devices_per_minute=kwargs.get("max_new_devices_per_minute",
+                                              Settings.max_new_devices_per_minute),
         topic_prefix=kwargs["topic_prefix"],
         notify_url=kwargs["notify_url"],
         notify_secret=kwargs["notify_secret"],

@@ -55,6 +55,9 @@ class ConnectionOptions:
     publish_window: int = 1000
     will_topic: str | None = None
     will_payload: bytes = b""
+    max_packet_size: int | None = None
+    """Sent as MQTT 5 Maximum-Packet-Size on CONNECT: the broker discards (never sends us)
+    a larger packet, so no message can make paho buffer up to the protocol's 256 MiB."""
 
 
 OnConnect = Callable[[paho.Client, bool], list[int] | None]
@@ -126,6 +129,8 @@ class PahoConnection:
         self._connected_event = asyncio.Event()
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.options.session_expiry
+        if self.options.max_packet_size is not None:
+            props.MaximumPacketSize = self.options.max_packet_size
         self.client.connect_async(self.options.host, self.options.port,
                                   keepalive=self.options.keepalive,
                                   clean_start=self.options.clean_start, properties=props)

@@ -39,6 +39,13 @@ log = structlog.get_logger(__name__)
 
 OnMessages = Callable[[list[DeviceMessage]], Awaitable[None]]
 
+PACKET_OVERHEAD = 4096
+"""Bytes of a PUBLISH beyond its payload that we allow for (fixed header, topic, properties).
+
+Payloads up to `max_payload` + this still reach us and are dropped and counted as
+`too_large`; anything larger the broker discards for us (Mosquitto logs it), so the
+network thread never reads it."""
+
 _KIND_LABEL: dict[type, str] = {Status: "status", ReportedState: "state", Online: "online"}
 
 
@@ -61,7 +68,8 @@ class MqttLink:
             key_file=settings.key_file, clean_start=False,
             session_expiry=settings.session_expiry, keepalive=settings.keepalive,
             reconnect_min=settings.reconnect_min, reconnect_max=settings.reconnect_max,
-            publish_window=settings.publish_window)
+            publish_window=settings.publish_window,
+            max_packet_size=settings.max_payload + PACKET_OVERHEAD)
         self._conn = PahoConnection(self._options, on_message=self._handle_message,
                                     on_connect=self._handle_connect,
                                     on_connected_change=self._connected_changed)

@@ -26,7 +26,7 @@ import kopf
 import structlog
 
 from fleetwave import GROUP_VERSION
-from fleetwave.api.ports import JSON, Conflict, ControlError, ControlOp
+from fleetwave.api.ports import JSON, Conflict, ControlError, ControlOp, Key, Page
 from fleetwave.operator.events import EventRecorder
 from fleetwave.operator.handlers import (
     CONTROL_ANNOTATIONS,
@@ -40,6 +40,7 @@ from fleetwave.operator.lease import LeaseElector
 from fleetwave.operator.source import Invalid, KubernetesSource, ObjectRef
 from fleetwave.operator.status import StatusWriter
 from fleetwave.resources.model import Rollout
+from fleetwave.resources.vocabulary import Phase
 from fleetwave.runtime.leadership import Elector
 
 log = structlog.get_logger("fleetwave.operator")
@@ -312,7 +313,7 @@ class OperatorRuntime:
                     and condition.get("reason") == reason):
                 since = condition.get("lastTransitionTime") or since
         status = {
-            "phase": "Failed", "observedGeneration": ref.generation,
+            "phase": Phase.FAILED, "observedGeneration": ref.generation,
             "message": invalid.message,
             "conditions": [{"type": "Ready", "status": "False", "reason": reason,
                             "message": invalid.message, "lastTransitionTime": since,
@@ -346,8 +347,9 @@ class LeaderGuard:
         result: JSON | None = self.engine.get_rollout(name)
         return result
 
-    async def rollout_devices(self, name: str) -> list[JSON]:
-        result: list[JSON] = await self.engine.rollout_devices(name)
+    async def rollout_devices(self, name: str, after: Key | None = None,
+                              limit: int = 100) -> Page:
+        result: Page = await self.engine.rollout_devices(name, after, limit)
         return result
 
     async def rollout_events(self, name: str, offset: int, limit: int) -> tuple[list[JSON], int]:
@@ -369,8 +371,8 @@ class LeaderGuard:
         self._leader_only()
         await self.engine.delete_rollout(name, actor=actor)
 
-    async def list_devices(self) -> list[JSON]:
-        result: list[JSON] = await self.engine.list_devices()
+    async def list_devices(self, after: Key | None = None, limit: int = 100) -> Page:
+        result: Page = await self.engine.list_devices(after, limit)
         return result
 
     async def get_device(self, uuid: str) -> JSON | None:
@@ -394,8 +396,9 @@ class LeaderGuard:
         result: JSON = await self.engine.cancel_update(uuid, update_id, actor=actor)
         return result
 
-    async def list_updates(self, state: str | None, older_than: float | None) -> list[JSON]:
-        result: list[JSON] = await self.engine.list_updates(state, older_than)
+    async def list_updates(self, state: str | None, older_than: float | None,
+                           after: Key | None = None, limit: int = 100) -> Page:
+        result: Page = await self.engine.list_updates(state, older_than, after, limit)
         return result
 
     async def registry_pushes(self, pushes: Sequence[Any]) -> list[JSON]:

@@ -23,8 +23,10 @@ from typing import Any, Protocol
 import yaml
 
 from fleetwave import GROUP_VERSION
+from fleetwave.resources.inventory import merge_inventories
 from fleetwave.resources.loading import Problem, load_text
 from fleetwave.resources.model import DeviceInventory, Rollout, RolloutPolicy, SourceRef
+from fleetwave.resources.names import name_keeper
 
 Key = tuple[str, str]
 """(namespace, name) of one custom resource."""
@@ -118,7 +120,7 @@ class KubernetesSource:
         if kind == "Rollout":
             self.refs[key] = ref
             owner = self._name_owner(ref.name)
-            if not problems and owner is not None and owner != key:
+            if not problems and owner is not None and name_keeper([owner, key], owner) != key:
                 problems = (Problem(f"{kind}/{ref.namespace}/{ref.name}", None, None,
                                     "metadata.name",
                                     f"a Rollout named {ref.name!r} already exists in namespace "
@@ -181,10 +183,7 @@ class KubernetesSource:
 
     def snapshot(self) -> tuple[dict[str, Rollout], dict[str, dict[str, str]]]:
         rollouts = {r.name: r for _, r in sorted(self.rollouts.items())}
-        inventory: dict[str, dict[str, str]] = {}
-        for _, inv in sorted(self.inventories.items()):
-            for uuid, labels in inv.labels.items():
-                inventory.setdefault(uuid, {}).update(labels)
+        inventory = merge_inventories(inv.labels for _, inv in sorted(self.inventories.items()))
         return rollouts, inventory
 
     def publish(self) -> None:

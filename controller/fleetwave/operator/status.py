@@ -28,7 +28,7 @@ from fleetwave.operator.source import ObjectRef
 log = structlog.get_logger("fleetwave.operator.status")
 
 STATUS_FIELDS = ("phase", "currentStep", "observedGeneration", "revision", "targeted",
-                 "progress", "counts", "failureRate", "message", "conditions")
+                 "done", "progress", "counts", "failureRate", "message", "conditions")
 """What the CRD's status schema holds; anything else the engine reports stays in the API."""
 
 

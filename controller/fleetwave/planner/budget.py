@@ -6,9 +6,13 @@ operators reason about them with a calculator when a rollout stops.
 
 from __future__ import annotations
 
+from collections.abc import Set
 from dataclasses import dataclass
 
-from fleetwave.resources.model import FailurePolicy
+from fleetwave.planner.conditions import EventReason
+from fleetwave.planner.model import PlannedEvent, RolloutState
+from fleetwave.resources.model import FailureAction, FailurePolicy
+from fleetwave.resources.vocabulary import Phase
 
 
 def failure_rate(failures: int, terminal: int) -> float:
@@ -36,6 +40,46 @@ def budget_exceeded(policy: FailurePolicy, failures: int, terminal: int) -> bool
     if terminal < max(policy.min_sample, 1):
         return False
     return failure_rate(failures, terminal) > policy.max_failure_percent
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetVerdict:
+    """Stage 3's result: the state with the penalty box and the policy's action applied."""
+
+    state: RolloutState
+    events: tuple[PlannedEvent, ...]
+    replan_now: bool
+    """A rollback was just ordered: the next pass (at once) sends the rollbacks."""
+
+
+def enforce_budget(policy: FailurePolicy, state: RolloutState, failures: int, terminal: int,
+                   newly_parked: Set[str]) -> BudgetVerdict:
+    """Park devices out of retries, then apply the failure policy once the budget is spent.
+
+    Only failures beyond `budget_floor` (those seen since a user resumed after a
+    failure pause) can fire it again, and a stopped or completed rollout never does.
+    """
+    events = [PlannedEvent("Warning", EventReason.DEVICE_PARKED,
+                           f"device {u} failed {policy.retries + 1} times: "
+                           "parked until `promote --device` or a new generation", u)
+              for u in sorted(newly_parked)]
+    over_floor = failures - state.budget_floor
+    state = state.evolve(parked=frozenset(state.parked | newly_parked), failures=failures)
+    stopped = state.aborted is not None or state.rolled_back is not None
+    if (stopped or state.paused_by == "failure" or state.phase == Phase.COMPLETED
+            or over_floor <= 0 or not budget_exceeded(policy, failures, terminal)):
+        return BudgetVerdict(state, tuple(events), False)
+    rate = failure_rate(failures, terminal)
+    action = policy.action
+    events.append(PlannedEvent(
+        "Warning", EventReason.FAILURE_BUDGET_EXCEEDED,
+        f"failure rate {rate:.1f}% over {terminal} devices exceeds "
+        f"{policy.max_failure_percent:g}%: {action.value}"))
+    if action == FailureAction.PAUSE:
+        return BudgetVerdict(state.evolve(paused_by="failure"), tuple(events), False)
+    if action == FailureAction.ABORT:
+        return BudgetVerdict(state.evolve(aborted="failure"), tuple(events), False)
+    return BudgetVerdict(state.evolve(rolled_back="failure"), tuple(events), True)
 
 
 BURST_SECONDS = 3.0

@@ -9,17 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fleetwave.planner.model import Condition
+from fleetwave.resources.vocabulary import Phase
 
-
-class Phase:
-    PENDING = "Pending"
-    WAITING = "Waiting"
-    PROGRESSING = "Progressing"
-    PAUSED = "Paused"
-    COMPLETED = "Completed"
-    FAILED = "Failed"
-    ABORTED = "Aborted"
-    ROLLED_BACK = "RolledBack"
+__all__ = ["ConditionReason", "ConditionType", "DecisionReason", "EventReason", "Phase",
+           "merge_conditions"]
 
 
 class ConditionType:

@@ -8,15 +8,15 @@ devices stay cheap in memory and makes "same inputs, same plan" checkable.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from fleetwave.planner.waves import device_hash, thresholds
 from fleetwave.protocol.messages import Command, Container
 from fleetwave.resources.model import Rollout
 from fleetwave.updates.model import Decision, UpdateRecord
 
-ControlOp = Literal["pause", "resume", "promote", "abort", "rollback"]
 PausedBy = Literal["user", "failure"]
 StoppedBy = Literal["user", "failure"]
 
@@ -55,12 +55,21 @@ class Condition:
     observed_generation: int = 1
 
     def to_dict(self) -> dict[str, Any]:
+        """The API and CR form: lastTransitionTime in RFC 3339, as Kubernetes shows it."""
+        return {**self.to_json(), "lastTransitionTime": _rfc3339(self.last_transition_time)}
+
+    def to_json(self) -> dict[str, Any]:
+        """The stored form (beside RolloutState): the exact float time, read by from_json."""
         return {
             "type": self.type, "status": self.status, "reason": self.reason,
-            "message": self.message,
-            "lastTransitionTime": _rfc3339(self.last_transition_time),
+            "message": self.message, "lastTransitionTime": self.last_transition_time,
             "observedGeneration": self.observed_generation,
         }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> Condition:
+        return cls(doc["type"], doc["status"], doc["reason"], doc["message"],
+                   float(doc["lastTransitionTime"]), int(doc.get("observedGeneration", 1)))
 
 
 def _rfc3339(t: float) -> str:
@@ -130,12 +139,7 @@ class RolloutState:
             "rollbackDevices": sorted(self.rollback_devices),
             "budgetFloor": self.budget_floor, "failures": self.failures,
             "startedAt": self.started_at, "completedAt": self.completed_at,
-            "conditions": [
-                {"type": c.type, "status": c.status, "reason": c.reason, "message": c.message,
-                 "lastTransitionTime": c.last_transition_time,
-                 "observedGeneration": c.observed_generation}
-                for c in self.conditions
-            ],
+            "conditions": [c.to_json() for c in self.conditions],
         }
 
     @classmethod
@@ -157,11 +161,7 @@ class RolloutState:
             rollback_devices=frozenset(doc.get("rollbackDevices", ())),
             budget_floor=int(doc.get("budgetFloor", 0)), failures=int(doc.get("failures", 0)),
             started_at=doc.get("startedAt"), completed_at=doc.get("completedAt"),
-            conditions=tuple(
-                Condition(c["type"], c["status"], c["reason"], c["message"],
-                          float(c["lastTransitionTime"]), int(c.get("observedGeneration", 1)))
-                for c in doc.get("conditions", ())
-            ),
+            conditions=tuple(Condition.from_json(c) for c in doc.get("conditions", ())),
         )
 
     def evolve(self, **changes: Any) -> RolloutState:
@@ -262,6 +262,7 @@ class RolloutStatus:
 
     @property
     def progress(self) -> str:
+        """"done/targeted" for printer columns only; readers use `done` and `targeted`."""
         return f"{self.done}/{self.targeted}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -270,7 +271,8 @@ class RolloutStatus:
             "steps": self.steps,
             "observedGeneration": self.observed_generation, "revision": self.revision,
             "targeted": self.targeted, "counts": dict(self.counts),
-            "failureRate": round(self.failure_rate, 2), "progress": self.progress,
+            "failureRate": round(self.failure_rate, 2), "done": self.done,
+            "progress": self.progress,
             "message": self.message,
             "conditions": [c.to_dict() for c in self.conditions],
         }
@@ -284,28 +286,87 @@ class Plan:
     events: tuple[PlannedEvent, ...]
     next_wake: float | None
     """The earliest time the clock alone changes this plan (None: only new input does)."""
+    settled: bool = False
+    """Planning again with the same inputs and `state` before `next_wake` gives this plan
+    again: no actions, no events, and the state it was given came back unchanged (the
+    token bucket's clock aside). Only a settled plan may be reused (plan_fleet's
+    `unchanged`)."""
+
+    def reusable(self, rollout: Rollout, state: RolloutState | None, now: float) -> bool:
+        """Whether this plan still stands for `rollout` in `state` at `now`, inputs unchanged."""
+        return (self.settled and state is not None and state == self.state
+                and state.spec_hash == rollout.spec_hash
+                and (self.next_wake is None or now < self.next_wake))
 
 
 @dataclass(frozen=True, slots=True)
 class FleetPlan:
     plans: dict[str, Plan]
     next_wake: float | None
+    replanned: frozenset[str] = frozenset()
+    """Rollouts planned in this call; the others' plans are the `unchanged` ones reused
+    as they were (nothing to execute, persist or report for them)."""
 
 
 class HashCache:
-    """Memo of wave hashes keyed by rollout name then device uuid.
+    """Memo of wave order keyed by rollout name: device hashes and the steps' cut-offs.
 
-    Pure in effect: it only saves recomputing blake2b for devices seen before; a
-    fresh cache gives the same plan. The engine may keep one across passes.
+    Pure in effect: it only saves recomputing blake2b for devices seen before and
+    re-sorting a targeted set that did not change; a fresh cache gives the same plan.
+    The engine keeps one across passes.
     """
 
-    __slots__ = ("by_rollout",)
+    __slots__ = ("_aligned", "_orders", "by_rollout")
 
     def __init__(self) -> None:
         self.by_rollout: dict[str, dict[str, int]] = {}
+        self._aligned: dict[str, tuple[list[str], list[int]]] = {}
+        self._orders: dict[str, tuple[list[int], tuple[float, ...], list[int]]] = {}
 
     def for_rollout(self, name: str) -> dict[str, int]:
         table = self.by_rollout.get(name)
         if table is None:
             table = self.by_rollout[name] = {}
         return table
+
+    def wave_hashes(self, name: str, devices: Sequence[DeviceView]) -> list[int]:
+        """The wave hash of each of `devices`, in order.
+
+        When the rollout targets the same uuids in the same order as last time (the
+        common case: a pass changes records and versions, not who is targeted), the
+        previous list comes back as is: one pointer comparison per device instead of
+        a dictionary probe, which at a million devices is most of a probe's cost.
+        """
+        uuids = [d.uuid for d in devices]
+        hit = self._aligned.get(name)
+        if hit is not None and hit[0] == uuids:
+            return hit[1]
+        table = self.for_rollout(name)
+        hashes = []
+        for uuid in uuids:
+            h = table.get(uuid)
+            if h is None:
+                h = table[uuid] = device_hash(name, uuid)
+            hashes.append(h)
+        self._aligned[name] = (uuids, hashes)
+        return hashes
+
+    def thresholds(self, name: str, percents: Sequence[float], hashes: list[int]) -> list[int]:
+        """`waves.thresholds` of the targeted `hashes`, sorted only when they changed.
+
+        The same devices in the same order give the same list (compared by identity
+        of the cached ints, so a million cost milliseconds, not a sort).
+        """
+        key = tuple(percents)
+        hit = self._orders.get(name)
+        if hit is not None and hit[1] == key and (hit[0] is hashes or hit[0] == hashes):
+            return hit[2]
+        limits = thresholds(key, sorted(hashes))
+        self._orders[name] = (hashes, key, limits)
+        return limits
+
+    def forget(self, name: str) -> None:
+        """Drop a deleted rollout's memo."""
+        self.by_rollout.pop(name, None)
+        self._aligned.pop(name, None)
+        self._orders.pop(name, None)

@@ -5,7 +5,7 @@ when, before the change reaches the controller. The answer must never disagree w
 what the controller later does, so this module decides nothing of its own: targeting
 uses `resolve_targets`, the conflict rule `plan_fleet` itself calls; membership uses
 `device_hash`/`thresholds`/`step_of` from waves.py, and every time comes from the
-gates the planner uses (`_gates` for notBefore, freezes and a rollout-wide window,
+gates the planner uses (`rollout_gate` for notBefore, freezes and a rollout-wide window,
 `DeviceWindows` for `timezone: device`) and its `TokenBucket` for maxPerMinute.
 
 The times are a lower bound under one stated assumption: an update takes no time, so a
@@ -24,15 +24,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fleetwave.planner.budget import TokenBucket
+from fleetwave.planner.context import TIMEZONE_LABEL
 from fleetwave.planner.model import DeviceView
-from fleetwave.planner.plan import _gates
-from fleetwave.planner.schedule import DeviceWindows, ScheduleError
+from fleetwave.planner.schedule import DeviceWindows, ScheduleError, rollout_gate
 from fleetwave.planner.selectors import Targets, compile_selector, resolve_targets
 from fleetwave.planner.waves import device_hash, step_of, thresholds
+from fleetwave.resources.inventory import device_labels, merge_inventories
 from fleetwave.resources.model import DeviceInventory, Rollout
-
-TIMEZONE_LABEL = "timezone"
-"""Device label naming its IANA zone (the planner's `plan.TIMEZONE_LABEL`)."""
 
 DEFAULT_GROUP_BY = ("region", "device_type")
 """Labels a reviewer most often asks "how many per …" about."""
@@ -168,14 +166,11 @@ def apply_inventory(devices: Sequence[DeviceView],
                     inventories: Sequence[DeviceInventory]) -> list[DeviceView]:
     """Labels from DeviceInventory files among the previewed paths win over the fleet's,
     as the controller merges them once the change is merged."""
-    merged: dict[str, dict[str, str]] = {}
-    for inv in sorted(inventories, key=lambda i: i.name):
-        for uuid, labels in inv.labels.items():
-            merged.setdefault(uuid, {}).update(labels)
+    merged = merge_inventories(inv.labels for inv in inventories)
     if not merged:
         return list(devices)
-    return [replace(d, labels={**d.labels, **merged[d.uuid]}) if d.uuid in merged else d
-            for d in devices]
+    return [replace(d, labels=device_labels(d.labels, merged[d.uuid])) if d.uuid in merged
+            else d for d in devices]
 
 
 # -- targeting: plan_fleet's rule ------------------------------------------------------------
@@ -204,7 +199,7 @@ def _open_at(rollout: Rollout, t: float, until: float) -> tuple[float, float]:
     for _ in range(_MAX_SCHEDULE_STEPS):
         if t > until:
             raise _Never
-        gate = _gates(rollout, t)
+        gate = rollout_gate(rollout, t)
         if gate.open:
             return t, gate.next_change if gate.next_change is not None else math.inf
         if gate.next_change is None:

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from cronsim import CronSim, CronSimError
 
 from fleetwave.planner.conditions import ConditionReason
-from fleetwave.resources.model import Freeze, Window
+from fleetwave.resources.model import Freeze, Rollout, Window
 
 _MAX_CHAIN = 2000
 """Cron starts examined per answer; a window still open after this many is 'always open'."""
@@ -170,3 +170,48 @@ class DeviceWindows:
 
     def any_open(self) -> bool:
         return any(o for o, _ in self._cache.values())
+
+
+def rollout_gate(rollout: Rollout, now: float) -> Gate:
+    """notBefore, then freezes, then a rollout-wide window (per-device windows come later).
+
+    The one gate `plan` and `fleetwave plan`'s preview both apply.
+    """
+    strategy = rollout.spec.strategy
+    gate = not_before_gate(strategy.not_before, now)
+    if not gate.open:
+        return gate
+    freeze = freeze_gate(strategy.freezes, now)
+    if not freeze.open:
+        return freeze
+    window = strategy.window
+    if window is not None and not window.per_device:
+        win = window_gate(window, window.timezone, now)
+        if not win.open:
+            return win
+        changes = [c for c in (freeze.next_change, win.next_change) if c is not None]
+        return Gate(True, next_change=min(changes) if changes else None)
+    return freeze
+
+
+@dataclass(frozen=True, slots=True)
+class PassGates:
+    """A pass's schedule: the rollout-wide gate, per-device windows, or why it is invalid."""
+
+    gate: Gate
+    device_windows: DeviceWindows | None
+    invalid: str | None
+    """A schedule that cannot be evaluated (unknown zone, bad cron): the rollout is Failed."""
+
+    @classmethod
+    def at(cls, rollout: Rollout, now: float) -> PassGates:
+        window = rollout.spec.strategy.window
+        try:
+            gate = rollout_gate(rollout, now)
+            device_windows = None
+            if window is not None and window.per_device:
+                device_windows = DeviceWindows(window, now)
+                device_windows.state(None)  # validates the fallback zone
+        except ScheduleError as exc:
+            return cls(Gate(False, ConditionReason.INVALID_SPEC, str(exc)), None, str(exc))
+        return cls(gate, device_windows, None)

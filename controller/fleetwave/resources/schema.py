@@ -13,6 +13,7 @@ import copy
 from typing import Any
 
 from fleetwave import GROUP_VERSION
+from fleetwave.resources import vocabulary
 from fleetwave.resources.durations import PATTERN as DURATION_PATTERN
 
 Schema = dict[str, Any]
@@ -275,8 +276,8 @@ CONDITION = {
     "required": ["type", "status"],
 }
 
-PHASES = ["Pending", "Waiting", "Progressing", "Paused", "Completed", "Failed", "Aborted",
-          "RolledBack"]
+PHASES = list(vocabulary.PHASES)
+"""The CRD's enum of `status.phase` (fleetwave.resources.vocabulary owns the words)."""
 
 ROLLOUT_STATUS = {
     "type": "object",
@@ -288,6 +289,8 @@ ROLLOUT_STATUS = {
                                "description": "The spec generation this status describes."},
         "revision": _str("The source revision (git commit) the spec came from."),
         "targeted": {"type": "integer", "description": "Devices the selector matches."},
+        "done": {"type": "integer", "description": "Devices at the version and healthy "
+                 "(or there already): the number behind `progress`."},
         "progress": _str("Devices done / targeted, e.g. 120/2000, for printer columns."),
         "counts": {"type": "object", "description": "Devices per update state, plus "
                    "unreachable, conflicted and overridden.",

@@ -25,6 +25,7 @@ from fleetwave.metrics import Metrics, build_metrics
 from fleetwave.mqtt.link import MqttLink
 from fleetwave.mqtt.settings import MqttSettings
 from fleetwave.protocol.messages import DeviceMessage
+from fleetwave.protocol.new_devices import NewDeviceGate
 from fleetwave.resources.model import Rollout, RolloutPolicy
 from fleetwave.runtime.checks import AddressPolicy, CheckRunner
 from fleetwave.runtime.engine import Engine
@@ -79,6 +80,7 @@ class ControllerCore:
     engine: Engine
     tokens: TokenSet
     notifier: Notifier | None
+    read_tokens: TokenSet = field(default_factory=TokenSet.disabled)
     elector: Elector | None = None
     """Set with replicas on one PostgreSQL (`--leader-election`): only the leader plans."""
     failed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -101,6 +103,8 @@ async def controller_core(settings: Settings) -> AsyncIterator[ControllerCore]:
     """Open the store (migrating it), connect the link; close both in reverse order."""
     metrics = build_metrics()
     tokens = TokenSet.from_file(settings.token_file) if settings.token_file else TokenSet.disabled()
+    read_tokens = (TokenSet.from_file(settings.read_token_file) if settings.read_token_file
+                   else TokenSet.disabled())
     store: Store = open_store(settings.store)
     try:
         await store.migrate()
@@ -116,6 +120,7 @@ async def controller_core(settings: Settings) -> AsyncIterator[ControllerCore]:
         publisher = LeaderOnlyPublisher(link, elector) if elector is not None else link
         engine = Engine(store, publisher, metrics, resync_interval=settings.resync_interval,
                         on_event=notifier.publish if notifier is not None else None)
+        engine.new_devices = NewDeviceGate(settings.max_new_devices_per_minute)
         engine_box.append(engine)
         engine.checks = CheckRunner(
             policy=AddressPolicy.of(settings.health_check_allow, settings.health_check_deny),
@@ -124,7 +129,7 @@ async def controller_core(settings: Settings) -> AsyncIterator[ControllerCore]:
         await link.start()
         try:
             core = ControllerCore(settings, metrics, store, link, engine, tokens, notifier,
-                                  elector)
+                                  read_tokens, elector)
 
             def stop_on_full(error: StoreFull) -> None:
                 core.fatal = core.fatal or error
@@ -215,6 +220,7 @@ async def run_controller(settings: Settings, *, stop: asyncio.Event | None = Non
         await engine.start()
         secrets = WebhookSecrets.of(settings.webhook_secret)
         app = build_app(engine, core.metrics, core.tokens, webhook_secrets=secrets,
+                        read_tokens=core.read_tokens, deliveries=core.store,
                         leadership=core.elector, checks=core.readiness)
         runner = await serve(app, settings.listen)
         tasks = [

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fleetwave.mqtt.broker import MOSQUITTO, BrokerConfig, MosquittoProcess, free_port
+from fleetwave.resources.vocabulary import Phase
 from fleetwave.runtime.controller import run_controller
 from fleetwave.runtime.engine import Engine
 from fleetwave.runtime.settings import Settings
@@ -172,6 +173,8 @@ async def run_demo(options: DemoOptions, stop: asyncio.Event,
         branch="main", path="rollouts", poll_interval=2.0, listen=options.listen,
         workdir=str(workdir / "controller"), resync_interval=2.0,
         health_check_allow=options.health_check_allow,
+        # the simulated fleet appears at once, not at a real fleet's churn
+        max_new_devices_per_minute=max(Settings.max_new_devices_per_minute, options.devices),
     )
     broker.start()
     try:
@@ -221,4 +224,4 @@ def _first_done(state: DemoState, options: DemoOptions) -> bool:
     if engine is None:
         return False
     rollout = engine.get_rollout("agent")
-    return rollout is not None and rollout["status"].get("phase") == "Completed"
+    return rollout is not None and rollout["status"].get("phase") == Phase.COMPLETED

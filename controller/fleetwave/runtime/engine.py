@@ -21,8 +21,8 @@ from typing import Any, Protocol
 
 import structlog
 
-from fleetwave.api.ports import ControlOp, NotFound
-from fleetwave.metrics import Metrics
+from fleetwave.api.ports import ControlOp, InvalidCursor, Key, NotFound, Page, page_after
+from fleetwave.metrics import Metrics, declared_version_counts
 from fleetwave.planner.model import (
     ClearCommand,
     Decide,
@@ -37,6 +37,9 @@ from fleetwave.planner.model import (
 )
 from fleetwave.planner.plan import apply_control, plan_deleted, plan_fleet
 from fleetwave.protocol.messages import Command, DeviceMessage, Online, ReportedState, Status
+from fleetwave.protocol.new_devices import NewDeviceGate
+from fleetwave.resources.generations import count_generation
+from fleetwave.resources.inventory import device_labels
 from fleetwave.resources.model import (
     SCHEDULED_TIME_ANNOTATION,
     Rollout,
@@ -115,6 +118,8 @@ class Engine:
         self.on_event = on_event
         self.on_status = on_status
         self._devices: dict[str, DeviceRow] = {}
+        self._device_keys: list[str] | None = None
+        """The uuids sorted, for paging; rebuilt only when a device joins."""
         self._views: dict[str, DeviceView] = {}
         self._records: dict[str, dict[str, list[UpdateRecord]]] = {}
         self._by_id: dict[str, UpdateRecord] = {}
@@ -140,6 +145,9 @@ class Engine:
         """Called once when a rollout becomes RolledBack (the git revert proposal)."""
         """Devices whose update ended by their own status: clear their retained command."""
         self._started = False
+        self.new_devices: NewDeviceGate | None = None
+        """Caps unknown device ids admitted per minute (`--max-new-devices-per-minute`)."""
+        self._refusals_logged_at = float("-inf")
         self.broker_connected: Callable[[], bool] = lambda: True
         self.git_sync: Callable[[], Awaitable[None]] | None = None
         self.registry_handler: Callable[[Sequence[Any]], Awaitable[list[dict[str, Any]]]] | None = (
@@ -185,9 +193,10 @@ class Engine:
 
     def _set_device(self, row: DeviceRow) -> None:
         inventory = self._desired.inventory.get(row.uuid, row.inventory_labels)
-        labels = dict(row.reported_labels)
-        labels.update(inventory)  # inventory wins over what the device says of itself
+        labels = device_labels(row.reported_labels, inventory)
         row = replace(row, inventory_labels=dict(inventory), labels=labels)
+        if row.uuid not in self._devices:
+            self._device_keys = None
         self._devices[row.uuid] = row
         self._views[row.uuid] = DeviceView(
             uuid=row.uuid, versions=row.versions, labels=labels, online=row.online,
@@ -234,15 +243,12 @@ class Engine:
 
     async def on_device_messages(self, batch: Sequence[DeviceMessage]) -> None:
         """The MQTT ingest hands over batches: one store transaction per kind per batch."""
-        statuses = [m for m in batch if isinstance(m, Status)]
-        device_msgs = [m for m in batch if isinstance(m, ReportedState | Online)]
         async with self._lock:
-            if device_msgs:
-                await self.store.apply_device_messages(device_msgs)
-                for msg in device_msgs:
-                    self._merge_device_message(msg)
+            batch = self._admit(batch)
+            statuses = [m for m in batch if isinstance(m, Status)]
+            device_msgs = [m for m in batch if isinstance(m, ReportedState | Online)]
             finished: set[str] = set()
-            if statuses:
+            if statuses:  # before the reports: a status in hand settles its own update
                 outcomes = await self.store.apply_statuses(statuses)
                 for outcome in outcomes:
                     if outcome.after is not None:
@@ -250,11 +256,39 @@ class Engine:
                         if outcome.after.is_terminal and (
                                 outcome.before is None or outcome.before.is_open):
                             finished.add(outcome.after.device)
+            if device_msgs:
+                # An update whose status was lost is settled by the reported version.
+                for record in await self.store.apply_device_messages(device_msgs):
+                    self._remember(record)
+                    finished.add(record.device)
+                for msg in device_msgs:
+                    self._merge_device_message(msg)
             # A final state clears the retained command, so a rebooting device is not
             # updated again. The next pass publishes the clears: waiting for the broker
             # here would hold up the ingest thread that carries its acknowledgements.
             self._to_clear.update(finished)
         self._wake.set()
+
+    def _admit(self, batch: Sequence[DeviceMessage]) -> Sequence[DeviceMessage]:
+        """Known devices always pass; unknown ids only while `new_devices` has tokens.
+
+        Under the engine lock, after the start-up load: a device the store knows is never
+        mistaken for a new one by a resync that races the load.
+        """
+        gate = self.new_devices
+        if gate is None:
+            return batch
+        before = gate.refused
+        kept = gate.admit(batch, self._devices.__contains__, self.clock())
+        if gate.refused > before:
+            self.metrics.mqtt_dropped.labels(reason="new_device_rate").inc(gate.refused - before)
+            now = self.clock()
+            if now - self._refusals_logged_at >= 60.0:  # one line a minute, not per batch
+                self._refusals_logged_at = now
+                log.warning("mqtt.new_devices_refused", per_minute=gate.per_minute,
+                            total_refused=gate.refused,
+                            hint="raise --max-new-devices-per-minute if this is real churn")
+        return kept
 
     def _merge_device_message(self, msg: ReportedState | Online) -> None:
         row = self._devices.get(msg.device)
@@ -297,15 +331,8 @@ class Engine:
         if rollout.source.kind == "kubernetes":
             self._generations[rollout.name] = (rollout.generation, rollout.spec_hash)
             return rollout
-        known = self._generations.get(rollout.name)
-        digest = rollout.spec_hash
-        if known is None:
-            generation = 1
-        elif known[1] != digest:
-            generation = known[0] + 1
-        else:
-            generation = known[0]
-        self._generations[rollout.name] = (generation, digest)
+        generation = count_generation(self._generations.get(rollout.name), rollout.spec_hash)
+        self._generations[rollout.name] = (generation, rollout.spec_hash)
         if generation == rollout.generation:
             return rollout
         return replace(rollout, generation=generation)
@@ -524,13 +551,12 @@ class Engine:
 
     def _update_fleet_metrics(self, now: float) -> None:
         m = self.metrics
-        versions: dict[tuple[str, str], int] = {}
-        online = 0
-        for row in self._devices.values():
-            if row.online:
-                online += 1
-            for component, version in row.versions.items():
-                versions[(component, version)] = versions.get((component, version), 0) + 1
+        declared: dict[str, set[str]] = {}
+        for declaring in self.known_rollouts().values():
+            declared.setdefault(declaring.spec.component, set()).add(declaring.spec.version)
+        versions = declared_version_counts((row.versions for row in self._devices.values()),
+                                           declared)
+        online = sum(1 for row in self._devices.values() if row.online)
         m.devices.clear()
         for (component, version), count in versions.items():
             m.devices.labels(component=component, version=version).set(count)
@@ -549,7 +575,7 @@ class Engine:
                 m.rollout_devices.labels(rollout=name, state=state).set(count)
             m.rollout_failure_ratio.labels(rollout=name).set(
                 float(status.get("failureRate", 0.0)) / 100.0)
-            done = done_count(status)
+            done = int(status.get("done", 0))
             m.rollout_progress.labels(rollout=name).set(done / targeted if targeted else 0.0)
         # Stale: open for longer than its rollout's ack and update timeouts together, which
         # the planner should never allow: the alert rule for stuck updates reads this.
@@ -603,19 +629,22 @@ class Engine:
             raise NotFound(f"no rollout named {name!r}")
         return rollout
 
-    async def rollout_devices(self, name: str) -> list[dict[str, Any]]:
+    async def rollout_devices(self, name: str, after: Key | None = None,
+                              limit: int = 100) -> Page:
         self._require(name)
         state = self._states.get(name)
         parked = state.parked if state is not None else frozenset()
+        records = self._records.get(name, {})
+        uuids, next_key = page_after(sorted(records), after, limit)
         out = []
-        for device, attempts in sorted(self._records.get(name, {}).items()):
-            latest = attempts[-1]
+        for device in uuids:
+            latest = records[device][-1]
             out.append({"uuid": device, "state": latest.state.value, "attempt": latest.attempt,
                         "parked": device in parked,
                         "fromVersion": latest.from_version, "toVersion": latest.to_version,
                         "health": latest.health.value, "reason": latest.reason,
                         "updateId": latest.id})
-        return out
+        return Page(out, next_key, len(records))
 
     async def rollout_events(self, name: str, offset: int, limit: int
                              ) -> tuple[list[dict[str, Any]], int]:
@@ -624,9 +653,12 @@ class Engine:
         page = await self.store.list_events(name, offset=min(offset, 2**63 - 1), limit=limit)
         return [event_json(e) for e in page.items], page.total
 
-    async def list_devices(self) -> list[dict[str, Any]]:
-        return [device_json(r) for r in
-                sorted(self._devices.values(), key=lambda r: r.uuid)]
+    async def list_devices(self, after: Key | None = None, limit: int = 100) -> Page:
+        if self._device_keys is None:
+            self._device_keys = sorted(self._devices)
+        uuids, next_key = page_after(self._device_keys, after, limit)
+        return Page([device_json(self._devices[u]) for u in uuids], next_key,
+                    len(self._devices))
 
     async def get_device(self, uuid: str) -> dict[str, Any] | None:
         row = self._devices.get(uuid)
@@ -637,12 +669,19 @@ class Engine:
             raise NotFound(f"no device {uuid!r}")
         return [record_json(r) for r in await self.store.device_history(uuid, limit=limit)]
 
-    async def list_updates(self, state: str | None, older_than: float | None
-                           ) -> list[dict[str, Any]]:
+    async def list_updates(self, state: str | None, older_than: float | None,
+                           after: Key | None = None, limit: int = 100) -> Page:
+        if after is not None and not (len(after) == 2 and isinstance(after[0], int | float)
+                                      and isinstance(after[1], str)):
+            raise InvalidCursor("cursor does not belong to this list: start again without it")
         states = [UpdateState(state)] if state else None
-        now = self.clock()
-        records = await self.store.stale_updates(older_than or 0.0, now, states)
-        return [record_json(r) for r in records]
+        records = await self.store.stale_updates(
+            older_than or 0.0, self.clock(), states,
+            after=(float(after[0]), after[1]) if after is not None else None, limit=limit + 1)
+        page = records[:limit]
+        more = len(records) > limit
+        return Page([record_json(r) for r in page],
+                    (page[-1].created_at, page[-1].id) if more else None)
 
     def readiness(self) -> tuple[bool, Mapping[str, str]]:
         reasons = {
@@ -762,13 +801,4 @@ class Engine:
         return out
 
 
-def done_count(status: Mapping[str, Any]) -> int:
-    """Devices done, from a status's `progress` ("done/targeted")."""
-    progress = status.get("progress")
-    if isinstance(progress, str) and "/" in progress:
-        try:
-            return int(progress.split("/")[0])
-        except ValueError:
-            return 0
-    return 0
 

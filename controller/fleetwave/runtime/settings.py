@@ -35,6 +35,11 @@ class Settings:
     git_known_hosts_file: str | None = None
     listen: str = "127.0.0.1:8080"
     token_file: str | None = None
+    read_token_file: str | None = None
+    """Bearer tokens allowed to read /api/v1 (write tokens read too); None: reads are open."""
+    max_new_devices_per_minute: int = 1000
+    """Unknown device ids admitted per minute (a token bucket, bursts up to this): a fleet's
+    churn plus a restart's resync; a flood of invented ids beyond it is refused."""
     topic_prefix: str = "iot/device"
     resync_interval: float = 30.0
     """Seconds between reconcile passes when nothing happens (the planner's next_wake wins)."""

@@ -37,8 +37,11 @@ from typing import Protocol, runtime_checkable
 import structlog
 
 from fleetwave.metrics import Metrics
+from fleetwave.resources.generations import count_generation
+from fleetwave.resources.inventory import merge_inventories
 from fleetwave.resources.loading import LoadedDocument, LoadResult, Problem
 from fleetwave.resources.model import DeviceInventory, Rollout, RolloutPolicy
+from fleetwave.resources.names import name_keeper
 
 log = structlog.get_logger("fleetwave.sources")
 
@@ -135,28 +138,20 @@ def build_snapshot(
 
     rollouts: dict[str, Rollout] = {}
     policies: dict[str, RolloutPolicy] = {}
-    inventories: dict[str, dict[str, str]] = {}
+    inventory_docs: list[Mapping[str, Mapping[str, str]]] = []
     base = previous.generations if previous is not None else (generations or {})
     gens: dict[str, tuple[int, str]] = dict(base)
     for doc in documents:
         res = doc.resource
         if isinstance(res, Rollout):
-            digest = res.spec_hash
-            seen = gens.get(res.name)
-            if seen is None:
-                number = 1
-            elif seen[1] == digest:
-                number = seen[0]
-            else:
-                number = seen[0] + 1
-            gens[res.name] = (number, digest)
+            number = count_generation(gens.get(res.name), res.spec_hash)
+            gens[res.name] = (number, res.spec_hash)
             rollouts[res.name] = replace(res, generation=number)
         elif isinstance(res, RolloutPolicy):
             policies[res.name] = res
         elif isinstance(res, DeviceInventory):
-            # In file order; a later inventory's label wins over an earlier one's.
-            for uuid, labels in res.labels.items():
-                inventories.setdefault(uuid, {}).update(labels)
+            inventory_docs.append(res.labels)  # in file order: a later one wins
+    inventories = merge_inventories(inventory_docs)
     return SourceSnapshot(
         source=source, kind=kind, revision=revision, rollouts=rollouts, policies=policies,
         inventories=inventories, problems=tuple(problems), synced_at=synced_at, error=None,
@@ -183,7 +178,8 @@ def _resolve_duplicates(
         if len(group) == 1:
             chosen.add(id(group[0]))
             continue
-        winner = next((d for d in group if d.file == owner.get(key)), None)
+        keeper = name_keeper([d.file for d in group], owner.get(key))
+        winner = next((d for d in group if d.file == keeper), None)
         if winner is not None:
             chosen.add(id(winner))
         places = ", ".join(f"{d.file}:{d.line}" for d in group)

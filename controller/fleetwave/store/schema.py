@@ -106,3 +106,13 @@ leadership = sa.Table(
     sa.Column("address", sa.Text),
 )
 """One row per elected role: who leads, under which epoch, until when (database clock)."""
+
+webhook_deliveries = sa.Table(
+    "webhook_deliveries", metadata,
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("received_at", sa.Double, nullable=False),
+    sa.Column("expires_at", sa.Double, nullable=False),
+    sa.Index("ix_webhook_deliveries_expires", "expires_at"),
+)
+"""Webhook deliveries already acted on, so a replay (or a sender's retry) is refused even
+after a restart; rows past `expires_at` are deleted, which keeps the table bounded."""

@@ -36,7 +36,7 @@ from fleetwave.store import codec, leadership
 from fleetwave.store.errors import StoreError, StoreFull, translate
 from fleetwave.store.leadership import Fence, Fenced, Lease
 from fleetwave.store.rows import DeviceRow, Event, EventPage, RolloutRow, StatusOutcome, UpdateStats
-from fleetwave.store.schema import devices, events, rollouts, updates
+from fleetwave.store.schema import devices, events, rollouts, updates, webhook_deliveries
 from fleetwave.updates.model import (
     OPEN_STATES,
     TERMINAL_STATES,
@@ -634,14 +634,19 @@ class Store:
             .limit(limit))
 
     async def stale_updates(self, older_than_seconds: float, now: float,
-                            states: Sequence[UpdateState] | None = None) -> list[UpdateRecord]:
+                            states: Sequence[UpdateState] | None = None, *,
+                            after: tuple[float, str] | None = None,
+                            limit: int | None = None) -> list[UpdateRecord]:
         """Updates still in `states` (default: any open state) created more than
-        `older_than_seconds` before `now`, oldest first."""
+        `older_than_seconds` before `now`, oldest first; `after` (created_at, id) and
+        `limit` page through them by key, so a page costs the same wherever it starts."""
         values = OPEN_VALUES if states is None else sorted({s.value for s in states})
-        return await self._records(
-            sa.select(updates).where(updates.c.state.in_(values),
-                                     updates.c.created_at < now - older_than_seconds)
-            .order_by(updates.c.created_at, updates.c.id))
+        stmt = sa.select(updates).where(updates.c.state.in_(values),
+                                        updates.c.created_at < now - older_than_seconds)
+        if after is not None:
+            stmt = stmt.where(sa.tuple_(updates.c.created_at, updates.c.id) > after)
+        stmt = stmt.order_by(updates.c.created_at, updates.c.id)
+        return await self._records(stmt if limit is None else stmt.limit(limit))
 
     async def rollout_counts(self, rollout: str) -> dict[str, int]:
         """Devices per state, counting each device's latest attempt per component.
@@ -770,6 +775,35 @@ class Store:
             return EventPage(items=[_event(row._mapping) for row in rows], total=int(total))
 
         return await self._read(work)
+
+    # -- webhook deliveries ----------------------------------------------------------------
+
+    async def first_delivery(self, key: str, now: float, expires_at: float) -> bool:
+        """Remember a webhook delivery; False when `key` was already seen and has not expired.
+
+        One transaction: expired rows go first (so the table holds only live keys), then
+        an insert that does nothing on a conflict, so two racing copies of one delivery
+        (two replicas, a sender's retry) cannot both be first.
+        """
+
+        async def work(conn: AsyncConnection) -> bool:
+            await conn.execute(webhook_deliveries.delete().where(
+                webhook_deliveries.c.expires_at <= now))
+            result = await conn.execute(
+                self._insert(webhook_deliveries).on_conflict_do_nothing()
+                .values(key=key, received_at=now, expires_at=expires_at))
+            return bool(result.rowcount)
+
+        return await self._write(work)
+
+    async def forget_delivery(self, key: str) -> None:
+        """Undo `first_delivery` when acting on the delivery failed, so a retry may succeed."""
+
+        async def work(conn: AsyncConnection) -> None:
+            await conn.execute(webhook_deliveries.delete().where(
+                webhook_deliveries.c.key == key))
+
+        await self._write(work)
 
     # -- retention and export -------------------------------------------------------------
 
