@@ -181,8 +181,8 @@ def engine_tasks(core: ControllerCore, stop: asyncio.Event) -> list[asyncio.Task
         asyncio.create_task(elector.run(stop), name="elector"),
         asyncio.create_task(lead_while_elected(elector, stop, start=engine.start,
                                                run=engine.run), name="engine"),
-        asyncio.create_task(keep_up(elector, stop, reload=engine.start, wake=engine.wake),
-                            name="keep-up"),
+        asyncio.create_task(keep_up(elector, stop, read_back=engine.read_back,
+                                    reload=engine.start, wake=engine.wake), name="keep-up"),
     ]
 
 

@@ -269,6 +269,17 @@ class Engine:
             self._to_clear.update(finished)
         self._wake.set()
 
+    async def read_back(self) -> None:
+        """A leader reads back the records other replicas changed (their share of status),
+        so its next pass plans on them; never the rollout states, its own are newer."""
+        async with self._lock:
+            held = {i for ids in self._open.values() for i in ids}
+            fresh = await self.store.open_updates()
+            changed = await self.store.updates_by_id(sorted(held - {r.id for r in fresh}))
+            for record in [*fresh, *changed]:
+                self._remember(record)
+            self._to_clear.update(r.device for r in changed if r.is_terminal)
+
     def _admit(self, batch: Sequence[DeviceMessage]) -> Sequence[DeviceMessage]:
         """Known devices always pass; unknown ids only while `new_devices` has tokens.
 

@@ -268,24 +268,25 @@ async def _first(*waits: asyncio.Event | asyncio.Task[None]) -> None:
 
 
 async def keep_up(elector: Elector, stop: asyncio.Event, *,
+                  read_back: Callable[[], Awaitable[None]],
                   reload: Callable[[], Awaitable[None]], wake: Callable[[], None],
                   interval: float = 1.0, follower_interval: float = 5.0) -> None:
-    """Read back what other replicas stored: the leader every `interval` (status that a
-    follower's `$share` received reaches its plan within about that), a follower every
-    `follower_interval` (its API serves reads from memory)."""
+    """Read back what other replicas stored: the leader its records every `interval`
+    (a status that a follower's `$share` received reaches its plan within about that),
+    a follower everything every `follower_interval` (its API serves reads from memory)."""
     stopped = asyncio.ensure_future(stop.wait())
     try:
         while not stop.is_set():
-            await asyncio.wait([stopped],
-                               timeout=interval if elector.is_leader else follower_interval)
-            if stop.is_set():
-                return
+            leading = elector.is_leader
+            await asyncio.wait([stopped], timeout=interval if leading else follower_interval)
+            if stop.is_set() or leading != elector.is_leader:
+                continue  # a change of role: the new term loads what it needs itself
             try:
-                await reload()
+                await (read_back() if leading else reload())
             except StoreError as exc:
-                log.warning("leadership.reload_failed", error=str(exc))
+                log.warning("leadership.read_back_failed", error=str(exc))
                 continue
-            if elector.is_leader:
+            if leading:
                 wake()
     finally:
         stopped.cancel()

@@ -614,6 +614,13 @@ class Store:
         found = await self._records(sa.select(updates).where(updates.c.id == id))
         return found[0] if found else None
 
+    async def updates_by_id(self, ids: Sequence[str]) -> list[UpdateRecord]:
+        """The records with these ids (a leader reads back what followers settled)."""
+        found: list[UpdateRecord] = []
+        for chunk in _chunks(sorted(ids)):
+            found += await self._records(sa.select(updates).where(updates.c.id.in_(chunk)))
+        return found
+
     async def open_updates(self, rollout: str | None = None) -> list[UpdateRecord]:
         stmt = sa.select(updates).where(updates.c.state.in_(OPEN_VALUES))
         if rollout is not None:
