@@ -40,6 +40,7 @@ from fleetwave.metrics import build_metrics
 from fleetwave.mqtt import MqttLink, MqttSettings
 from fleetwave.mqtt.broker import BrokerConfig, MosquittoProcess, free_port
 from fleetwave.protocol.messages import DeviceMessage
+from fleetwave.protocol.signing import SigningKey
 
 CONTROLLER = ("fleetwave", "bench-controller")
 SIMULATOR = ("fleetwave-simulator", "bench-simulator")
@@ -148,7 +149,8 @@ async def fleetwave_ingest(port: int, client_id: str, expected: int,
     settings = MqttSettings(url=f"mqtt://127.0.0.1:{port}", username=CONTROLLER[0],
                             password=CONTROLLER[1], client_id=client_id, session_expiry=3600)
     first = time.perf_counter()
-    async with MqttLink(settings, build_metrics(CollectorRegistry()), on_messages):
+    async with MqttLink(settings, build_metrics(CollectorRegistry()), on_messages,
+                        signing_key=SigningKey.generate()):
         procs = start_publishers() if callable(start_publishers) else []
         try:
             async with asyncio.timeout(300):
@@ -227,7 +229,8 @@ async def _link_session(port: int, client_id: str) -> None:
     async def ignore(batch: list[DeviceMessage]) -> None:
         return None
 
-    async with MqttLink(settings, build_metrics(CollectorRegistry()), ignore) as link:
+    async with MqttLink(settings, build_metrics(CollectorRegistry()), ignore,
+                        signing_key=SigningKey.generate()) as link:
         async with asyncio.timeout(10):
             await link.wait_connected()
 

@@ -94,6 +94,7 @@ def simulator_main(args: argparse.Namespace) -> None:
     import asyncio
 
     from fleetwave.cli.logging import configure_logging
+    from fleetwave.runtime.keys import load_key_file
     from fleetwave.simulator.fleet import SimulatedFleet, SimulatorConfig
 
     configure_logging("json", "warning")
@@ -101,7 +102,8 @@ def simulator_main(args: argparse.Namespace) -> None:
         broker=f"mqtt://127.0.0.1:{args.port}", username=SIMULATOR[0], password=SIMULATOR[1],
         devices=args.devices, seed=args.seed, speed=args.speed,
         update_duration=args.update_duration, component_versions={"agent": FROM_VERSION},
-        devices_per_connection=args.devices_per_connection, client_id_prefix="bench-sim")
+        devices_per_connection=args.devices_per_connection, client_id_prefix="bench-sim",
+        trust_keys=(load_key_file(args.signing_key).public.base64,))
 
     async def run() -> None:
         # no orderly goodbye on SIGTERM, also while connecting: the broker is thrown away
@@ -127,6 +129,10 @@ def baseline_main(args: argparse.Namespace) -> None:
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+    # Signing is part of the least a controller does now (DESIGN.md 9.1).
+    from fleetwave.protocol.signing import SigningKey
+
+    key = SigningKey.from_pem(Path(args.signing_key).read_bytes())
     n = args.devices
     versions: dict[str, str] = {}
     all_known = threading.Event()
@@ -208,9 +214,13 @@ def baseline_main(args: argparse.Namespace) -> None:
             created = []
             for device in wave:
                 cid = f"bench-{device}-1"
-                body = json.dumps({"action": "update", "component": "agent",
-                                   "version": TO_VERSION, "correlation_id": cid,
-                                   "timestamp": int(time.time() * 1000)}).encode()
+                now = time.time()
+                body = json.dumps(key.sign({
+                    "action": "update", "component": "agent", "version": TO_VERSION,
+                    "correlation_id": cid, "timestamp": int(now * 1000), "device": device,
+                    "release": int(now * 1000),
+                    "expires_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                time.gmtime(now + 600))})).encode()
                 window.acquire()
                 client.publish(f"{PREFIX}/{device}/agent/update", body, qos=1, retain=True)
                 created.append((device, "sent", cid, int(time.time() * 1000)))
@@ -252,11 +262,22 @@ class Figures:
     detail: str = ""
 
 
+def signing_key(tmp: Path) -> Path:
+    """The key both controllers sign with and the fleet trusts, one per measurement."""
+    from fleetwave.runtime.keys import create_key_file
+
+    path = tmp / "signing-key.pem"
+    if not path.exists():
+        create_key_file(path)
+    return path
+
+
 def child(role: str, args: argparse.Namespace, port: int, log: Path) -> subprocess.Popen[str]:
     argv = [sys.executable, __file__, "--role", role, "--port", str(port),
             "--devices", str(args.devices), "--seed", str(args.seed), "--speed", str(args.speed),
             "--update-duration", str(args.update_duration),
-            "--devices-per-connection", str(args.devices_per_connection)]
+            "--devices-per-connection", str(args.devices_per_connection),
+            "--signing-key", str(signing_key(log.parent))]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log.open("ab"), text=True)
 
 
@@ -358,7 +379,8 @@ def measure_fleetwave(args: argparse.Namespace, tmp: Path) -> Figures:
                 "--listen", f"127.0.0.1:{api_port}", "--poll-interval", "0.2",
                 "--log-format", "json", "--log-level", args.log_level,
                 # the whole fleet appears at once here; a real fleet trickles in
-                "--max-new-devices-per-minute", str(max(1000, args.devices))]
+                "--max-new-devices-per-minute", str(max(1000, args.devices)),
+                "--signing-key", str(signing_key(tmp))]
         if args.profile:
             argv = [str(ROOT / ".venv/bin/py-spy"), "record", "-o", args.profile, "-r", "50",
                     "-f", args.profile_format, "--", *argv]
@@ -452,6 +474,7 @@ def main() -> None:
     parser.add_argument("--profile-format", default="raw", help="py-spy -f (raw, speedscope)")
     parser.add_argument("--role", choices=("simulator", "baseline"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--signing-key", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role == "simulator":
         return simulator_main(args)

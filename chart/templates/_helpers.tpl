@@ -91,6 +91,9 @@ what to change.
 {{- if and (eq .Values.store.type "postgres") (not .Values.store.postgres.existingSecret) }}
 {{- fail "store.type=postgres needs store.postgres.existingSecret (a Secret with the PostgreSQL URL)" }}
 {{- end }}
+{{- if and (eq .Values.store.type "postgres") (not .Values.signingKey.existingSecret) }}
+{{- fail "store.type=postgres needs signingKey.existingSecret: every replica signs commands with the same key (fleetwave keys generate --out signing-key.pem; kubectl create secret generic fleetwave-signing-key --from-file=signing-key.pem)" }}
+{{- end }}
 {{- if and (eq .Values.mode "standalone") (not .Values.source.url) }}
 {{- fail "mode=standalone needs source.url (the git repository of Rollouts)" }}
 {{- end }}

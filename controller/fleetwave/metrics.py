@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass
+from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from fleetwave import __version__
+from fleetwave.protocol.admission import RefusalReason
 
 PREFIX = "fleetwave"
 
@@ -57,6 +59,10 @@ def declared_version_counts(reported: Iterable[Mapping[str, str]],
     return counts
 
 
+REFUSAL_REASONS: tuple[str, ...] = get_args(RefusalReason)
+"""The `reason`s of an `update_failed` a device sends for a command it refused (DESIGN.md
+9.1); the only label values of fleetwave_commands_refused_total."""
+
 @dataclass(frozen=True)
 class Metrics:
     registry: CollectorRegistry
@@ -82,6 +88,7 @@ class Metrics:
     mqtt_published: Counter
     mqtt_dropped: Counter
     mqtt_connected: Gauge
+    commands_refused: Counter
     # sources
     source_revision: Gauge
     source_last_sync: Gauge
@@ -145,6 +152,10 @@ def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
                              ["reason"], registry=reg),
         mqtt_connected=Gauge(f"{p}_mqtt_connected", "1 while connected to the broker.",
                              registry=reg),
+        commands_refused=Counter(f"{p}_commands_refused",
+                                 "Commands devices reported refusing (bad signature, another "
+                                 "device's, expired, replayed, unmarked downgrade).",
+                                 ["reason"], registry=reg),
         source_revision=Gauge(f"{p}_source_revision_info",
                               "1 for the revision last synced from a source.",
                               ["source", "revision"], registry=reg),
@@ -177,4 +188,6 @@ def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
         m.mqtt_dropped.labels(reason=reason)
     for reason in HEALTH_CHECK_REFUSALS:
         m.health_checks_refused.labels(reason=reason)
+    for reason in REFUSAL_REASONS:
+        m.commands_refused.labels(reason=reason)
     return m

@@ -149,6 +149,15 @@ def test_operator_on_postgres_scales_out_with_leader_election(chart: Renderer) -
     assert "FLEETWAVE_STORE" not in only(docs, "ConfigMap")["data"]
     assert only(docs, "ConfigMap")["data"]["FLEETWAVE_LEASE_NAME"] == "fleetwave-planner"
     assert not kinds(docs, "PersistentVolumeClaim")
+    # Every replica signs with the one key from the Secret, readable by its group only.
+    key_file = only(docs, "ConfigMap")["data"]["FLEETWAVE_SIGNING_KEY"]
+    [volume] = [v for v in deployment["spec"]["template"]["spec"]["volumes"]
+                if v["name"] == "signing-key"]
+    assert volume["secret"]["secretName"] == "fleetwave-signing-key"
+    assert volume["secret"]["defaultMode"] == 0o440
+    [mount] = [m for m in deployment["spec"]["template"]["spec"]["containers"][0]
+               ["volumeMounts"] if m["name"] == "signing-key"]
+    assert key_file == f"{mount['mountPath']}/{volume['secret']['items'][0]['path']}"
     leader = only([d for d in docs if d["metadata"]["name"].endswith("-leader-election")], "Role")
     assert leader["rules"] == EXPECTED_LEASE_RULES
     crds = kinds(docs, "CustomResourceDefinition")
@@ -188,6 +197,8 @@ def test_monitoring_objects_carry_the_shipped_rules_and_dashboard(chart: Rendere
                   "--set", "leaderElection.enabled=false"], "leaderElection",
                  id="replicas-no-leader"),
     pytest.param(["--set", "store.type=postgres"], "existingSecret", id="postgres-without-secret"),
+    pytest.param(["--set", "store.type=postgres", "--set", "store.postgres.existingSecret=pg"],
+                 "signingKey.existingSecret", id="postgres-without-signing-key"),
     pytest.param(["--set", "mode=standalone"], "source.url", id="standalone-without-source"),
     pytest.param(["--set", "broker.url=mqtt://x:1883"], "broker.allowPlaintext",
                  id="plain-mqtt-refused"),
@@ -197,7 +208,8 @@ def test_monitoring_objects_carry_the_shipped_rules_and_dashboard(chart: Rendere
                  "mosquitto.passwordFile.existingSecret", id="mosquitto-without-accounts"),
     pytest.param(["--set", "mosquitto.enabled=true", "--set", "mosquitto.tls.existingSecret=t",
                   "--set", "mosquitto.passwordFile.existingSecret=p", "--set", "replicaCount=2",
-                  "--set", "store.type=postgres", "--set", "store.postgres.existingSecret=pg"],
+                  "--set", "store.type=postgres", "--set", "store.postgres.existingSecret=pg",
+                  "--set", "signingKey.existingSecret=key"],
                  "own broker account", id="mosquitto-with-replicas"),
 ])
 def test_bad_values_fail_with_a_message_naming_the_value(

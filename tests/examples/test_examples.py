@@ -60,6 +60,8 @@ def test_container_rollout_with_an_http_health_check() -> None:
     assert isinstance(rollout, Rollout)
     assert {c.type for c in rollout.spec.health.checks} == {"http", "container"}
     assert rollout.spec.failure_policy.action == "rollback"
+    assert rollout.spec.artifact is not None and rollout.spec.artifact.url is None
+    assert (rollout.spec.artifact.digest or "").startswith("sha256:")
 
 
 def test_manual_approval() -> None:

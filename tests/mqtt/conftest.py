@@ -11,7 +11,11 @@ from prometheus_client import CollectorRegistry
 from fleetwave.metrics import Metrics, build_metrics
 from fleetwave.mqtt import MqttLink, MqttSettings
 from fleetwave.protocol.messages import DeviceMessage
+from fleetwave.protocol.signing import SigningKey
 from tests.support.broker import RunningBroker
+
+LINK_KEY = SigningKey.generate()
+"""The key the `link` fixture signs with."""
 
 
 class Collector:
@@ -63,7 +67,8 @@ def metrics() -> Metrics:
 async def link(broker: RunningBroker,
                metrics: Metrics) -> AsyncIterator[tuple[MqttLink, Collector]]:
     collector = Collector()
-    async with MqttLink(settings_for(broker), metrics, collector) as running:
+    async with MqttLink(settings_for(broker), metrics, collector,
+                        signing_key=LINK_KEY) as running:
         async with asyncio.timeout(5):
             await running.wait_connected()
         yield running, collector

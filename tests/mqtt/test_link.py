@@ -6,17 +6,20 @@ import asyncio
 import json
 
 import paho.mqtt.client as paho
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from fleetwave.metrics import Metrics
 from fleetwave.mqtt import MqttLink
 from fleetwave.mqtt.connection import ConnectionOptions, PahoConnection
 from fleetwave.protocol.messages import Command, DeviceMessage, ReportedState, Status
+from fleetwave.protocol.signing import SigningKey, TrustedKeys
 from fleetwave.protocol.topics import Topics
-from tests.mqtt.conftest import Collector, settings_for, until
+from tests.mqtt.conftest import LINK_KEY, Collector, settings_for, until
 from tests.support.broker import RunningBroker
 
 T = Topics()
+KEY = SigningKey.generate()
 
 
 def raw_client(broker: RunningBroker, user: str, password: str,
@@ -113,7 +116,7 @@ async def test_status_sent_while_controller_down_arrives_on_reconnect(
         broker: RunningBroker, metrics: Metrics) -> None:
     settings = settings_for(broker, client_id="fleetwave-persistent")
     first = Collector()
-    async with MqttLink(settings, metrics, first) as link:
+    async with MqttLink(settings, metrics, first, signing_key=KEY) as link:
         async with asyncio.timeout(5):
             await link.wait_connected()
     assert metrics.registry.get_sample_value("fleetwave_mqtt_connected") == 0
@@ -125,7 +128,7 @@ async def test_status_sent_while_controller_down_arrives_on_reconnect(
         await pub.flush()
     await pub.stop()
     second = Collector()
-    async with MqttLink(settings, metrics, second) as link:
+    async with MqttLink(settings, metrics, second, signing_key=KEY) as link:
         await second.wait_for(lambda m: len(cids(m)) == 500)
         assert {m.device for m in second.messages if isinstance(m, Status)} == \
             {f"dev-{i}" for i in range(500)}
@@ -137,7 +140,7 @@ async def test_broker_restart_mid_stream_loses_no_qos1_message(
     collector = Collector()
     total = 3000
     async with MqttLink(settings_for(broker, client_id="fleetwave-restart"), metrics,
-                        collector) as link:
+                        collector, signing_key=KEY) as link:
         async with asyncio.timeout(5):
             await link.wait_connected()
         pub = await device_publisher(broker, "sim-restart")
@@ -160,7 +163,7 @@ async def test_commands_are_retained_and_cleared(
     for i in range(count):
         await controller.publish_command(f"dev-{i}", Command(
             action="update", component="agent", version="1.0.6", correlation_id=f"c{i}",
-            timestamp=1))
+            timestamp=1, device=f"dev-{i}", release=i + 1, expires_at="2999-01-01T00:00:00Z"))
     await controller.clear_command("dev-0")
     async with asyncio.timeout(10):
         await controller.flush()
@@ -182,6 +185,8 @@ async def test_commands_are_retained_and_cleared(
         sub.disconnect()
     assert T.update("dev-0") not in received
     assert json.loads(received[T.update("dev-2999")])["correlation_id"] == "c2999"
+    trusted = TrustedKeys([LINK_KEY.public])
+    assert {trusted.verify(json.loads(p)) for p in received.values()} == {LINK_KEY.public.keyid}
     assert metrics.registry.get_sample_value("fleetwave_mqtt_messages_published_total",
                                              {"kind": "update"}) == count
     assert metrics.registry.get_sample_value("fleetwave_mqtt_messages_published_total",
@@ -198,7 +203,8 @@ async def test_retained_state_resynchronises_on_start(
     dev.loop_stop()
     dev.disconnect()
     collector = Collector()
-    async with MqttLink(settings_for(broker, client_id="fresh"), metrics, collector):
+    async with MqttLink(settings_for(broker, client_id="fresh"), metrics, collector,
+                        signing_key=KEY):
         await collector.wait_for(
             lambda m: len({x.device for x in m if isinstance(x, ReportedState)}) == 20)
 
@@ -215,3 +221,20 @@ async def test_reconnects_after_broker_outage(broker: RunningBroker,
     async with asyncio.timeout(10):
         await controller.wait_connected()
     assert metrics.registry.get_sample_value("fleetwave_mqtt_connected") == 1
+
+
+@pytest.mark.parametrize("fields", [
+    pytest.param({"device": "dev-1", "release": None}, id="no-release"),
+    pytest.param({"device": "dev-1", "expires_at": None}, id="no-expiry"),
+    pytest.param({"device": "dev-2"}, id="for-another-device"),
+])
+async def test_a_command_not_bound_to_its_device_and_attempt_is_never_published(
+        link: tuple[MqttLink, Collector], metrics: Metrics, fields: dict[str, object]) -> None:
+    controller, _ = link
+    base = {"action": "update", "component": "agent", "version": "1.0.6",
+            "correlation_id": "c", "timestamp": 1, "release": 1,
+            "expires_at": "2999-01-01T00:00:00Z"}
+    with pytest.raises(ValueError, match="dev-1"):
+        await controller.publish_command("dev-1", Command(**{**base, **fields}))  # type: ignore[arg-type]
+    assert metrics.registry.get_sample_value("fleetwave_mqtt_messages_published_total",
+                                             {"kind": "update"}) is None

@@ -21,6 +21,7 @@ import pytest
 from fleetwave.metrics import build_metrics
 from fleetwave.mqtt.link import MqttLink
 from fleetwave.mqtt.settings import MqttSettings
+from fleetwave.protocol.signing import SigningKey
 from fleetwave.runtime.engine import Engine
 from fleetwave.store import open_store
 from tests.operator.apiserver import ApiServer
@@ -43,7 +44,8 @@ async def engine(tmp_path: Path, broker: RunningBroker) -> AsyncIterator[Engine]
 
     link = MqttLink(MqttSettings(url=broker.url, username=user, password=password,
                                  client_id="fleetwave-operator-test", reconnect_min=0.1,
-                                 reconnect_max=0.5), metrics, on_messages)
+                                 reconnect_max=0.5), metrics, on_messages,
+                    signing_key=SigningKey.generate())
     engine = Engine(store, link, metrics, resync_interval=0.5)
     holder.append(engine)
     engine.broker_connected = lambda: link.connected

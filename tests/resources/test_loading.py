@@ -88,12 +88,32 @@ def test_times_must_be_rfc3339_with_a_zone(value: str, ok: bool) -> None:
                  id="exists-with-values"),
     pytest.param("  artifact: {url: x, sha256: ABC}\n", "spec.artifact.sha256",
                  "64 lower-case hex digits", id="sha256"),
+    pytest.param("  artifact: {url: https://a/x.tgz}\n", "spec.artifact.sha256",
+                 "'url' needs it", id="url-without-sha256"),
+    pytest.param("  artifact: {digest: 'sha256:abc'}\n", "spec.artifact.digest",
+                 "sha256: and the 64 lower-case hex digits", id="short-digest"),
+    pytest.param("  artifact: {sha256: " + "a" * 64 + "}\n", "spec.artifact",
+                 "needs one of: url, digest", id="nothing-to-fetch"),
 ])
 def test_checks_beyond_the_schema(fragment: str, field: str, says: str) -> None:
     result = load_text(MINIMAL + fragment, "r.yaml")
     [error] = result.errors
     assert error.field == field
     assert says in error.message
+
+
+def test_an_artifact_url_without_its_sha256_is_named_by_file_line_and_field() -> None:
+    [error] = load_text(MINIMAL + "  artifact:\n    url: https://a/x.tgz\n", "r.yaml").errors
+    # Line 10, `url:`: where the artifact's mapping starts, the place to add sha256.
+    assert (error.file, error.line, error.field) == ("r.yaml", 10, "spec.artifact.sha256")
+
+
+def test_an_image_digest_alone_is_an_artifact() -> None:
+    digest = "sha256:" + "b" * 64
+    [doc] = load_text(MINIMAL + f"  artifact: {{digest: '{digest}'}}\n", "r.yaml").documents
+    assert isinstance(doc.resource, Rollout)
+    assert doc.resource.spec.artifact is not None
+    assert (doc.resource.spec.artifact.url, doc.resource.spec.artifact.digest) == (None, digest)
 
 
 def test_policy_template_gets_the_same_step_checks() -> None:

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
 from fleetwave.metrics import Metrics
 from fleetwave.mqtt import MqttLink
+from fleetwave.protocol.admission import format_time
 from fleetwave.protocol.messages import Command, Online, ReportedState, Status, StatusType
+from fleetwave.protocol.signing import SigningKey
 from fleetwave.simulator import SimulatedFleet, SimulatorConfig, build_profiles
-from tests.mqtt.conftest import Collector, settings_for
+from fleetwave.updates.model import next_release
+from tests.mqtt.conftest import LINK_KEY, Collector, settings_for
 from tests.support.broker import RunningBroker
+from tests.support.commands import BrokerClient, forge
 
 FULL = ["update_command_received", "update_started", "update_progress", "update_progress",
         "update_progress", "update_progress", "update_succeeded"]
@@ -22,7 +27,8 @@ FULL = ["update_command_received", "update_started", "update_progress", "update_
 def fleet_config(broker: RunningBroker, **kw: object) -> SimulatorConfig:
     user, password = broker.simulator
     base = SimulatorConfig(broker=broker.url, username=user, password=password, devices=5,
-                           seed=7, speed=200.0, devices_per_connection=2)
+                           seed=7, speed=200.0, devices_per_connection=2,
+                           trust_keys=(LINK_KEY.public.base64,))
     return dataclasses.replace(base, **kw)  # type: ignore[arg-type]
 
 
@@ -31,6 +37,19 @@ def command(cid: str, version: str = "1.0.6", **kw: object) -> Command:
                                  "correlation_id": cid, "timestamp": 1}
     fields.update(kw)
     return Command(**fields)  # type: ignore[arg-type]
+
+
+_RELEASES: dict[str, int] = {}
+
+
+async def send(link: MqttLink, device: str, cid: str, version: str = "1.0.6",
+               **kw: object) -> None:
+    """Publish as the controller does: for `device`, one release per attempt (per cid),
+    expiring in five minutes, signed by the link."""
+    release = _RELEASES.setdefault(
+        cid, next_release(time.time(), max(_RELEASES.values(), default=None)))
+    await link.publish_command(device, command(cid, version, device=device, release=release,
+                                               expires_at=format_time(time.time() + 300), **kw))
 
 
 def sequence(collector: Collector, device: str, cid: str | None) -> list[str]:
@@ -50,7 +69,8 @@ async def running(broker: RunningBroker, metrics: Metrics,
                                                                          SimulatedFleet]]:
     overrides = getattr(request, "param", {})
     collector = Collector()
-    async with MqttLink(settings_for(broker), metrics, collector) as link:
+    async with MqttLink(settings_for(broker), metrics, collector,
+                        signing_key=LINK_KEY) as link:
         async with asyncio.timeout(5):
             await link.wait_connected()
         async with SimulatedFleet(fleet_config(broker, **overrides)) as fleet:
@@ -75,7 +95,7 @@ async def test_command_round_trip(running: tuple[MqttLink, Collector, SimulatedF
     await collector.wait_for(lambda m: any(isinstance(x, ReportedState) and x.device == device
                                            for x in m)
                              and any(isinstance(x, Online) and x.online for x in m))
-    await link.publish_command(device, command("rt-1"))
+    await send(link, device, "rt-1")
     await collector.wait_for(lambda m: "update_succeeded" in sequence(collector, device, "rt-1"))
     assert sequence(collector, device, "rt-1") == FULL
     started = next(m for m in collector.messages if isinstance(m, Status)
@@ -88,22 +108,22 @@ async def test_command_round_trip(running: tuple[MqttLink, Collector, SimulatedF
 
     # the same command again (a redelivered retained command): the final status repeats
     before = len(finals(collector, "rt-1"))
-    await link.publish_command(device, command("rt-1"))
+    await send(link, device, "rt-1")
     await collector.wait_for(lambda m: len(finals(collector, "rt-1")) == before + 1)
     assert sequence(collector, device, "rt-1").count("update_started") == 1
 
     # already at the version: acknowledged and succeeded, nothing installed
-    await link.publish_command(device, command("rt-2"))
+    await send(link, device, "rt-2")
     await collector.wait_for(lambda m: "update_succeeded" in sequence(collector, device, "rt-2"))
     assert sequence(collector, device, "rt-2") == ["update_command_received",
                                                    "update_succeeded"]
     # ... unless forced
-    await link.publish_command(device, command("rt-3", force=True))
+    await send(link, device, "rt-3", force=True)
     await collector.wait_for(lambda m: "update_succeeded" in sequence(collector, device, "rt-3"))
     assert sequence(collector, device, "rt-3") == FULL
 
     # rollback to the old version
-    await link.publish_command(device, command("rt-4", version="1.0.5", action="rollback"))
+    await send(link, device, "rt-4", version="1.0.5", action="rollback")
     await collector.wait_for(lambda m: "rollback_succeeded" in sequence(collector, device,
                                                                          "rt-4"))
     assert fleet.versions()[device] == "1.0.5"
@@ -114,10 +134,10 @@ async def test_scheduled_update_and_cancel(
         running: tuple[MqttLink, Collector, SimulatedFleet]) -> None:
     link, collector, fleet = running
     device = list(fleet.devices)[1]
-    await link.publish_command(device, command("later", scheduled_time="2999-01-01T02:00:00Z"))
+    await send(link, device, "later", scheduled_time="2999-01-01T02:00:00Z")
     await collector.wait_for(lambda m: "update_scheduled" in sequence(collector, device,
                                                                        "later"))
-    await link.publish_command(device, command("later", action="cancel"))
+    await send(link, device, "later", action="cancel")
     await collector.wait_for(lambda m: "update_cancelled" in sequence(collector, device,
                                                                        "later"))
     assert "update_started" not in sequence(collector, device, "later")
@@ -133,8 +153,8 @@ async def test_failure_injection(running: tuple[MqttLink, Collector, SimulatedFl
                                  expected: str, reason: str) -> None:
     link, collector, fleet = running
     device = next(iter(fleet.devices))
-    await link.publish_command(device, command("f-1", artifact_url="https://a/x.tgz",
-                                               artifact_sha256="0" * 64))
+    await send(link, device, "f-1", artifact_url="https://a/x.tgz",
+               artifact_sha256="0" * 64)
     await collector.wait_for(lambda m: expected in sequence(collector, device, "f-1"))
     final = finals(collector, "f-1")[0]
     assert final.reason == reason
@@ -147,10 +167,10 @@ async def test_known_artifact_hash_is_checked(
         running: tuple[MqttLink, Collector, SimulatedFleet]) -> None:
     link, collector, fleet = running
     good, bad = list(fleet.devices)[:2]
-    await link.publish_command(good, command("ok", artifact_url="https://a/x.tgz",
-                                             artifact_sha256="a" * 64))
-    await link.publish_command(bad, command("bad", artifact_url="https://a/x.tgz",
-                                            artifact_sha256="b" * 64))
+    await send(link, good, "ok", artifact_url="https://a/x.tgz",
+               artifact_sha256="a" * 64)
+    await send(link, bad, "bad", artifact_url="https://a/x.tgz",
+               artifact_sha256="b" * 64)
     await collector.wait_for(lambda m: finals(collector, "ok") and finals(collector, "bad"))
     assert finals(collector, "ok")[0].type is StatusType.SUCCEEDED
     assert finals(collector, "bad")[0].reason == "checksum_mismatch"
@@ -162,7 +182,7 @@ async def test_legacy_devices_send_no_correlation_id(
         running: tuple[MqttLink, Collector, SimulatedFleet]) -> None:
     link, collector, fleet = running
     device = next(iter(fleet.devices))
-    await link.publish_command(device, command("legacy"))
+    await send(link, device, "legacy")
     await collector.wait_for(lambda m: "update_succeeded" in sequence(collector, device, None))
     assert sequence(collector, device, None) == FULL
     # unhealthy after the update: its container crash-loops on the new version
@@ -181,7 +201,7 @@ async def test_hanging_update_never_finishes(
         running: tuple[MqttLink, Collector, SimulatedFleet]) -> None:
     link, collector, fleet = running
     device = next(iter(fleet.devices))
-    await link.publish_command(device, command("hang"))
+    await send(link, device, "hang")
     await collector.wait_for(lambda m: sequence(collector, device, "hang").count(
         "update_progress") == 2)
     await asyncio.sleep(0.5)  # many times the whole update at this speed
@@ -194,7 +214,7 @@ async def test_garbage_and_duplicates_are_survived(
         running: tuple[MqttLink, Collector, SimulatedFleet], metrics: Metrics) -> None:
     link, collector, fleet = running
     device = next(iter(fleet.devices))
-    await link.publish_command(device, command("noisy"))
+    await send(link, device, "noisy")
     await collector.wait_for(lambda m: sequence(collector, device, "noisy").count(
         "update_succeeded") == 2)
     assert sorted(sequence(collector, device, "noisy")) == sorted(FULL * 2)
@@ -210,10 +230,54 @@ async def test_offline_and_back(running: tuple[MqttLink, Collector, SimulatedFle
     fleet.take_offline(device)
     await collector.wait_for(lambda m: any(isinstance(x, Online) and x.device == device
                                            and not x.online for x in m))
-    await link.publish_command(device, command("off"))
+    await send(link, device, "off")
     await asyncio.sleep(0.3)
     assert sequence(collector, device, "off") == []  # silent while offline
     await fleet.bring_online(device)
     # back: announces itself and picks up the retained command
     await collector.wait_for(lambda m: "update_succeeded" in sequence(collector, device, "off"))
     assert fleet.online_count() == len(fleet.devices)
+
+
+OTHER_KEY = SigningKey.generate()
+
+ATTACKS = [
+    pytest.param(lambda d, r: forge(OTHER_KEY, d, release=r + 1, version="1.0.7"),
+                 "rejected", "untrusted key", id="signed-by-another-key"),
+    pytest.param(lambda d, r: forge(None, d, release=r + 1, version="1.0.7"),
+                 "rejected", "unsigned", id="unsigned"),
+    pytest.param(lambda d, r: forge(LINK_KEY, d, release=r + 1, version="1.0.7",
+                                    expires_in=-60), "rejected", "expired", id="expired"),
+    pytest.param(lambda d, r: forge(LINK_KEY, "another-device", release=r + 1,
+                                    version="1.0.7"), "rejected", "for device",
+                 id="for-another-device"),
+    pytest.param(lambda d, r: forge(LINK_KEY, d, release=r - 1, version="1.0.7"),
+                 "rejected", "replayed", id="replayed-older-release"),
+    pytest.param(lambda d, r: forge(LINK_KEY, d, release=r + 1, version="1.0.5"),
+                 "downgrade", "lower than the running 1.0.6", id="unmarked-downgrade"),
+]
+
+
+@pytest.mark.parametrize(("attack", "reason", "cause"), ATTACKS)
+async def test_a_refused_command_is_reported_and_changes_nothing(
+        running: tuple[MqttLink, Collector, SimulatedFleet], broker: RunningBroker,
+        attack: Callable[[str, int], bytes], reason: str, cause: str) -> None:
+    """Published retained on the device's topic by someone holding the controller's broker
+    account, after one genuine update: refused, reported with its reason, nothing runs."""
+    link, collector, fleet = running
+    device = next(iter(fleet.devices))
+    await send(link, device, "genuine")
+    await collector.wait_for(lambda m: bool(finals(collector, "genuine")))
+    release = _RELEASES["genuine"]
+    attacker = BrokerClient(broker, broker.controller, "attacker")
+    try:
+        attacker.publish(fleet.topics.update(device), attack(device, release))
+        await collector.wait_for(lambda m: bool(finals(collector, "forged")))
+    finally:
+        attacker.close()
+    [refusal] = finals(collector, "forged")
+    assert (refusal.type, refusal.reason) == (StatusType.FAILED, reason)
+    assert cause in (refusal.error or "")
+    assert fleet.versions()[device] == "1.0.6"
+    assert fleet.refusals() == {reason: 1}
+    assert sequence(collector, device, "forged") == ["update_failed"]

@@ -16,6 +16,13 @@ from fleetwave.sources.registry import RegistryPushHandler
 from tests.sources.documents import policy, rollout
 from tests.support.git import BareRepo, GitDaemon, GitHttp
 
+DIGEST = "sha256:" + "e" * 64
+
+
+def pushed(repository: str, tag: str, **kw: str) -> ImagePush:
+    """A push as a registry that sends the digest reports it (devices pull by digest)."""
+    return ImagePush(repository, tag, digest=DIGEST, **kw)
+
 
 @pytest.fixture(params=["daemon", "http"])
 def push_url(request: pytest.FixtureRequest) -> str:
@@ -34,7 +41,7 @@ async def test_generated_rollout_is_committed_and_then_comes_from_git(
     source = GitSource(push_url, workdir=tmp_path / "source")
     snap = await source.sync()
     app_policy = snap.policies["app-auto"]
-    outcome = evaluate_push(snap.policies, ImagePush("acme/app", "2.0.1", delivery_id="d1"),
+    outcome = evaluate_push(snap.policies, pushed("acme/app", "2.0.1", delivery_id="d1"),
                             {"app": {"2.0.0"}}, snap.rollouts, set())
     [generated] = outcome.created
 
@@ -60,7 +67,7 @@ async def test_same_content_twice_commits_once_and_races_are_retried(
     git_repo.commit({"README.md": "fleet\n"})
     app_policy = RolloutPolicy("app-auto", "acme/app:*",
                                template={"selector": {"matchLabels": {"a": "b"}}})
-    [generated] = evaluate_push([app_policy], ImagePush("acme/app", "1.0.0"), {}, {},
+    [generated] = evaluate_push([app_policy], pushed("acme/app", "1.0.0"), {}, {},
                                 set()).created
     committer = GitCommitter(git_daemon.url(), workdir=tmp_path / "c",
                              author_name="Release Bot", author_email="bot@example.com")
@@ -79,7 +86,7 @@ async def test_push_to_an_unreachable_remote_is_a_source_error(
     git_repo.commit({"README.md": "fleet\n"})
     app_policy = RolloutPolicy("app-auto", "acme/app:*",
                                template={"selector": {"matchLabels": {"a": "b"}}})
-    [generated] = evaluate_push([app_policy], ImagePush("acme/app", "1.0.0"), {}, {},
+    [generated] = evaluate_push([app_policy], pushed("acme/app", "1.0.0"), {}, {},
                                 set()).created
     git_daemon.stop()
     with pytest.raises(SourceError, match="cannot fetch"):
@@ -100,7 +107,7 @@ class TestRegistryPushHandler:
             policies=lambda: snap.policies, versions=lambda: {"app": {"1.0.0"}},
             rollouts=lambda: snap.rollouts, registry=PolicyRollouts(), on_rollout=kept.append,
             committer=GitCommitter(git_daemon.url(), workdir=tmp_path / "c"), source=source)
-        push = ImagePush("acme/app", "2.0.1", delivery_id="d1")
+        push = pushed("acme/app", "2.0.1", delivery_id="d1")
         [item] = await handler([push])
         assert item["created"] and item["path"] == "rollouts/generated/app-auto-2-0-1.yaml"
         assert kept == []
@@ -115,8 +122,8 @@ class TestRegistryPushHandler:
         registry = PolicyRollouts()
         handler = RegistryPushHandler(policies=lambda: {"app-auto": app}, versions=dict,
                                       rollouts=dict, registry=registry, on_rollout=kept.append)
-        [item] = await handler([ImagePush("acme/app", "1.0.0")])
+        [item] = await handler([pushed("acme/app", "1.0.0")])
         assert item["created"] and [r.name for r in kept] == ["app-auto-1-0-0"]
         assert kept[0].source.kind == "policy" and "app-auto-1-0-0" in registry
-        [older] = await handler([ImagePush("acme/app", "0.9.0")])
+        [older] = await handler([pushed("acme/app", "0.9.0")])
         assert older["reason"] == "NotNewer"

@@ -24,6 +24,13 @@ from fleetwave.sources.pushes import ImagePush
 from tests.sources.documents import policy, rollout
 from tests.sources.test_webhooks import distribution, docker_hub, github_package, harbor
 
+DIGEST = "sha256:" + "e" * 64
+
+
+def pushed(repository: str, tag: str, **kw: str) -> ImagePush:
+    """A push as a registry that sends the digest reports it (devices pull by digest)."""
+    return ImagePush(repository, tag, digest=DIGEST, **kw)
+
 
 def load_policy(text: str) -> RolloutPolicy:
     [doc] = load_text(text, "policies/app.yaml").documents
@@ -60,20 +67,20 @@ class TestMatching:
         assert outcome.skipped == ()
 
     def test_no_match(self) -> None:
-        outcome = evaluate_push([APP_AUTO], ImagePush("acme/other", "2.0.1"), {}, {}, set())
+        outcome = evaluate_push([APP_AUTO], pushed("acme/other", "2.0.1"), {}, {}, set())
         assert outcome.created == ()
         assert [s.reason for s in outcome.skipped] == [SkipReason.NO_MATCH]
 
     def test_pattern_may_name_the_registry(self) -> None:
         ghcr = load_policy(policy("ghcr", "ghcr.io/acme/*:*"))
-        push = ImagePush("acme/app", "1.0.0", registry="ghcr.io")
+        push = pushed("acme/app", "1.0.0", registry="ghcr.io")
         assert evaluate_push([ghcr], push, {}, {}, set()).created
-        assert not evaluate_push([ghcr], ImagePush("acme/app", "1.0.0"), {}, {}, set()).created
+        assert not evaluate_push([ghcr], pushed("acme/app", "1.0.0"), {}, {}, set()).created
 
     def test_component_defaults_to_last_path_segment_unless_set(self) -> None:
         named = load_policy(policy("p", "reg/team/acme/*:*").replace(
             "  versionPolicy", "  component: web\n  versionPolicy"))
-        push = ImagePush("reg/team/acme/frontend", "1.0.0")
+        push = pushed("reg/team/acme/frontend", "1.0.0")
         unnamed = load_policy(policy("q", "reg/team/acme/*:*"))
         assert evaluate_push([unnamed], push, {}, {}, set()).created[0].rollout.spec.component \
             == "frontend"
@@ -94,7 +101,7 @@ class TestVersionPolicy:
     def test_semver(self, tag: str, running: set[str], desired: str | None,
                     reason: str | None) -> None:
         existing = [load_rollout(rollout("hand", desired, "app"))] if desired else []
-        outcome = evaluate_push([APP_AUTO], ImagePush("acme/app", tag), {"app": running},
+        outcome = evaluate_push([APP_AUTO], pushed("acme/app", tag), {"app": running},
                                 existing, set())
         if reason is None:
             assert [g.rollout.spec.version for g in outcome.created] == [tag]
@@ -104,7 +111,7 @@ class TestVersionPolicy:
 
     def test_any_accepts_older_and_non_semver(self) -> None:
         for tag in ("1.0.0", "latest"):
-            outcome = evaluate_push([ANY_TAG], ImagePush("acme/app", tag), {"app": {"9.0.0"}},
+            outcome = evaluate_push([ANY_TAG], pushed("acme/app", tag), {"app": {"9.0.0"}},
                                     {}, set())
             assert len(outcome.created) == 1
 
@@ -130,7 +137,7 @@ class TestIdempotence:
         registry = PolicyRollouts()
         registry.record(evaluate_push([ANY_TAG], PUSH, {}, registry.rollouts, registry.seen))
         registry.remove("app-any-2-0-1")  # even after the Rollout was deleted
-        repush = ImagePush("acme/app", "2.0.1", delivery_id="delivery-2")
+        repush = pushed("acme/app", "2.0.1", delivery_id="delivery-2")
         outcome = evaluate_push([ANY_TAG], repush, {}, registry.rollouts, registry.seen)
         assert outcome.created == ()
         assert [s.reason for s in outcome.skipped] == [SkipReason.ALREADY_CREATED]
@@ -174,7 +181,6 @@ class TestRegistryWebhookToRollout:
     SECRETS = WebhookSecrets.of("hook-secret")
 
     @pytest.mark.parametrize(("build", "headers"), [
-        pytest.param(docker_hub, {}, id="docker-hub"),
         pytest.param(github_package, {"X-GitHub-Event": "registry_package",
                                       "X-GitHub-Delivery": "gh-1"}, id="github-packages"),
         pytest.param(harbor, {}, id="harbor"),
@@ -208,6 +214,24 @@ class TestRegistryWebhookToRollout:
                            .replace('"app"', '"other"'))
         assert deliver(other) == []
         assert list(registry) == ["app-auto-2-0-1"]
+
+
+    def test_a_push_without_a_digest_creates_nothing(self) -> None:
+        """Docker Hub's webhook names the tag only; devices never pull by a mutable tag."""
+        body = json.dumps(docker_hub("2.0.1")).encode()
+        [push] = verify_registry_webhook({"X-Hub-Signature-256": _sign(body)}, body,
+                                         self.SECRETS)
+        outcome = evaluate_push([APP_AUTO], push, {}, {}, set())
+        assert outcome.created == ()
+        [skipped] = outcome.skipped
+        assert skipped.reason == SkipReason.NO_DIGEST
+        assert "spec.artifact.digest" in skipped.message
+
+    def test_the_rollout_carries_the_pushed_digest(self) -> None:
+        [generated] = evaluate_push([APP_AUTO], PUSH, {}, {}, set()).created
+        assert generated.rollout.spec.artifact is not None
+        assert generated.rollout.spec.artifact.digest == PUSH.digest
+        assert generated.document["spec"]["artifact"] == {"digest": PUSH.digest}
 
 
 def test_generated_names_are_dns_labels() -> None:

@@ -1,6 +1,7 @@
 """A registry push through a running `fleetwave run`: a RolloutPolicy from the source turns
 it into a Rollout of the new tag (kept by the controller, `source.kind: policy`), once only,
-and never for an older tag or a bad signature."""
+and never for an older tag, a bad signature or a push without the image digest. Devices
+that only pull by digest (`simulate --require-digest`) install it."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ from typing import Any
 
 import pytest
 
-from tests.support.processes import Controller, wait_until
+from tests.support.processes import Controller, Simulator, wait_until
 
 pytestmark = pytest.mark.slow
 
 SECRET = "registry-secret"
+DIGEST = "sha256:" + "9" * 64
 POLICY = """\
 apiVersion: fleetwave.io/v1alpha1
 kind: RolloutPolicy
@@ -32,10 +34,17 @@ spec:
 """
 
 
-def docker_hub_push(controller: Controller, tag: str, secret: str = SECRET
-                    ) -> tuple[int, Any]:
-    body = json.dumps({"push_data": {"tag": tag}, "repository": {"repo_name": "acme/app"},
-                       "callback_url": f"https://registry.example/cb/{tag}"}).encode()
+def registry_push(controller: Controller, tag: str, secret: str = SECRET,
+                  digest: bool = True) -> tuple[int, Any]:
+    """A Harbor push (which names the digest), or a Docker Hub one (which cannot)."""
+    payload: dict[str, Any] = {
+        "type": "PUSH_ARTIFACT", "occur_at": 1700000000, "operator": "ci",
+        "event_data": {"resources": [{"digest": DIGEST, "tag": tag}],
+                       "repository": {"repo_full_name": "acme/app"}}}
+    if not digest:
+        payload = {"push_data": {"tag": tag}, "repository": {"repo_name": "acme/app"},
+                   "callback_url": f"https://registry.example/cb/{tag}"}
+    body = json.dumps(payload).encode()
     signature = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
     request = urllib.request.Request(
         controller.url + "/api/v1/webhooks/registry", data=body, method="POST",
@@ -54,7 +63,8 @@ def policy_rollouts(controller: Controller) -> list[dict[str, Any]]:
 
 
 def test_a_push_becomes_a_rollout_once(
-        tmp_path: Path, controller_factory: Callable[..., Controller]) -> None:
+        tmp_path: Path, controller_factory: Callable[..., Controller],
+        simulator_factory: Callable[..., Simulator]) -> None:
     source = tmp_path / "rollouts"
     source.mkdir()
     (source / "policy.yaml").write_text(POLICY)
@@ -62,19 +72,32 @@ def test_a_push_becomes_a_rollout_once(
     controller.start()
     wait_until(lambda: controller.get("/readyz", ok_only=False) is not None, 10, "no API")
 
-    status, _ = docker_hub_push(controller, "2.0.1", secret="wrong")
+    status, _ = registry_push(controller, "2.0.1", secret="wrong")
     assert status == 401
     assert policy_rollouts(controller) == []
+    status, body = registry_push(controller, "2.0.1", digest=False)
+    assert status == 200 and [i.get("reason") for i in body["items"]] == ["NoDigest"], body
+    assert policy_rollouts(controller) == []
 
-    status, body = docker_hub_push(controller, "2.0.1")
+    simulator_factory(20, "--speed", "40", "--seed", "5", "--require-digest")
+    status, body = registry_push(controller, "2.0.1")
     assert status == 200, body
     created = wait_until(lambda: policy_rollouts(controller), 10, "no rollout created")
     assert [r["spec"]["version"] for r in created] == ["2.0.1"]
     assert created[0]["spec"]["component"] == "app"
     assert created[0]["spec"]["selector"] == {"matchLabels": {"env": "production"}}
+    assert created[0]["spec"]["artifact"] == {"digest": DIGEST}
 
-    status, body = docker_hub_push(controller, "2.0.1")  # the same push, delivered again
+    status, body = registry_push(controller, "2.0.1")  # the same push, delivered again
     assert status == 409 and body["error"]["code"] == "replayed_delivery", body
-    status, body = docker_hub_push(controller, "1.9.0")  # older than what is desired
+    status, body = registry_push(controller, "1.9.0")  # older than what is desired
     assert status == 200 and not any(item.get("created") for item in body["items"]), body
     assert [r["spec"]["version"] for r in policy_rollouts(controller)] == ["2.0.1"]
+
+    def first_wave_on_the_pushed_version() -> bool:
+        return any(d["versions"].get("app") == "2.0.1" and d["deploymentType"] == "docker"
+                   for d in controller.devices())
+
+    # Docker devices refuse an update without the digest: they took this one.
+    wait_until(first_wave_on_the_pushed_version, 60,
+               lambda: f"devices: {controller.devices()}; log: {controller.tail()}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from fleetwave.protocol.messages import Status, StatusType
-from fleetwave.updates.model import UpdateRecord, UpdateState
+from fleetwave.updates.model import UpdateRecord, UpdateState, next_release
 
 
 def update(id: str = "u1", device: str = "dev-a", component: str = "agent",
@@ -13,7 +13,8 @@ def update(id: str = "u1", device: str = "dev-a", component: str = "agent",
     base = UpdateRecord(id=id, device=device, rollout=rollout, component=component,
                         to_version="1.0.6", state=UpdateState.PENDING, attempt=1,
                         correlation_id=f"corr-{id}", created_at=created_at,
-                        updated_at=created_at, from_version="1.0.5")
+                        updated_at=created_at, from_version="1.0.5",
+                        release=next_release(created_at))
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 

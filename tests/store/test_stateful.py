@@ -29,7 +29,14 @@ from fleetwave.protocol.messages import Status, StatusType
 from fleetwave.store import Store, open_store
 from fleetwave.store.codec import record_from_row
 from fleetwave.store.schema import OPEN_STATES_SQL, metadata, updates
-from fleetwave.updates.model import RANK, Decision, DecisionKind, UpdateRecord, UpdateState
+from fleetwave.updates.model import (
+    RANK,
+    Decision,
+    DecisionKind,
+    UpdateRecord,
+    UpdateState,
+    next_release,
+)
 from fleetwave.updates.transitions import apply_decision, apply_status, pick_legacy_record
 
 DEVICES = ["dev-a", "dev-b", "dev-c"]
@@ -78,15 +85,21 @@ class StoreMachine(RuleBasedStateMachine):
     # -- rules ----------------------------------------------------------------------------
 
     @rule(device=st.sampled_from(DEVICES), component=st.sampled_from(COMPONENTS),
-          version=st.sampled_from(["1.0.6", "2.0"]))
-    def create(self, device: str, component: str, version: str) -> None:
+          version=st.sampled_from(["1.0.6", "2.0"]),
+          clock_step=st.sampled_from([0.0, 0.0, -500.0, -0.0004]))
+    def create(self, device: str, component: str, version: str, clock_step: float) -> None:
+        """`clock_step`: a clock stepped back (NTP, another replica) or the same millisecond."""
         n = len(self.order)
-        at = self.tick()
+        at = self.tick() + clock_step
         record = UpdateRecord(id=f"u{n}", device=device, rollout="r1", component=component,
                               to_version=version, state=UpdateState.PENDING, attempt=1,
-                              correlation_id=f"c{n}", created_at=at, updated_at=at)
+                              correlation_id=f"c{n}", created_at=at, updated_at=at,
+                              release=next_release(at))
         expected = not any(r.is_open and r.device == device and r.component == component
                            for r in self.model.values())
+        highest = max((r.release for r in self.model.values()
+                       if (r.device, r.component) == (device, component)), default=None)
+        record = dataclasses.replace(record, release=next_release(at, highest))
         created = self.run(self.store.create_updates([record]))
         assert created == ([record] if expected else [])
         self.order.append(record.id)
@@ -177,6 +190,15 @@ class StoreMachine(RuleBasedStateMachine):
                 return {r.id: record_from_row(r._mapping) for r in rows}
 
         return self.run(load())  # type: ignore[no-any-return]
+
+    @invariant()
+    def releases_strictly_increase_per_device_and_component(self) -> None:
+        last: dict[tuple[str, str], int] = {}
+        for record_id in self.order:
+            record = self.model[record_id]
+            key = (record.device, record.component)
+            assert record.release > last.get(key, 0), (record_id, record.release, last)
+            last[key] = record.release
 
     @invariant()
     def store_matches_model_and_never_moves_backwards(self) -> None:

@@ -22,9 +22,22 @@ from typing import Any
 import pytest
 
 from fleetwave.mqtt.broker import free_port
+from fleetwave.runtime.keys import create_key_file, load_key_file
 from tests.support.broker import RunningBroker
 
 FLEETWAVE = [sys.executable, "-m", "fleetwave"]
+
+
+def test_keys(where: Path) -> tuple[Path, Path]:
+    """(private key, `keys public -o json` file) in `where`, created once: the controllers
+    of one test sign with the first (replicas share a key), its devices trust the second."""
+    private, public = where / "signing-key.pem", where / "trusted-key.json"
+    if not private.exists():
+        create_key_file(private)
+    if not public.exists():
+        key = load_key_file(private).public
+        public.write_text(json.dumps({"keyid": key.keyid, "publicKey": key.base64}))
+    return private, public
 
 
 @dataclass
@@ -39,6 +52,10 @@ class Controller:
     token: str = "test-token"
     extra_args: Sequence[str] = ()
     proc: subprocess.Popen[bytes] | None = None
+    key_dir: Path | None = None
+    """Where the test's signing key lives (default: workdir)."""
+    keyless: bool = False
+    """Start without --signing-key (on SQLite, `run` then creates one beside the database)."""
     log: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -55,12 +72,17 @@ class Controller:
         args = [*FLEETWAVE, "run", "--broker", self.broker.url, "--store", self.store,
                 "--source", str(self.source), "--listen", f"127.0.0.1:{self.port}",
                 "--token-file", str(self.workdir / "tokens"), "--log-format", "json",
-                "--poll-interval", "0.5", *self.extra_args]
+                "--poll-interval", "0.5", *self.key_args(), *self.extra_args]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env,
                                          cwd=self.workdir)
         wait_until(lambda: self.get("/readyz", ok_only=False) is not None, 30,
                    f"controller did not answer on {self.url}; log: {self.tail()}")
+
+    def key_args(self) -> list[str]:
+        if self.keyless:
+            return []
+        return ["--signing-key", str(test_keys(self.key_dir or self.workdir)[0])]
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -122,12 +144,15 @@ class Simulator:
     devices: int
     args: Sequence[str] = ()
     proc: subprocess.Popen[bytes] | None = None
+    key_dir: Path | None = None
+    """Where the test's signing key lives (default: workdir): the devices trust it."""
 
     def start(self) -> None:
         env = dict(os.environ, FLEETWAVE_BROKER_USERNAME=self.broker.simulator[0],
                    FLEETWAVE_BROKER_PASSWORD=self.broker.simulator[1])
+        trusted = test_keys(self.key_dir or self.workdir)[1]
         args = [*FLEETWAVE, "simulate", "--broker", self.broker.url, "--devices",
-                str(self.devices), *self.args]
+                str(self.devices), "--trust-key-file", str(trusted), *self.args]
         with (self.workdir / "simulator.log").open("ab") as out:
             self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
 
@@ -168,13 +193,13 @@ def controller_factory(tmp_path: Path, broker: RunningBroker) -> Iterator[
     started: list[Controller] = []
 
     def make(source: Path, *, store: str | None = None, extra_args: Sequence[str] = (),
-             port: int | None = None) -> Controller:
+             port: int | None = None, keyless: bool = False) -> Controller:
         workdir = tmp_path / f"controller-{len(started)}"
         workdir.mkdir()
         controller = Controller(workdir=workdir, broker=broker, port=port or free_port(),
                                 source=source,
                                 store=store or f"sqlite:///{tmp_path / 'fleetwave.db'}",
-                                extra_args=extra_args)
+                                extra_args=extra_args, key_dir=tmp_path, keyless=keyless)
         started.append(controller)
         return controller
 
@@ -189,7 +214,8 @@ def simulator_factory(tmp_path: Path, broker: RunningBroker) -> Iterator[
     started: list[Simulator] = []
 
     def make(devices: int, *args: str) -> Simulator:
-        simulator = Simulator(broker=broker, workdir=tmp_path, devices=devices, args=args)
+        simulator = Simulator(broker=broker, workdir=tmp_path, devices=devices, args=args,
+                              key_dir=tmp_path)
         started.append(simulator)
         simulator.start()
         return simulator

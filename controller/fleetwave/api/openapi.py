@@ -63,6 +63,8 @@ UPDATE_RECORD: Schema = {
         "component": STRING, "fromVersion": {"type": ["string", "null"]},
         "toVersion": STRING, "state": {"type": "string", "enum": [s.value for s in UpdateState]},
         "attempt": {"type": "integer"}, "correlationId": STRING,
+        "release": {"type": "integer", "description": "What this attempt's signed commands "
+                    "carry; devices refuse a lower one (DESIGN.md 9.1)."},
         "reason": {"type": ["string", "null"]}, "error": {"type": ["string", "null"]},
         "exitCode": {"type": ["integer", "null"]}, "triggeredBy": STRING,
         "createdAt": {"type": ["string", "null"]},

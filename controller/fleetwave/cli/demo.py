@@ -47,6 +47,9 @@ def _render(state: DemoState) -> Group:
     if state.commits:
         header.add_row("git", f"commit {state.commits[-1]}",
                        "bumped agent to 1.0.7 and added nodered-production", "")
+    for agent in state.agents.agents if state.agents else ():
+        header.add_row("real agent", agent.device, f"runs {agent.version() or '?'}",
+                       f"{agent.current} -> {_link(agent.current)}")
     table = Table(expand=True)
     for column in ("rollout", "version", "phase", "step", "progress", "done", "failures",
                    "in flight", "failed", "unreachable", "message"):
@@ -71,15 +74,34 @@ def _render(state: DemoState) -> Group:
     return Group(header, table, footer)
 
 
+def _link(path: os.PathLike[str]) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return "(none yet)"
+
+
 class _PlainPrinter:
-    """Without a terminal: one line whenever a rollout's phase, step or progress changes."""
+    """Without a terminal: one line whenever a rollout's phase, step or progress changes,
+    or a real agent's files change on disk."""
 
     def __init__(self, out: IO[str]) -> None:
         self.out = out
         self.last: dict[str, tuple[tuple[Any, ...], float]] = {}
+        self.agent_versions: dict[str, str | None] = {}
+
+    def show_agents(self, state: DemoState, elapsed: float) -> None:
+        for agent in state.agents.agents if state.agents else ():
+            version = agent.version()
+            if self.agent_versions.get(agent.device, "") != version:
+                self.agent_versions[agent.device] = version
+                self.out.write(f"[{elapsed:5.0f}s] real agent {agent.device} runs {version}: "
+                               f"{agent.current} -> {_link(agent.current)}\n")
+                self.out.flush()
 
     def show(self, state: DemoState) -> None:
         elapsed = time.monotonic() - state.started
+        self.show_agents(state, elapsed)
         for item in _rollout_rows(state):
             status = item["status"]
             key = (status.get("phase"), status.get("currentStep"), status.get("done"))
@@ -117,15 +139,22 @@ class _PlainPrinter:
               default=DemoOptions.health_check_allow, show_default=True,
               envvar="FLEETWAVE_HEALTH_CHECK_ALLOW",
               help="Ranges health checks may reach although refused by default; repeatable.")
+@click.option("--agents", default=0, show_default=True, type=click.IntRange(0, 20),
+              help="Real `fleetwave agent` processes (files handler) beside the simulated "
+                   "fleet; the demo prints where their files are.")
+@click.option("--signing-key", default=None, envvar="FLEETWAVE_SIGNING_KEY",
+              type=click.Path(dir_okay=False),
+              help="The controller's signing key (default: a new one in the workdir).")
 def demo(devices: int, speed: float, fail_rate: float, offline_rate: float, seed: int,
          listen: str, workdir: str | None, keep: bool, duration: float,
-         health_check_allow: tuple[str, ...]) -> None:
+         health_check_allow: tuple[str, ...], signing_key: str | None, agents: int) -> None:
     """Run a broker, a controller on SQLite, a simulated fleet and a local git repository
     of Rollouts, and show the rollout moving through its waves. Midway the demo commits a
     new version to the repository: GitOps picks it up. Ctrl-C stops all of it."""
     options = DemoOptions(devices=devices, speed=speed, fail_rate=fail_rate,
                           offline_rate=offline_rate, seed=seed, listen=listen,
-                          workdir=workdir, keep=keep, health_check_allow=health_check_allow)
+                          workdir=workdir, keep=keep, health_check_allow=health_check_allow,
+                          signing_key=signing_key, agents=agents)
     log_path = None
     if workdir:
         os.makedirs(workdir, exist_ok=True)

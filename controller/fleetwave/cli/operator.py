@@ -54,9 +54,10 @@ def operator(**kwargs: Any) -> None:
         lease_namespace=kwargs["lease_namespace"] or namespace or pod_namespace(),
         lease_duration=kwargs["lease_duration"],
     )
+    from fleetwave.runtime.keys import KeyFileError
     from fleetwave.store import StoreError
     try:
         asyncio.run(run_operator(settings, options))
-    except (StoreError, OSError) as exc:
+    except (StoreError, KeyFileError, OSError) as exc:
         click.echo(f"fleetwave: {exc}", err=True)
         sys.exit(1)

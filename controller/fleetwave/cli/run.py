@@ -94,6 +94,13 @@ def _controller_flags() -> list[Callable[[Callable[..., Any]], Callable[..., Any
             help="HMAC secret (or token) for incoming git/registry webhooks.",
         ),
         flag_option(
+            "--signing-key",
+            default=None,
+            type=click.Path(dir_okay=False),
+            help="Ed25519 key (PKCS#8 PEM) that signs every command; replicas share one. "
+            "Without it, a SQLite store gets one beside its database file.",
+        ),
+        flag_option(
             "--log-format",
             type=click.Choice(["auto", "json", "console"]),
             default="auto",
@@ -215,6 +222,7 @@ def settings_from(kwargs: dict[str, Any]) -> Settings:
         propose_reverts=kwargs.get("propose_reverts", False),
         health_check_allow=kwargs.get("health_check_allow", ()),
         health_check_deny=kwargs.get("health_check_deny", ()),
+        signing_key=kwargs.get("signing_key"),
         leader_election=kwargs.get("leader_election"),
         advertise_url=kwargs.get("advertise_url"),
     )
@@ -229,11 +237,12 @@ def run(**kwargs: Any) -> None:
     configure_logging(kwargs["log_format"], kwargs["log_level"])
     settings = settings_from(kwargs)
     from fleetwave.runtime.controller import run_controller
+    from fleetwave.runtime.keys import KeyFileError
     from fleetwave.store import StoreError
 
     try:
         asyncio.run(run_controller(settings))
-    except StoreError as exc:
+    except (StoreError, KeyFileError) as exc:
         click.echo(f"fleetwave: {exc}", err=True)
         sys.exit(1)
     except OSError as exc:

@@ -41,6 +41,26 @@ def _artifacts(ctx: click.Context, param: click.Parameter,
     return out
 
 
+def _trusted(texts: tuple[str, ...], files: tuple[str, ...]) -> tuple[str, ...]:
+    """Every trusted key as base64, checked; devices verify every command against them."""
+    from fleetwave.cli.keys import read_public_keys
+    from fleetwave.protocol.signing import PublicKey, SignatureError
+
+    keys: list[str] = []
+    for text in texts:
+        try:
+            keys.append(PublicKey.from_base64(text).base64)
+        except SignatureError as exc:
+            raise click.BadParameter(str(exc), param_hint="--trust-key") from None
+    for path in files:
+        keys.extend(k.base64 for k in read_public_keys(path))
+    if not keys:
+        raise click.UsageError("give the controller's public key with --trust-key or "
+                               "--trust-key-file (`fleetwave keys public FILE`): simulated "
+                               "devices act only on commands they can verify")
+    return tuple(keys)
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -88,6 +108,15 @@ def _rate_option(name: str, help: str) -> Callable[[F], F]:
               metavar="URL=SHA256", help="Known artifact checksum (repeatable).")
 @click.option("--topic-prefix", envvar="FLEETWAVE_TOPIC_PREFIX", default="iot/device",
               show_default=True)
+@click.option("--trust-key", "trust_keys", multiple=True, metavar="BASE64",
+              help="Public key whose signed commands the devices accept (repeatable; "
+                   "`fleetwave keys public`).")
+@click.option("--trust-key-file", "trust_key_files", multiple=True,
+              type=click.Path(dir_okay=False),
+              help="File holding `fleetwave keys public` output (repeatable).")
+@click.option("--require-digest", is_flag=True, default=False,
+              help="Docker devices refuse an update without artifact.digest (fleets "
+                   "updated from registry pushes).")
 @click.option("--device-id", "device_ids", multiple=True, metavar="UUID",
               help="Use these device ids (repeatable) instead of generated ones, e.g. to "
                    "give test devices names a health-check endpoint knows.")
@@ -97,7 +126,8 @@ def simulate(broker: str, broker_username: str | None, broker_password: str | No
              unhealthy_rate: float, offline_rate: float,
              offline_duration: float, legacy_rate: float, duplicate_rate: float,
              garbage_rate: float, sha256_mismatch_rate: float, components: dict[str, str],
-             artifacts: dict[str, str], topic_prefix: str,
+             artifacts: dict[str, str], topic_prefix: str, trust_keys: tuple[str, ...],
+             trust_key_files: tuple[str, ...], require_digest: bool,
              device_ids: tuple[str, ...]) -> None:
     """Run a fleet of simulated devices until interrupted.
 
@@ -107,6 +137,7 @@ def simulate(broker: str, broker_username: str | None, broker_password: str | No
     connections); the account given acts for all of them, so the broker's per-device ACL
     applies to real devices, not to the simulator.
     """
+    keys = _trusted(trust_keys, trust_key_files)
     config = SimulatorConfig(
         broker=broker, username=broker_username, password=broker_password, devices=devices,
         seed=seed, speed=speed, fail_rate=fail_rate,
@@ -116,7 +147,7 @@ def simulate(broker: str, broker_username: str | None, broker_password: str | No
         sha256_mismatch_rate=sha256_mismatch_rate, offline_duration=offline_duration,
         component_versions=components, artifact_hashes=artifacts,
         devices_per_connection=devices_per_connection, topic_prefix=topic_prefix,
-        device_ids=list(device_ids) or None)
+        device_ids=list(device_ids) or None, trust_keys=keys, require_digest=require_digest)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -33,6 +33,8 @@ from fleetwave.mqtt.connection import ConnectionOptions, PahoConnection
 from fleetwave.mqtt.settings import MqttSettings
 from fleetwave.protocol.messages import Command, DeviceMessage, Online, ReportedState, Status
 from fleetwave.protocol.parsing import Dropped, parse_message
+from fleetwave.protocol.reports import encode
+from fleetwave.protocol.signing import SigningKey
 from fleetwave.protocol.topics import TopicKind, Topics
 
 log = structlog.get_logger(__name__)
@@ -54,8 +56,9 @@ class MqttLink:
     (reconnecting forever) and delivers device messages to `on_messages` in batches."""
 
     def __init__(self, settings: MqttSettings, metrics: Metrics, on_messages: OnMessages,
-                 *, topics: Topics | None = None) -> None:
+                 *, signing_key: SigningKey, topics: Topics | None = None) -> None:
         self.settings = settings
+        self._signing_key = signing_key
         self.metrics = metrics
         self.topics = topics or Topics(settings.topic_prefix)
         self._on_messages = on_messages
@@ -136,8 +139,12 @@ class MqttLink:
     # --- publishing ---
 
     async def publish_command(self, device: str, command: Command) -> None:
-        """Publish a retained QoS 1 command; waits only while 1,000 are unacknowledged."""
-        await self._conn.publish(self.topics.update(device), command.to_payload(), retain=True)
+        """Sign and publish a retained QoS 1 command; waits only while 1,000 are
+        unacknowledged. Every command leaves through here, so every command is signed."""
+        if command.device != device or command.release is None or command.expires_at is None:
+            raise ValueError(f"command for {device} lacks its device, release or expiry")
+        payload = encode(self._signing_key.sign(command.to_body()))
+        await self._conn.publish(self.topics.update(device), payload, retain=True)
         self.metrics.mqtt_published.labels(kind=command.action).inc()
 
     async def clear_command(self, device: str) -> None:

@@ -27,6 +27,7 @@ from fleetwave.planner.model import (
     SendCancel,
     SendRollback,
 )
+from fleetwave.protocol.messages import CommandAction
 from fleetwave.updates.model import (
     Decision,
     DecisionKind,
@@ -186,7 +187,8 @@ def keep_open(ctx: PassContext, out: Decisions, record: UpdateRecord,
             # Never sent (a controller stopped between storing the record and
             # publishing it): send now, with the same correlation id.
             if record.sent_at is None or now >= record.sent_at + every:
-                out.actions.append(Republish(record, ctx.command(record, record.action)))
+                action: CommandAction = "rollback" if record.action == "rollback" else "update"
+                out.actions.append(Republish(record, ctx.command(record, action)))
                 out.wake_at(now + every)
             else:
                 out.wake_at(record.sent_at + every)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from fleetwave.planner.conditions import DecisionReason
 from fleetwave.planner.model import CheckResults, DeviceView, RolloutState
-from fleetwave.protocol.messages import Command
+from fleetwave.protocol.messages import Command, CommandAction
 from fleetwave.resources.model import (
     SCHEDULED_TIME_ANNOTATION,
     Check,
@@ -22,7 +22,8 @@ from fleetwave.resources.model import (
     Rollout,
 )
 from fleetwave.resources.model import Health as HealthSpec
-from fleetwave.updates.model import Health, Reason, UpdateRecord, UpdateState
+from fleetwave.updates.commands import command_for
+from fleetwave.updates.model import Health, Reason, UpdateRecord, UpdateState, next_release
 
 LEGACY_OFFLINE_AFTER = 15 * 60.0
 """Seconds without any report after which a legacy device (no `online` topic) is offline."""
@@ -128,19 +129,11 @@ class PassContext:
             rollback_all=state.rolled_back is not None,
         )
 
-    def command(self, record: UpdateRecord, action: str = "update") -> Command:
+    def command(self, record: UpdateRecord, action: CommandAction = "update") -> Command:
         """The command a device receives for `record` (update, rollback or cancel)."""
-        artifact = self.rollout.spec.artifact if action == "update" else None
-        return Command(
-            action="update" if action == "update" else "rollback" if action == "rollback"
-            else "cancel",
-            component=record.component, version=record.to_version,
-            correlation_id=record.correlation_id, timestamp=int(self.now * 1000),
-            force=record.force,
-            scheduled_time=record.scheduled_time if action == "update" else None,
-            artifact_url=artifact.url if artifact else None,
-            artifact_sha256=artifact.sha256 if artifact else None,
-        )
+        return command_for(record, action, self.now,
+                           self.rollout.spec.health.ack_timeout.total_seconds(),
+                           artifact=self.rollout.spec.artifact)
 
     def update_record(self, device: DeviceView, attempt: int) -> UpdateRecord:
         """A new pending attempt to bring `device` to this rollout's version."""
@@ -152,6 +145,7 @@ class PassContext:
             from_version=device.versions.get(self.component), generation=self.generation,
             force=self.force,
             scheduled_time=self.rollout.annotations.get(SCHEDULED_TIME_ANNOTATION),
+            release=next_release(self.now),
         )
 
     def rollback_record(self, record: UpdateRecord) -> UpdateRecord:
@@ -164,5 +158,5 @@ class PassContext:
             to_version=record.from_version, from_version=record.to_version,
             state=UpdateState.PENDING, attempt=record.attempt, correlation_id=cid,
             created_at=self.now, updated_at=self.now, generation=self.generation,
-            action="rollback", force=True,
+            action="rollback", force=True, release=next_release(self.now),
         )

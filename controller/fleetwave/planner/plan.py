@@ -62,9 +62,9 @@ from fleetwave.planner.status import (
 )
 from fleetwave.planner.steps import advance_steps, start_generation
 from fleetwave.planner.tally import Tally
-from fleetwave.protocol.messages import Command
 from fleetwave.resources.model import Rollout
 from fleetwave.resources.vocabulary import ControlOp, Phase
+from fleetwave.updates.commands import CANCEL_LIFETIME, command_for
 from fleetwave.updates.model import Decision, DecisionKind, Reason, UpdateRecord, UpdateState
 
 __all__ = ["LEGACY_OFFLINE_AFTER", "TIMEZONE_LABEL", "apply_control", "container_checks_pass",
@@ -253,9 +253,7 @@ def plan_deleted(name: str, records: Mapping[str, Sequence[UpdateRecord]],
     for device in sorted(records):
         for r in records[device]:
             if r.state in _UNSTARTED:
-                cmd = Command(action="cancel", component=r.component, version=r.to_version,
-                              correlation_id=r.correlation_id, timestamp=int(now * 1000))
-                actions.append(SendCancel(r, cmd))
+                actions.append(SendCancel(r, command_for(r, "cancel", now, CANCEL_LIFETIME)))
                 actions.append(Decide(r.id, Decision(DecisionKind.CANCEL, now,
                                                      Reason.ROLLOUT_DELETED)))
                 actions.append(ClearCommand(r.device))

@@ -5,7 +5,8 @@
 cluster validates a Rollout exactly as `fleetwave validate` does. Kubernetes
 only accepts *structural* schemas, so the conversion drops what the API server
 refuses (`$schema`, `$id`, `title`, `additionalProperties: false`: unknown
-fields are pruned instead) and keeps descriptions, defaults, enums, patterns
+fields are pruned instead), turns `dependentRequired` into CEL
+`x-kubernetes-validations`, and keeps descriptions, defaults, enums, patterns
 and formats, which become `kubectl explain` and server-side defaulting.
 """
 
@@ -113,6 +114,18 @@ KIND_INFO: dict[str, KindInfo] = {
 }
 
 
+def dependency_rules(dependent: Mapping[str, list[str]]) -> list[dict[str, str]]:
+    """`dependentRequired` as CEL rules: Kubernetes has no such keyword, the API server
+    then refuses what `fleetwave validate` refuses.
+
+    >>> dependency_rules({"url": ["sha256"]})
+    [{'rule': '!has(self.url) || has(self.sha256)', 'message': 'sha256 is required with url'}]
+    """
+    return [{"rule": f"!has(self.{field}) || has(self.{needed})",
+             "message": f"{needed} is required with {field}"}
+            for field, needs in dependent.items() for needed in needs]
+
+
 def structural_schema(schema: Schema) -> Schema:
     """Convert one JSON Schema node (recursively) to the structural subset Kubernetes takes.
 
@@ -134,6 +147,8 @@ def structural_schema(schema: Schema) -> Schema:
             out[key] = {name: structural_schema(prop) for name, prop in value.items()}
         elif key == "items":
             out[key] = structural_schema(value)
+        elif key == "dependentRequired":
+            out["x-kubernetes-validations"] = dependency_rules(value)
         else:
             out[key] = copy.deepcopy(value)
     return out

@@ -38,11 +38,13 @@ from fleetwave.resources.model import (
     resource_from,
 )
 from fleetwave.resources.schema import (
+    DIGEST_PATTERN,
     KINDS,
     LABEL_NAME_PATTERN,
     RESOURCE_NAME_PATTERN,
     SCHEMAS,
     SHA256_PATTERN,
+    Schema,
 )
 from fleetwave.resources.selectors import empty_selector_reasons, selector_matches
 
@@ -296,6 +298,8 @@ _PATTERN_HELP = {
     RESOURCE_NAME_PATTERN: "use lower-case letters, digits, '-' and '.', starting and ending "
                            "with a letter or digit, like agent-1-0-6",
     SHA256_PATTERN: "write the 64 lower-case hex digits that `sha256sum` prints",
+    DIGEST_PATTERN: "write sha256: and the 64 lower-case hex digits of the image digest, "
+                    "like sha256:4f3c…",
     LABEL_NAME_PATTERN: "a label name is letters, digits, '-', '_' and '.', optionally after "
                         "a prefix like example.com/",
 }
@@ -337,6 +341,23 @@ def _short(description: str) -> str:
     return text[:1].lower() + text[1:] if text else text
 
 
+def _needs_field(error: ValidationError, path: Path_, schema: Schema
+                 ) -> tuple[Path_, str, bool]:
+    """A field another one requires (`url` needs `sha256`), or one of several required."""
+    where = field_path(path) or "the document"
+    props = schema.get("properties", {})
+    if error.validator == "dependentRequired":
+        missing, _, because = error.message.strip("'").partition("' is a dependency of '")
+        desc = props.get(missing, {}).get("description", "")
+        hint = f" ({_short(desc)})" if desc else ""
+        return (*path, missing), (f"missing required field {missing!r} in {where}{hint}: "
+                                  f"{because!r} needs it"), False
+    options = [r for sub in schema.get("anyOf", ()) for r in sub.get("required", ())]
+    if options:
+        return path, f"{where} needs one of: {', '.join(options)}", False
+    return path, error.message, False
+
+
 def _describe(error: ValidationError) -> tuple[Path_, str, bool]:
     """Path, message and whether the location is a key rather than a value.
 
@@ -360,6 +381,8 @@ def _describe(error: ValidationError) -> tuple[Path_, str, bool]:
         hint = f" ({_short(desc)})" if desc else ""
         # Point at the parent's key (`spec:`), where the field has to be added.
         return (*path, missing), f"missing required field {missing!r} in {where}{hint}", False
+    if v in ("dependentRequired", "anyOf"):
+        return _needs_field(error, path, schema)
     if v == "enum":
         options = ", ".join(str(o) for o in schema.get("enum", []))
         near = did_you_mean(str(value), [str(o) for o in schema.get("enum", [])])

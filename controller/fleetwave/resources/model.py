@@ -59,8 +59,12 @@ class Selector:
 
 @dataclass(frozen=True, slots=True)
 class Artifact:
-    url: str
+    """What devices fetch: a file by `url` and its `sha256`, or an image by `digest`."""
+
+    url: str | None = None
     sha256: str | None = None
+    digest: str | None = None
+    """`sha256:…` of a pushed container image: devices pull by digest, never by tag."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,7 +304,8 @@ def rollout_spec_from(spec: Mapping[str, Any]) -> RolloutSpec:
         ),
         selector=selector_from(spec.get("selector", {})),
         exclude=tuple(spec.get("exclude", {}).get("devices", ())),
-        artifact=Artifact(artifact["url"], artifact.get("sha256")) if artifact else None,
+        artifact=Artifact(artifact.get("url"), artifact.get("sha256"),
+                          artifact.get("digest")) if artifact else None,
         force=spec["force"],
         paused=spec["paused"],
     )

@@ -99,15 +99,22 @@ EXCLUDE = _obj(
     {"devices": DEVICE_LIST},
 )
 
+DIGEST_PATTERN = r"^sha256:[a-f0-9]{64}$"
+
 ARTIFACT = _obj(
-    "Where devices download the new version, and the SHA-256 they verify it against.",
+    "What devices fetch and how they verify it: a download `url` with its `sha256`, or a "
+    "container image's `digest`.",
     {
-        "url": _str("Download URL of the artifact (tarball, package or image reference).",
-                    minLength=1),
+        "url": _str("Download URL of the artifact (tarball, package or image reference); "
+                    "needs sha256.", minLength=1),
         "sha256": _str("Lower-case hex SHA-256 of the artifact; devices refuse a mismatch.",
                        pattern=SHA256_PATTERN),
+        "digest": _str("Image digest (sha256:<64 hex>) devices pull, never a mutable tag; "
+                       "set from the registry's push for RolloutPolicy rollouts.",
+                       pattern=DIGEST_PATTERN),
     },
-    required=["url"],
+    dependentRequired={"url": ["sha256"]},
+    anyOf=[{"required": ["url"]}, {"required": ["digest"]}],
 )
 
 STEP = _obj(

@@ -26,9 +26,11 @@ from fleetwave.mqtt.link import MqttLink
 from fleetwave.mqtt.settings import MqttSettings
 from fleetwave.protocol.messages import DeviceMessage
 from fleetwave.protocol.new_devices import NewDeviceGate
+from fleetwave.protocol.signing import SigningKey
 from fleetwave.resources.model import Rollout, RolloutPolicy
 from fleetwave.runtime.checks import AddressPolicy, CheckRunner
 from fleetwave.runtime.engine import Engine
+from fleetwave.runtime.keys import controller_key
 from fleetwave.runtime.leadership import Elector, LeaderOnlyPublisher, keep_up, lead_while_elected
 from fleetwave.runtime.settings import Settings
 from fleetwave.sources.base import Source, SourceSnapshot
@@ -107,7 +109,16 @@ async def controller_core(settings: Settings) -> AsyncIterator[ControllerCore]:
                    else TokenSet.disabled())
     store: Store = open_store(settings.store)
     try:
+        def signing_key() -> SigningKey:
+            return controller_key(settings.signing_key, sqlite_path=store.path,
+                                  postgres=store.backend == "postgresql")
+
+        # A PostgreSQL replica without the shared key is refused before it touches the
+        # database; a SQLite key is created beside the file once the store has opened it.
+        key = signing_key() if store.path is None else None
         await store.migrate()
+        key = key or signing_key()
+        log.info("controller.signing_key", keyid=key.public.keyid, public_key=key.public.base64)
         notifier = (Notifier(settings.notify_url, settings.notify_secret,
                              settings.notify_events, metrics) if settings.notify_url else None)
         engine_box: list[Engine] = []
@@ -115,7 +126,7 @@ async def controller_core(settings: Settings) -> AsyncIterator[ControllerCore]:
         async def on_messages(batch: list[DeviceMessage]) -> None:
             await stored_with_retry(engine_box[0].on_device_messages, batch)
 
-        link = MqttLink(mqtt_settings(settings), metrics, on_messages)
+        link = MqttLink(mqtt_settings(settings), metrics, on_messages, signing_key=key)
         elector = replica_elector(settings, store, metrics)
         publisher = LeaderOnlyPublisher(link, elector) if elector is not None else link
         engine = Engine(store, publisher, metrics, resync_interval=settings.resync_interval,

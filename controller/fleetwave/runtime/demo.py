@@ -17,14 +17,17 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from fleetwave.mqtt.broker import MOSQUITTO, BrokerConfig, MosquittoProcess, free_port
+from fleetwave.protocol.signing import SigningKey
 from fleetwave.resources.vocabulary import Phase
 from fleetwave.runtime.controller import run_controller
+from fleetwave.runtime.demo_agents import DemoAgents
 from fleetwave.runtime.engine import Engine
+from fleetwave.runtime.keys import create_key_file, load_key_file
 from fleetwave.runtime.settings import Settings
 from fleetwave.simulator.fleet import SimulatedFleet, SimulatorConfig
 
@@ -89,6 +92,11 @@ class DemoOptions:
     """Seconds after start at the latest before the demo commits a new version."""
     health_check_allow: tuple[str, ...] = ("127.0.0.0/8",)
     """Everything the demo runs listens on loopback, which checks refuse by default."""
+    signing_key: str | None = None
+    """The controller's key file (default: one created in the workdir); the simulated
+    devices trust its public key."""
+    agents: int = 0
+    """Real `fleetwave agent` processes (files handler) beside the simulated fleet."""
 
 
 @dataclass
@@ -103,6 +111,7 @@ class DemoState:
     fleet: SimulatedFleet | None = None
     engine: Engine | None = None
     commits: list[str] | None = None
+    agents: DemoAgents | None = None
 
 
 def ensure_installed() -> None:
@@ -132,17 +141,28 @@ def _git(repo: Path, *args: str) -> str:
     return result.stdout.strip()
 
 
-def init_repository(repo: Path) -> None:
+def agent_rollout(version: str, artifacts: Mapping[str, tuple[str, str]] | None) -> str:
+    """The demo's agent Rollout; with real agents it carries their release's artifact."""
+    text = ROLLOUT_TEMPLATE.format(version=version)
+    if artifacts and version in artifacts:
+        url, sha = artifacts[version]
+        text = text.replace(f'  version: "{version}"\n', f'  version: "{version}"\n'
+                            f'  artifact: {{url: "{url}", sha256: "{sha}"}}\n')
+    return text
+
+
+def init_repository(repo: Path, artifacts: Mapping[str, tuple[str, str]] | None = None) -> None:
     repo.mkdir(parents=True, exist_ok=True)
     subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
     (repo / "rollouts").mkdir(exist_ok=True)
-    (repo / "rollouts" / "agent.yaml").write_text(ROLLOUT_TEMPLATE.format(version="1.0.6"))
+    (repo / "rollouts" / "agent.yaml").write_text(agent_rollout("1.0.6", artifacts))
     _git(repo, "add", "-A")
     _git(repo, "commit", "-q", "-m", "Roll out agent 1.0.6 to the fleet")
 
 
-def commit_new_version(repo: Path) -> str:
-    (repo / "rollouts" / "agent.yaml").write_text(ROLLOUT_TEMPLATE.format(version="1.0.7"))
+def commit_new_version(repo: Path,
+                       artifacts: Mapping[str, tuple[str, str]] | None = None) -> str:
+    (repo / "rollouts" / "agent.yaml").write_text(agent_rollout("1.0.7", artifacts))
     (repo / "rollouts" / "nodered.yaml").write_text(NODERED_ROLLOUT)
     _git(repo, "add", "-A")
     _git(repo, "commit", "-q", "-m", "Agent 1.0.7 and Node-RED 3.2.0 for production")
@@ -156,28 +176,36 @@ async def run_demo(options: DemoOptions, stop: asyncio.Event,
     workdir = Path(options.workdir or tempfile.mkdtemp(prefix="fleetwave-demo-"))
     await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
     port = free_port()
+    agents = DemoAgents(workdir / "agents", options.agents) if options.agents else None
     broker_config = BrokerConfig(port=port, simulator_user="simulator",
                                  controller_password="demo-controller",
-                                 simulator_password="demo-simulator", persistence=False)
+                                 simulator_password="demo-simulator", persistence=False,
+                                 devices=agents.accounts() if agents else {})
     broker = MosquittoProcess(broker_config.write(workdir / "broker"), port)
+    key_path = Path(options.signing_key or workdir / "signing-key.pem")
+    key = await asyncio.to_thread(_demo_key, key_path)
     repo = workdir / "repo"
-    init_repository(repo)
+    artifacts = agents.serve(("1.0.6", "1.0.7")) if agents else None
+    init_repository(repo, artifacts)
     state = DemoState(started=time.monotonic(), workdir=workdir,
                       broker_url=f"mqtt://127.0.0.1:{port}",
-                      api_url=f"http://{options.listen}", repo=repo, commits=[])
+                      api_url=f"http://{options.listen}", repo=repo, commits=[],
+                      agents=agents)
     settings = Settings(
         broker=state.broker_url, broker_username=broker_config.controller_user,
         broker_password=broker_config.controller_password,
         broker_client_id="fleetwave-demo-controller",
         store=f"sqlite:///{workdir / 'fleetwave.db'}", source=f"file://{repo}",
         branch="main", path="rollouts", poll_interval=2.0, listen=options.listen,
-        workdir=str(workdir / "controller"), resync_interval=2.0,
+        workdir=str(workdir / "controller"), resync_interval=2.0, signing_key=str(key_path),
         health_check_allow=options.health_check_allow,
         # the simulated fleet appears at once, not at a real fleet's churn
         max_new_devices_per_minute=max(Settings.max_new_devices_per_minute, options.devices),
     )
     broker.start()
     try:
+        if agents is not None:
+            agents.start(port, key.public.base64)
         engine_ready = asyncio.Event()
 
         async def ready(engine: Engine) -> None:
@@ -194,14 +222,14 @@ async def run_demo(options: DemoOptions, stop: asyncio.Event,
             password=broker_config.simulator_password, devices=options.devices,
             seed=options.seed, speed=options.speed, fail_rate=options.fail_rate,
             offline_rate=options.offline_rate, offline_duration=20.0,
-            client_id_prefix="fleetwave-demo-sim")
+            client_id_prefix="fleetwave-demo-sim", trust_keys=(key.public.base64,))
         async with SimulatedFleet(fleet_config) as fleet:
             state.fleet = fleet
             bumped = False
             while not stop.is_set() and not controller.done():
                 await show(state)
                 if not bumped and _first_done(state, options):
-                    revision = await asyncio.to_thread(commit_new_version, repo)
+                    revision = await asyncio.to_thread(commit_new_version, repo, artifacts)
                     assert state.commits is not None
                     state.commits.append(revision)
                     bumped = True
@@ -211,9 +239,16 @@ async def run_demo(options: DemoOptions, stop: asyncio.Event,
         await controller
     finally:
         stop.set()
+        if agents is not None:
+            await asyncio.to_thread(agents.stop)
         broker.stop()
         if not options.keep:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _demo_key(path: Path) -> SigningKey:
+    """The given key file, or a new one (the simulated devices trust its public key)."""
+    return load_key_file(path) if path.exists() else create_key_file(path)
 
 
 def _first_done(state: DemoState, options: DemoOptions) -> bool:

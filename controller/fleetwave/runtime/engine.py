@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import structlog
 
 from fleetwave.api.ports import ControlOp, InvalidCursor, Key, NotFound, Page, page_after
-from fleetwave.metrics import Metrics, declared_version_counts
+from fleetwave.metrics import REFUSAL_REASONS, Metrics, declared_version_counts
 from fleetwave.planner.model import (
     ClearCommand,
     Decide,
@@ -36,7 +36,14 @@ from fleetwave.planner.model import (
     SendUpdate,
 )
 from fleetwave.planner.plan import apply_control, plan_deleted, plan_fleet
-from fleetwave.protocol.messages import Command, DeviceMessage, Online, ReportedState, Status
+from fleetwave.protocol.messages import (
+    Command,
+    DeviceMessage,
+    Online,
+    ReportedState,
+    Status,
+    StatusType,
+)
 from fleetwave.protocol.new_devices import NewDeviceGate
 from fleetwave.resources.generations import count_generation
 from fleetwave.resources.inventory import device_labels
@@ -48,6 +55,7 @@ from fleetwave.resources.model import (
 )
 from fleetwave.runtime.checks import CheckRunner, CheckTarget
 from fleetwave.store import DeviceRow, Event, Store, device_json, event_json, record_json
+from fleetwave.updates.commands import CANCEL_LIFETIME, command_for
 from fleetwave.updates.model import (
     RANK,
     Decision,
@@ -243,6 +251,10 @@ class Engine:
 
     async def on_device_messages(self, batch: Sequence[DeviceMessage]) -> None:
         """The MQTT ingest hands over batches: one store transaction per kind per batch."""
+        for status in batch:
+            if (isinstance(status, Status) and status.type is StatusType.FAILED
+                    and status.reason in REFUSAL_REASONS):
+                self.metrics.commands_refused.labels(reason=status.reason).inc()
         async with self._lock:
             batch = self._admit(batch)
             statuses = [m for m in batch if isinstance(m, Status)]
@@ -485,7 +497,9 @@ class Engine:
                 known = self._by_id.get(action.record.id)
                 if known is None or not known.is_open:
                     continue  # lost a race with another replica, or already done
-                outbox.append(_Outgoing(known.device, action.command, known.id))
+                # The store may have raised the release above one it already holds.
+                command = replace(action.command, release=known.release)
+                outbox.append(_Outgoing(known.device, command, known.id))
             elif isinstance(action, SendCancel):
                 outbox.append(_Outgoing(action.record.device, action.command))
             elif isinstance(action, Decide):
@@ -775,9 +789,7 @@ class Engine:
         if not record.is_open:
             from fleetwave.api.ports import Conflict
             raise Conflict(f"update {update_id} is already {record.state.value}")
-        command = Command(action="cancel", component=record.component, version=record.to_version,
-                          correlation_id=record.correlation_id,
-                          timestamp=int(self.clock() * 1000))
+        command = command_for(record, "cancel", self.clock(), CANCEL_LIFETIME)
         await self.publisher.publish_command(uuid, command)
         changed = await self.store.apply_decisions([(record.id, Decision(
             DecisionKind.CANCEL, self.clock(), reason="CancelledByUser",

@@ -49,6 +49,8 @@ class Settings:
     webhook_secret: str | None = None
     propose_reverts: bool = False
     """With a git source: after a rollback, push a branch that sets the version back."""
+    signing_key: str | None = None
+    """PKCS#8 PEM Ed25519 key every command is signed with (None: see `runtime.keys`)."""
     workdir: str = field(default_factory=lambda: str(Path(".fleetwave")))
     retention_days: float = 90.0
     health_check_allow: tuple[str, ...] = ()

@@ -10,6 +10,7 @@ from the fleet seed and the uuid, so a run repeats.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import random
@@ -22,7 +23,9 @@ from typing import Any
 import structlog
 
 from fleetwave.protocol import reports
+from fleetwave.protocol.admission import Accepted, Executed, Refused, Repeated, admit
 from fleetwave.protocol.messages import Command
+from fleetwave.protocol.signing import TrustedKeys
 from fleetwave.protocol.topics import Topics
 
 log = structlog.get_logger(__name__)
@@ -52,6 +55,8 @@ class Behaviour:
     """Seconds (before `speed`) from `update_started` to the final status."""
     artifact_hashes: dict[str, str] = field(default_factory=dict)
     """Artifact URL -> the sha256 its download really has; a command naming another fails."""
+    require_digest: bool = False
+    """Docker devices refuse an update that names no image digest."""
 
 
 @dataclass
@@ -86,6 +91,11 @@ class SimulatedDevice:
         self.statuses: list[tuple[str, str | None]] = []
         """(type, correlation_id) of every status sent, for tests."""
         self.commands_seen = 0
+        self.executed: dict[str, Executed] = {}
+        """component -> the newest attempt started: what `admit` refuses replays against.
+        Kept in memory: a simulated device forgets it when the simulator restarts."""
+        self.refusals: collections.Counter[str] = collections.Counter()
+        """Refused commands by reason."""
         self._task: asyncio.Task[None] | None = None
         self._task_cid: str | None = None
         self._offline_task: asyncio.Task[None] | None = None
@@ -159,8 +169,39 @@ class SimulatedDevice:
 
     # --- commands ---
 
+    def on_payload(self, payload: bytes, trusted: TrustedKeys) -> None:
+        """Every payload on this device's `update` topic: verified by `admit` (signature,
+        device, expiry, release, downgrade) before anything changes; a refusal is reported
+        as `update_failed` with its reason and cause, and changes nothing else."""
+        if not self.online:
+            return
+        verdict = admit(payload, device=self.uuid, trusted=trusted, now=time.time(),
+                        executed=self.executed, running=self.versions)
+        if isinstance(verdict, Accepted):
+            cause = self._unfit(verdict.command)
+            if cause is None:
+                self.executed[verdict.command.component] = verdict.executed
+                self.on_command(verdict.command)
+                return
+            verdict = Refused("rejected", cause, verdict.command.correlation_id,
+                              verdict.command.component)
+        if isinstance(verdict, Repeated):
+            self.on_command(verdict.command)
+            return
+        self.refusals[verdict.reason] += 1
+        log.warning("simulator.command.refused", device=self.uuid, reason=verdict.reason,
+                    cause=verdict.cause, correlation_id=verdict.correlation_id)
+        self.spawn(self._send_status(reports.refusal_body(verdict, _now_ms())))
+
+    def _unfit(self, command: Command) -> str | None:
+        """What this device's own handler refuses (after `admit`): a docker update by tag."""
+        if (self.behaviour.require_digest and command.action == "update"
+                and self.profile.deployment_type == "docker" and not command.artifact_digest):
+            return "docker update without artifact.digest: this device pulls by digest only"
+        return None
+
     def on_command(self, command: Command) -> None:
-        """Called on the event loop for every command delivered (live or retained)."""
+        """Called on the event loop for every admitted command (live or retained)."""
         if not self.online:
             return
         self.commands_seen += 1

@@ -36,7 +36,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from fleetwave.mqtt.connection import ConnectionOptions, PahoConnection
 from fleetwave.mqtt.settings import parse_broker_url
 from fleetwave.protocol import reports
-from fleetwave.protocol.parsing import CommandError, parse_command
+from fleetwave.protocol.signing import TrustedKeys
 from fleetwave.protocol.topics import TopicKind, Topics
 from fleetwave.simulator.device import Behaviour, DeviceProfile, SimulatedDevice
 
@@ -80,6 +80,12 @@ class SimulatorConfig:
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
+    trust_keys: tuple[str, ...] = ()
+    """Base64 Ed25519 public keys whose signatures the devices accept (`keys public`);
+    at least one: a device acts on no command it cannot verify."""
+    require_digest: bool = False
+    """Docker devices refuse an update without `artifact.digest` (set for fleets updated
+    from registry pushes: devices pull by digest, never by a mutable tag)."""
 
 
 def build_profiles(config: SimulatorConfig) -> list[DeviceProfile]:
@@ -175,13 +181,8 @@ class _Group:
         device = self.devices.get(parsed[1])
         if device is None or not payload:  # empty: the controller cleared the command
             return
-        try:
-            command = parse_command(payload)
-        except CommandError as exc:
-            log.warning("simulator.command.invalid", device=device.uuid, error=str(exc))
-            return
         self.fleet.commands_received += 1
-        device.on_command(command)
+        device.on_payload(payload, self.fleet.trusted)
 
 
 class SimulatedFleet:
@@ -194,6 +195,7 @@ class SimulatedFleet:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.published = 0
         self.commands_received = 0
+        self.trusted = TrustedKeys.from_base64(config.trust_keys)
         behaviour = Behaviour(
             speed=config.speed, fail_rate=config.fail_rate,
             rollback_fail_rate=config.rollback_fail_rate, hang_rate=config.hang_rate,
@@ -201,7 +203,7 @@ class SimulatedFleet:
             duplicate_rate=config.duplicate_rate, garbage_rate=config.garbage_rate,
             sha256_mismatch_rate=config.sha256_mismatch_rate,
             offline_duration=config.offline_duration, update_duration=config.update_duration,
-            artifact_hashes=dict(config.artifact_hashes))
+            artifact_hashes=dict(config.artifact_hashes), require_digest=config.require_digest)
         self.devices: dict[str, SimulatedDevice] = {}
         self._groups: list[_Group] = []
         per = max(1, config.devices_per_connection)
@@ -265,6 +267,13 @@ class SimulatedFleet:
         return dict(collections.Counter(d.versions.get(component)
                                         for d in self.devices.values()))
 
+    def refusals(self) -> dict[str, int]:
+        """Refused commands by reason (`rejected`, `downgrade`), over every device."""
+        total: collections.Counter[str] = collections.Counter()
+        for device in self.devices.values():
+            total.update(device.refusals)
+        return dict(total)
+
     def online_count(self) -> int:
         return sum(1 for d in self.devices.values() if d.online)
 
@@ -289,4 +298,5 @@ async def run_fleet(config: SimulatorConfig, stop: asyncio.Event,
                 await asyncio.wait_for(stop.wait(), report_every)
             log.info("simulator.fleet", online=fleet.online_count(),
                      versions=fleet.counts(), commands=fleet.commands_received,
+                     refused=fleet.refusals(),
                      published=fleet.published, uptime=round(time.monotonic() - started))

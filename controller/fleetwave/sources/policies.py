@@ -46,6 +46,7 @@ class SkipReason:
     NOT_SEMVER = "NotSemver"
     NOT_NEWER = "NotNewer"
     INVALID_TEMPLATE = "InvalidTemplate"
+    NO_DIGEST = "NoDigest"
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +205,12 @@ def _evaluate_one(policy: RolloutPolicy, push: ImagePush,
             return Skipped(policy.name, SkipReason.NOT_NEWER,
                            f"tag {push.tag} is not newer than {newest} of {component}, "
                            "already desired")
+    if not push.digest:
+        return Skipped(policy.name, SkipReason.NO_DIGEST,
+                       f"the push of {push.image} carries no image digest, and devices pull "
+                       "by digest, never by a mutable tag; use a registry whose webhook "
+                       "sends the digest (GHCR, Harbor, a distribution registry), or commit "
+                       "a Rollout with spec.artifact.digest")
     return _generate(policy, push, name, component)
 
 
@@ -215,6 +222,10 @@ def _generate(policy: RolloutPolicy, push: ImagePush, name: str,
     spec = copy.deepcopy(dict(policy.template))
     spec["component"] = component
     spec["version"] = push.tag
+    # What devices pull: the pushed digest, not the tag (which can be pushed again).
+    artifact = dict(spec.get("artifact") or {})
+    artifact["digest"] = push.digest
+    spec["artifact"] = artifact
     document: dict[str, Any] = {
         "apiVersion": GROUP_VERSION,
         "kind": "Rollout",

@@ -65,6 +65,7 @@ updates = sa.Table(
     sa.Column("rolled_back_at", sa.Double),
     sa.Column("scheduled_time", sa.Text),
     sa.Column("force", sa.Boolean, nullable=False),
+    sa.Column("release", sa.BigInteger, nullable=False, server_default="0"),
     sa.Index("ix_updates_one_open_per_device_component", "device", "component", unique=True,
              sqlite_where=sa.text(OPEN_STATES_SQL), postgresql_where=sa.text(OPEN_STATES_SQL)),
     sa.Index("ix_updates_device_created", "device", "created_at"),

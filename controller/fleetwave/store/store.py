@@ -13,6 +13,7 @@ and component whatever the code does.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import time
 from collections import defaultdict
@@ -43,6 +44,7 @@ from fleetwave.updates.model import (
     Decision,
     UpdateRecord,
     UpdateState,
+    next_release,
 )
 from fleetwave.updates.transitions import (
     Ignored,
@@ -185,6 +187,11 @@ class Store:
     def backend(self) -> str:
         """`sqlite` or `postgresql`."""
         return self._engine.dialect.name
+
+    @property
+    def path(self) -> Path | None:
+        """The SQLite database file (None in memory and on PostgreSQL)."""
+        return self._path
 
     async def __aenter__(self) -> Store:
         await self.migrate()
@@ -451,7 +458,10 @@ class Store:
 
         A record whose id exists or whose device and component already have an
         open update is skipped (the database decides, so two racing processes
-        or a restarted controller never create a second open update).
+        or a restarted controller never create a second open update). Each
+        record's `release` is raised above every release its device and component
+        already has (`next_release`), in the same transaction: the inserted
+        records, as returned, carry the release their commands must use.
         """
         if not records:
             return []
@@ -460,10 +470,13 @@ class Store:
             stmt = (self._insert(updates).on_conflict_do_nothing()
                     .returning(updates.c.id))
             inserted: set[str] = set()
+            released: list[UpdateRecord] = []
             for chunk in _chunks(records):
-                result = await conn.execute(stmt, [codec.record_params(r) for r in chunk])
+                batch = await self._released(conn, chunk)
+                released.extend(batch)
+                result = await conn.execute(stmt, [codec.record_params(r) for r in batch])
                 inserted.update(result.scalars().all())
-            return [r for r in records if r.id in inserted]
+            return [r for r in released if r.id in inserted]
 
         created = await self._write(work)
         # A batch may repeat an id: report each inserted record once.
@@ -474,6 +487,24 @@ class Store:
                 seen.add(record.id)
                 unique.append(record)
         return unique
+
+    async def _released(self, conn: AsyncConnection, records: Sequence[UpdateRecord]
+                        ) -> list[UpdateRecord]:
+        """`records` with releases above the highest stored for their device and component."""
+        devices_ = sorted({r.device for r in records})
+        rows = await conn.execute(
+            sa.select(updates.c.device, updates.c.component, sa.func.max(updates.c.release))
+            .where(updates.c.device.in_(devices_))
+            .group_by(updates.c.device, updates.c.component))
+        highest: dict[tuple[str, str], int] = {(d, c): int(m) for d, c, m in rows}
+        out: list[UpdateRecord] = []
+        for record in records:
+            key = (record.device, record.component)
+            release = max(record.release, next_release(record.created_at, highest.get(key)))
+            highest[key] = release
+            out.append(record if release == record.release
+                       else dataclasses.replace(record, release=release))
+        return out
 
     def _select_updates(self) -> sa.Select[Any]:
         stmt = sa.select(updates)

@@ -98,6 +98,9 @@ class UpdateRecord:
     rolled_back_at: float | None = None
     scheduled_time: str | None = None
     force: bool = False
+    release: int = 0
+    """The `release` every command of this attempt carries (DESIGN.md 9.1): fixed when the
+    record is created (`next_release`), so a re-publish, even after a restart, keeps it."""
 
     @property
     def is_open(self) -> bool:
@@ -106,6 +109,18 @@ class UpdateRecord:
     @property
     def is_terminal(self) -> bool:
         return self.state in TERMINAL_STATES
+
+
+def next_release(created_at: float, highest: int | None = None) -> int:
+    """The release of a new attempt: the creation time in milliseconds, or one above the
+    highest release already given to that device and component, whichever is larger.
+
+    Time keeps it increasing across restarts, replicas and a lost store; `highest + 1`
+    keeps it strictly increasing when a clock steps back or two attempts share a
+    millisecond. A device refuses any command whose release is below one it executed.
+    """
+    release = int(created_at * 1000)
+    return release if highest is None or release > highest else highest + 1
 
 
 class DecisionKind(StrEnum):
