@@ -147,6 +147,22 @@ def _retry_locked(statement: Callable[[], object], timeout: float = 30.0) -> Non
             time.sleep(0.05)
 
 
+def _report_order(msg: ReportedState) -> tuple[float, float]:
+    """Within a batch: the device's clock first when it has one, then our receive time."""
+    return (float(msg.timestamp or 0), msg.received_at)
+
+
+def _newer_report(ex: Any) -> sa.ColumnElement[bool]:
+    """Whether an incoming state report replaces the stored one: by the device's own clock
+    when both carry it (replicas' receive times disagree, and a backlog drained late looks
+    new), else by receive time."""
+    held = devices.c
+    both = sa.and_(held.state_timestamp.is_not(None), ex.state_timestamp.is_not(None))
+    return sa.or_(held.state_received_at.is_(None),
+                  sa.and_(both, held.state_timestamp < ex.state_timestamp),
+                  sa.and_(sa.not_(both), held.state_received_at < ex.state_received_at))
+
+
 def _chunks(items: Sequence[T], size: int = CHUNK) -> Iterable[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -336,15 +352,16 @@ class Store:
         """Upserts reported state and liveness in one transaction; returns the open updates
         that a reported state settled (`confirm_by_state`).
 
-        A message never overwrites a newer one already stored (by our receive
-        time), so a late redelivery or a second replica cannot roll a device back.
+        A message never overwrites a newer one already stored (by the device's clock when
+        both reports carry it, else by receive time), so a late redelivery, or a replica
+        draining an old backlog, cannot roll a device back.
         """
         states: dict[str, ReportedState] = {}
         onlines: dict[str, Online] = {}
         for msg in msgs:
             if isinstance(msg, ReportedState):
                 held = states.get(msg.device)
-                if held is None or msg.received_at > held.received_at:
+                if held is None or _report_order(msg) > _report_order(held):
                     states[msg.device] = msg
             else:
                 seen = onlines.get(msg.device)
@@ -357,6 +374,7 @@ class Store:
             "inventory_labels": {}, "deployment_type": m.deployment_type, "ip": m.ip,
             "name": m.name, "containers": codec.containers_json(m.containers),
             "last_seen": m.received_at, "state_received_at": m.received_at,
+            "state_timestamp": m.timestamp,
         } for m in states.values()]
         online_params: list[dict[str, Any]] = [{
             "uuid": m.device, "versions": {}, "reported_labels": {}, "inventory_labels": {},
@@ -373,9 +391,9 @@ class Store:
                     set_={"versions": ex.versions, "reported_labels": ex.reported_labels,
                           "deployment_type": ex.deployment_type, "ip": ex.ip, "name": ex.name,
                           "containers": ex.containers, "last_seen": self._later(ex.last_seen),
-                          "state_received_at": ex.state_received_at},
-                    where=sa.or_(devices.c.state_received_at.is_(None),
-                                 devices.c.state_received_at < ex.state_received_at)),
+                          "state_received_at": ex.state_received_at,
+                          "state_timestamp": ex.state_timestamp},
+                    where=_newer_report(ex)),
                     state_params)
             if online_params:
                 stmt = self._insert(devices)
