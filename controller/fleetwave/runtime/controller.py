@@ -101,8 +101,11 @@ class ControllerCore:
 
 
 @contextlib.asynccontextmanager
-async def controller_core(settings: Settings) -> AsyncIterator[ControllerCore]:
-    """Open the store (migrating it), connect the link; close both in reverse order."""
+async def controller_core(settings: Settings, *, replica: bool = False
+                          ) -> AsyncIterator[ControllerCore]:
+    """Open the store (migrating it), connect the link; close both in reverse order.
+    `replica`: a `fleetwave run` that elects its leader through the store when
+    `--leader-election` says so (the operator elects through its Kubernetes Lease)."""
     metrics = build_metrics()
     tokens = TokenSet.from_file(settings.token_file) if settings.token_file else TokenSet.disabled()
     read_tokens = (TokenSet.from_file(settings.read_token_file) if settings.read_token_file
@@ -127,7 +130,7 @@ async def controller_core(settings: Settings) -> AsyncIterator[ControllerCore]:
             await stored_with_retry(engine_box[0].on_device_messages, batch)
 
         link = MqttLink(mqtt_settings(settings), metrics, on_messages, signing_key=key)
-        elector = replica_elector(settings, store, metrics)
+        elector = replica_elector(settings, store, metrics) if replica else None
         publisher = LeaderOnlyPublisher(link, elector) if elector is not None else link
         engine = Engine(store, publisher, metrics, resync_interval=settings.resync_interval,
                         on_event=notifier.publish if notifier is not None else None)
@@ -209,7 +212,7 @@ async def run_controller(settings: Settings, *, stop: asyncio.Event | None = Non
     """Run until `stop` is set or SIGTERM/SIGINT arrives."""
     stop = stop or asyncio.Event()
     install_signal_handlers(stop)
-    async with controller_core(settings) as core:
+    async with controller_core(settings, replica=True) as core:
         engine = core.engine
         source = build_source(settings, core.metrics)
         latest: list[SourceSnapshot] = []
