@@ -22,7 +22,7 @@ from fleetwave.metrics import build_metrics
 from fleetwave.mqtt.link import MqttLink
 from fleetwave.mqtt.settings import MqttSettings
 from fleetwave.protocol.signing import SigningKey
-from fleetwave.runtime.engine import Engine
+from fleetwave.runtime.engine import Engine, EngineHooks, Observed
 from fleetwave.store import open_store
 from tests.operator.apiserver import ApiServer
 from tests.operator.conftest import ROLLOUTS, eventually, kubectl, rollout, sent
@@ -37,18 +37,14 @@ async def engine(tmp_path: Path, broker: RunningBroker) -> AsyncIterator[Engine]
     await store.migrate()
     metrics = build_metrics()
     user, password = broker.controller
-    holder: list[Engine] = []
 
-    async def on_messages(batch: Any) -> None:
-        await holder[0].on_device_messages(batch)
-
+    observed = Observed(store, metrics)
     link = MqttLink(MqttSettings(url=broker.url, username=user, password=password,
                                  client_id="fleetwave-operator-test", reconnect_min=0.1,
-                                 reconnect_max=0.5), metrics, on_messages,
+                                 reconnect_max=0.5), metrics, observed.on_device_messages,
                     signing_key=SigningKey.generate())
-    engine = Engine(store, link, metrics, resync_interval=0.5)
-    holder.append(engine)
-    engine.broker_connected = lambda: link.connected
+    engine = Engine(store, link, metrics, resync_interval=0.5, observed=observed,
+                    hooks=EngineHooks(broker_connected=lambda: link.connected))
     await link.start()
     try:
         yield engine
@@ -70,7 +66,7 @@ async def _device_reports(broker: RunningBroker, uuid: str, version: str) -> Non
 async def test_real_engine_plans_a_cr_and_its_status_lands_on_the_cr(
         apiserver: ApiServer, operators: Any, engine: Engine, broker: RunningBroker) -> None:
     await _device_reports(broker, "device-a", "1.0.5")
-    await eventually(lambda: engine._devices.get("device-a") is not None, timeout=10,
+    await eventually(lambda: engine.fleet.devices.get("device-a") is not None, timeout=10,
                      message="device known to the engine")
     op = await operators(engine)
     status, created = await kubectl(apiserver, "POST", BASE,

@@ -107,8 +107,9 @@ HOSTILE_IPS = {
 
 def hostile_targets(port: int) -> list[CheckTarget]:
     """Each device's check would reach the sentinel on loopback, if it were made."""
-    checks = (http(f"http://{{device_ip}}:{port}/health"),
-              Check(type="tcp", port=port, timeout=timedelta(seconds=2)))
+    # Generous timeouts: on a loaded CI machine an allowed loopback check must not time out.
+    checks = (http(f"http://{{device_ip}}:{port}/health", seconds=10.0),
+              Check(type="tcp", port=port, timeout=timedelta(seconds=10)))
     injected_into_sentinel = CheckTarget("r", "injected-loopback", f"127.0.0.1:{port}/health#",
                                          None, checks[:1])
     return [*(CheckTarget("r", device, ip, None, checks) for device, ip in HOSTILE_IPS.items()),

@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 
+from fleetwave.runtime.keys import load_key_file
 from fleetwave.simulator.fleet import SimulatedFleet, SimulatorConfig
 from tests.metrics.scrape import scrape
 from tests.runtime.checkservers import Sentinel
 from tests.support.broker import RunningBroker
-from tests.support.processes import Controller, wait_until
+from tests.support.processes import Controller, signing_keys, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -40,10 +41,14 @@ spec:
 
 
 @contextlib.contextmanager
-def devices_reporting(broker: RunningBroker, ips: Mapping[str, str]) -> Iterator[None]:
-    """The simulator's devices, in this process, each reporting the `ip` given for it."""
+def devices_reporting(broker: RunningBroker, controller: Controller,
+                      ips: Mapping[str, str]) -> Iterator[None]:
+    """The simulator's devices, in this process, each reporting the `ip` given for it and
+    trusting the controller's key."""
+    key = load_key_file(signing_keys(controller.key_dir or controller.workdir)[0]).public
     config = SimulatorConfig(broker=broker.url, username=broker.simulator[0],
-                             password=broker.simulator[1], device_ids=list(ips), speed=40)
+                             password=broker.simulator[1], device_ids=list(ips), speed=40,
+                             trust_keys=(key.base64,))
     fleet = SimulatedFleet(config)
     for device, ip in ips.items():
         fleet.devices[device].profile.ip = ip
@@ -107,7 +112,7 @@ def test_hostile_device_addresses_get_no_connection(
         controller_factory: Callable[..., Controller]) -> None:
     ips = {**HOSTILE, "injected-loopback": f"127.0.0.1:{sentinel.port}/health#"}
     controller = start(tmp_path, sentinel, controller_factory)
-    with devices_reporting(broker, ips):
+    with devices_reporting(broker, controller, ips):
         judged = wait_until(settled(controller, len(ips)), 60,
                             lambda: f"{controller.rollout('checked')}\n{controller.tail()}")
         assert {u for u, r in judged.items() if r["health"] == "unhealthy"} == set(ips)
@@ -132,7 +137,7 @@ def test_allowed_loopback_is_checked_and_the_metadata_address_still_refused(
     reached and loopback devices are healthy; the allow flag opens nothing else."""
     controller = start(tmp_path, sentinel, controller_factory,  # localhost may be ::1 too
                        "--health-check-allow", "127.0.0.0/8", "--health-check-allow", "::1")
-    with devices_reporting(broker, HOSTILE):
+    with devices_reporting(broker, controller, HOSTILE):
         judged = wait_until(settled(controller, len(HOSTILE)), 60,
                             lambda: f"{controller.rollout('checked')}\n{controller.tail()}")
     health = {u: r["health"] for u, r in judged.items()}

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.sources.test_registry_flow import POLICY, SECRET, docker_hub_push, policy_rollouts
+from tests.sources.test_registry_flow import POLICY, SECRET, policy_rollouts, registry_push
 from tests.support.processes import Controller, Simulator, wait_until
 
 pytestmark = pytest.mark.slow
@@ -32,12 +32,12 @@ def test_a_device_claiming_a_huge_version_does_not_block_a_push(
 
     wait_until(liar_seen, 30, lambda: f"device never reported: {controller.devices()}")
 
-    status, body = docker_hub_push(controller, "2.0.1")
+    status, body = registry_push(controller, "2.0.1")
     assert status == 200, body
     created = wait_until(lambda: policy_rollouts(controller), 10,
                          lambda: f"push skipped: {body}")
     assert [r["spec"]["version"] for r in created] == ["2.0.1"]
 
-    status, body = docker_hub_push(controller, "2.0.0")  # older than the desired 2.0.1
+    status, body = registry_push(controller, "2.0.0")  # older than the desired 2.0.1
     assert status == 200 and not any(item.get("created") for item in body["items"]), body
     assert [r["spec"]["version"] for r in policy_rollouts(controller)] == ["2.0.1"]

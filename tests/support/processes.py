@@ -28,7 +28,7 @@ from tests.support.broker import RunningBroker
 FLEETWAVE = [sys.executable, "-m", "fleetwave"]
 
 
-def test_keys(where: Path) -> tuple[Path, Path]:
+def signing_keys(where: Path) -> tuple[Path, Path]:
     """(private key, `keys public -o json` file) in `where`, created once: the controllers
     of one test sign with the first (replicas share a key), its devices trust the second."""
     private, public = where / "signing-key.pem", where / "trusted-key.json"
@@ -82,7 +82,7 @@ class Controller:
     def key_args(self) -> list[str]:
         if self.keyless:
             return []
-        return ["--signing-key", str(test_keys(self.key_dir or self.workdir)[0])]
+        return ["--signing-key", str(signing_keys(self.key_dir or self.workdir)[0])]
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -150,7 +150,7 @@ class Simulator:
     def start(self) -> None:
         env = dict(os.environ, FLEETWAVE_BROKER_USERNAME=self.broker.simulator[0],
                    FLEETWAVE_BROKER_PASSWORD=self.broker.simulator[1])
-        trusted = test_keys(self.key_dir or self.workdir)[1]
+        trusted = signing_keys(self.key_dir or self.workdir)[1]
         args = [*FLEETWAVE, "simulate", "--broker", self.broker.url, "--devices",
                 str(self.devices), "--trust-key-file", str(trusted), *self.args]
         with (self.workdir / "simulator.log").open("ab") as out:

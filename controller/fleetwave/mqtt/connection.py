@@ -19,7 +19,7 @@ import random
 import ssl
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +58,9 @@ class ConnectionOptions:
     max_packet_size: int | None = None
     """Sent as MQTT 5 Maximum-Packet-Size on CONNECT: the broker discards (never sends us)
     a larger packet, so no message can make paho buffer up to the protocol's 256 MiB."""
+    manual_ack: bool = False
+    """Acknowledge inbound QoS 1 messages only when `ack()` is called (after they are
+    stored), not when the callback returns."""
 
 
 OnConnect = Callable[[paho.Client, bool], list[int] | None]
@@ -99,7 +102,10 @@ class PahoConnection:
         self._window_waiters: list[asyncio.Future[None]] = []
 
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=options.client_id,
-                             protocol=MQTTProtocolVersion.MQTTv5)
+                             protocol=MQTTProtocolVersion.MQTTv5, manual_ack=options.manual_ack)
+        self.session = 0
+        """Counts connections (network thread); a message id means something only on the
+        connection that delivered it."""
         if options.username is not None:
             client.username_pw_set(options.username, options.password)
         if options.tls:
@@ -108,6 +114,9 @@ class PahoConnection:
         if options.will_topic is not None:
             client.will_set(options.will_topic, options.will_payload, qos=1, retain=True)
         client.reconnect_delay_set(options.reconnect_min, options.reconnect_max)  # type: ignore[arg-type]
+        # paho sends at most 20 QoS 1 messages before their PUBACKs by default, one round trip
+        # per 20 commands; 100 measured fastest (TOOLING.md), our window bounds the rest.
+        client.max_inflight_messages_set(100)
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         client.on_connect_fail = self._handle_connect_fail
@@ -224,6 +233,14 @@ class PahoConnection:
             if not fut.done():
                 fut.set_result(None)
 
+    def ack(self, acks: Sequence[tuple[int, int, int, int]]) -> None:
+        """Acknowledge inbound messages, given as (message id, qos, session, …), in the
+        order they arrived. Those of an earlier connection are skipped: the broker sends
+        them again on this one, and their ids may name other messages now."""
+        for mid, qos, session, _ in acks:
+            if qos > 0 and session == self.session:
+                self.client.ack(mid, qos)
+
     # --- network thread callbacks ---
 
     def _handle_publish(self, client: paho.Client, userdata: Any, mid: int,
@@ -241,6 +258,7 @@ class PahoConnection:
                         broker=self.broker, reason=str(reason_code))
             return
         self._failures = 0
+        self.session += 1
         self.last_error = None
         mids: list[int] | None = None
         try:

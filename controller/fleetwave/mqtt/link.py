@@ -9,9 +9,10 @@ The broker keeps our persistent session (clean start off, a session expiry): sta
 while the controller is away is delivered when it returns. Retained `state` and `online`
 messages arrive through the same callback when we subscribe at start: that is the resync.
 
-Delivery is at least once. paho acknowledges a message when it has been parsed into the
-pending batch, so a crash (not a clean stop, which drains the batch) can lose the up to one
-batch being written; retained state and the update timeouts cover that gap.
+Delivery is at least once, and nothing is lost: paho's acknowledgements are manual, and a
+batch's messages are acknowledged only after `on_messages` returned, i.e. after the store
+committed them. A controller killed mid-batch gets the unacknowledged messages again from its
+persistent session; the store applies a repeated status as a no-op.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ from fleetwave.protocol.signing import SigningKey
 from fleetwave.protocol.topics import TopicKind, Topics
 
 log = structlog.get_logger(__name__)
+
+class NotStored(Exception):
+    """Raised by `on_messages` for a batch it could not store and has already reported:
+    the link leaves it unacknowledged, without a traceback."""
+
 
 OnMessages = Callable[[list[DeviceMessage]], Awaitable[None]]
 
@@ -71,7 +77,7 @@ class MqttLink:
             key_file=settings.key_file, clean_start=False,
             session_expiry=settings.session_expiry, keepalive=settings.keepalive,
             reconnect_min=settings.reconnect_min, reconnect_max=settings.reconnect_max,
-            publish_window=settings.publish_window,
+            publish_window=settings.publish_window, manual_ack=True,
             max_packet_size=settings.max_payload + PACKET_OVERHEAD)
         self._conn = PahoConnection(self._options, on_message=self._handle_message,
                                     on_connect=self._handle_connect,
@@ -79,6 +85,10 @@ class MqttLink:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self._pending: list[DeviceMessage] = []
+        self._acks: list[tuple[int, int, int, int]] = []
+        """(message id, qos, session, how many pending messages precede or are it) of every
+        message since the last batch, in order: a chunk's messages are acknowledged as soon
+        as that chunk is stored."""
         self._max_pending = settings.batch_max * 20
         self._wake = asyncio.Event()
         self._full = asyncio.Event()
@@ -109,10 +119,10 @@ class MqttLink:
         await self._conn.start()
 
     async def stop(self) -> None:
-        """Flush publishes, disconnect (the session stays on the broker), deliver what was
-        already received, then return."""
+        """Deliver (and acknowledge) what was already received, flush publishes, disconnect
+        (the session stays on the broker), then return. Messages arriving meanwhile are left
+        unacknowledged: the broker sends them again next time."""
         self._closing = True
-        await self._conn.stop()
         if self._consumer is not None:
             self._wake.set()
             self._full.set()
@@ -121,6 +131,7 @@ class MqttLink:
             except TimeoutError:
                 log.warning("mqtt.ingest.stop_timeout", pending=len(self._pending))
             self._consumer = None
+        await self._conn.stop()
         self.metrics.mqtt_connected.set(0)
 
     @property
@@ -182,6 +193,8 @@ class MqttLink:
 
     def _handle_message(self, client: paho.Client, userdata: Any,
                         msg: paho.MQTTMessage) -> None:
+        if self._closing:
+            return  # not acknowledged: delivered again on the next connection
         try:
             try:
                 topic = msg.topic
@@ -189,12 +202,19 @@ class MqttLink:
                 topic = ""
             item = parse_message(topic, bytes(msg.payload), time.time(), self.topics,
                                  self.settings.max_payload)
+            mid, qos, session = msg.mid, msg.qos, self._conn.session
             if type(item) is Dropped:
                 self._drop(item)
+                with self._lock:  # acknowledged in order, with the chunk it follows
+                    self._acks.append((mid, qos, session, len(self._pending)))
+                    n = len(self._acks)
+                if n == 1:
+                    self._call(self._wake.set)
                 return
             with self._lock:
                 self._pending.append(item)  # type: ignore[arg-type]
                 n = len(self._pending)
+                self._acks.append((mid, qos, session, n))
             if n == 1:
                 self._call(self._wake.set)
             elif n == self.settings.batch_max:
@@ -248,13 +268,32 @@ class MqttLink:
                     await asyncio.wait_for(self._full.wait(), self.settings.batch_delay)
             with self._lock:
                 batch, self._pending = self._pending, []
+                acks, self._acks = self._acks, []
             # counted per batch on the loop, not per message in the network thread
             for cls, n in collections.Counter(map(type, batch)).items():
                 self._received[cls].inc(n)
-            for start in range(0, len(batch), batch_max):
-                try:
-                    await self._on_messages(batch[start:start + batch_max])
-                except Exception:
-                    log.exception("mqtt.ingest.callback_failed", size=len(batch))
+            await self._deliver(batch, acks)
             if self._closing and not self._pending:
                 return
+
+    async def _deliver(self, batch: list[DeviceMessage],
+                       acks: list[tuple[int, int, int, int]]) -> None:
+        """Hand `batch` over in chunks; acknowledge each chunk's messages once it is stored.
+        After a failed chunk nothing more is acknowledged (acknowledgements go in order):
+        the broker delivers those messages again after a reconnect."""
+        done = 0
+        for start in range(0, len(batch), self.settings.batch_max):
+            end = start + self.settings.batch_max
+            try:
+                await self._on_messages(batch[start:end])
+            except NotStored:
+                return  # already told; the broker delivers them again after a reconnect
+            except Exception:
+                log.exception("mqtt.ingest.callback_failed", size=len(batch))
+                return
+            upto = done
+            while upto < len(acks) and acks[upto][3] <= end:
+                upto += 1
+            self._conn.ack(acks[done:upto])
+            done = upto
+        self._conn.ack(acks[done:])

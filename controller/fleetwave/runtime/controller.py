@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import structlog
@@ -22,14 +22,14 @@ from fleetwave.api.notify import Notifier
 from fleetwave.api.server import build_app, serve
 from fleetwave.api.webhooks import WebhookSecrets
 from fleetwave.metrics import Metrics, build_metrics
-from fleetwave.mqtt.link import MqttLink
+from fleetwave.mqtt.link import MqttLink, NotStored
 from fleetwave.mqtt.settings import MqttSettings
 from fleetwave.protocol.messages import DeviceMessage
 from fleetwave.protocol.new_devices import NewDeviceGate
 from fleetwave.protocol.signing import SigningKey
 from fleetwave.resources.model import Rollout, RolloutPolicy
 from fleetwave.runtime.checks import AddressPolicy, CheckRunner
-from fleetwave.runtime.engine import Engine
+from fleetwave.runtime.engine import Engine, EngineHooks, Observed
 from fleetwave.runtime.keys import controller_key
 from fleetwave.runtime.leadership import Elector, LeaderOnlyPublisher, keep_up, lead_while_elected
 from fleetwave.runtime.settings import Settings
@@ -101,12 +101,13 @@ class ControllerCore:
 
 
 @contextlib.asynccontextmanager
-async def controller_core(settings: Settings, *, replica: bool = False
+async def controller_core(settings: Settings, hooks: EngineHooks | None = None, *,
+                          metrics: Metrics | None = None, replica: bool = False
                           ) -> AsyncIterator[ControllerCore]:
     """Open the store (migrating it), connect the link; close both in reverse order.
     `replica`: a `fleetwave run` that elects its leader through the store when
     `--leader-election` says so (the operator elects through its Kubernetes Lease)."""
-    metrics = build_metrics()
+    metrics = metrics or build_metrics()
     tokens = TokenSet.from_file(settings.token_file) if settings.token_file else TokenSet.disabled()
     read_tokens = (TokenSet.from_file(settings.read_token_file) if settings.read_token_file
                    else TokenSet.disabled())
@@ -124,22 +125,22 @@ async def controller_core(settings: Settings, *, replica: bool = False
         log.info("controller.signing_key", keyid=key.public.keyid, public_key=key.public.base64)
         notifier = (Notifier(settings.notify_url, settings.notify_secret,
                              settings.notify_events, metrics) if settings.notify_url else None)
-        engine_box: list[Engine] = []
+        observed = Observed(store, metrics,
+                            new_devices=NewDeviceGate(settings.max_new_devices_per_minute))
 
         async def on_messages(batch: list[DeviceMessage]) -> None:
-            await stored_with_retry(engine_box[0].on_device_messages, batch)
+            await stored_with_retry(observed.on_device_messages, batch)
 
         link = MqttLink(mqtt_settings(settings), metrics, on_messages, signing_key=key)
         elector = replica_elector(settings, store, metrics) if replica else None
         publisher = LeaderOnlyPublisher(link, elector) if elector is not None else link
-        engine = Engine(store, publisher, metrics, resync_interval=settings.resync_interval,
-                        on_event=notifier.publish if notifier is not None else None)
-        engine.new_devices = NewDeviceGate(settings.max_new_devices_per_minute)
-        engine_box.append(engine)
-        engine.checks = CheckRunner(
+        checks = CheckRunner(
             policy=AddressPolicy.of(settings.health_check_allow, settings.health_check_deny),
             metrics=metrics)
-        engine.broker_connected = lambda: link.connected
+        engine = Engine(store, publisher, metrics, resync_interval=settings.resync_interval,
+                        observed=observed, checks=checks, hooks=replace(
+                            hooks or EngineHooks(), broker_connected=lambda: link.connected,
+                            on_event=notifier.publish if notifier is not None else None))
         await link.start()
         try:
             core = ControllerCore(settings, metrics, store, link, engine, tokens, notifier,
@@ -169,7 +170,9 @@ async def stored_with_retry(deliver: Callable[[list[DeviceMessage]], Awaitable[N
             await deliver(batch)
             return
         except StoreFull:
-            return  # the process stops with this one error (`ControllerCore.fatal`)
+            # the process stops with this one error (`ControllerCore.fatal`); the batch
+            # stays unacknowledged on the broker for the next start
+            raise NotStored from None
         except StoreError as exc:
             if not exc.retry:
                 raise
@@ -212,10 +215,18 @@ async def run_controller(settings: Settings, *, stop: asyncio.Event | None = Non
     """Run until `stop` is set or SIGTERM/SIGINT arrives."""
     stop = stop or asyncio.Event()
     install_signal_handlers(stop)
-    async with controller_core(settings, replica=True) as core:
+    metrics = build_metrics()
+    source = build_source(settings, metrics)
+    latest: list[SourceSnapshot] = []
+    committer = git_committer(settings)
+    hooks = EngineHooks(
+        git_sync=_trigger(source),
+        registry_handler=lambda engine: registry_handler(
+            engine, source, committer, lambda: latest[0] if latest else None),
+        on_rolled_back=(revert_proposer(committer, settings.branch)
+                        if committer is not None and settings.propose_reverts else None))
+    async with controller_core(settings, hooks, metrics=metrics, replica=True) as core:
         engine = core.engine
-        source = build_source(settings, core.metrics)
-        latest: list[SourceSnapshot] = []
 
         async def on_snapshot(snapshot: SourceSnapshot) -> None:
             latest[:] = [snapshot]
@@ -225,12 +236,6 @@ async def run_controller(settings: Settings, *, stop: asyncio.Event | None = Non
             if snapshot.error:
                 log.warning("source.sync_failed", error=snapshot.error)
 
-        engine.git_sync = _trigger(source)
-        committer = git_committer(settings)
-        engine.registry_handler = registry_handler(engine, source, committer,
-                                                   lambda: latest[0] if latest else None)
-        if committer is not None and settings.propose_reverts:
-            engine.on_rolled_back = revert_proposer(committer, settings.branch)
         await engine.start()
         secrets = WebhookSecrets.of(settings.webhook_secret)
         app = build_app(engine, core.metrics, core.tokens, webhook_secrets=secrets,

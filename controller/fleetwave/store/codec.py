@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -30,8 +31,16 @@ TEXT_LIMIT = 4000
 INT64 = 2**63 - 1
 
 
+_SHARED_TEXT = ("device", "rollout", "component", "to_version", "from_version", "triggered_by",
+                "action")
+"""Fields that repeat across a fleet's records: interned, the engine holds one per device."""
+
+
 def record_from_row(row: Mapping[Any, Any]) -> UpdateRecord:
     values = {name: row[name] for name in RECORD_FIELDS}
+    for name in _SHARED_TEXT:
+        if values[name] is not None:
+            values[name] = sys.intern(values[name])
     values["state"] = UpdateState(values["state"])
     values["health"] = Health(values["health"])
     values["force"] = bool(values["force"])

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from fleetwave.protocol.messages import Container, Status
-from fleetwave.updates.model import UpdateRecord
+from fleetwave.updates.model import RANK, Decision, UpdateRecord
+
+
+def is_newer(incoming_at: float, held_at: float | None) -> bool:
+    """The one merge rule for device reports, in the store (its SQL upserts say the same:
+    `held IS NULL OR held < incoming`) and in the engine's memory: a report replaces what is
+    held only when it was received later, so a late redelivery never rolls a device back."""
+    return held_at is None or held_at < incoming_at
+
+
+def supersedes(incoming: UpdateRecord, held: UpdateRecord | None) -> bool:
+    """The same rule for update records: the state machine (updates/transitions.py) only
+    moves a record up its `RANK`, so a copy of lower rank is an older read and loses."""
+    return held is None or RANK[incoming.state] >= RANK[held.state]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,3 +118,35 @@ class UpdateStats:
     duration_p50: float | None
     duration_p95: float | None
     duration_mean: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutSave:
+    """One rollout's engine state and status to store (`Store.save_rollout`'s arguments)."""
+
+    name: str
+    generation: int
+    spec_hash: str
+    state: Mapping[str, Any]
+    status: Mapping[str, Any]
+    now: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PassWrite:
+    """What one reconcile pass writes, all in one transaction (`Store.write_pass`)."""
+
+    created: Sequence[UpdateRecord] = ()
+    decisions: Sequence[tuple[str, Decision]] = ()
+    events: Sequence[Event] = ()
+    saves: Sequence[RolloutSave] = ()
+    deletes: Sequence[str] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PassResult:
+    """The records a pass inserted (a record refused by the database is missing) and the
+    records its decisions changed, in their final form."""
+
+    created: list[UpdateRecord]
+    changed: list[UpdateRecord]
