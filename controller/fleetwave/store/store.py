@@ -47,6 +47,7 @@ from fleetwave.store.rows import (
     StatusOutcome,
     UpdateStats,
     is_newer,
+    report_is_newer,
 )
 from fleetwave.store.schema import devices, events, rollouts, updates, webhook_deliveries
 from fleetwave.updates.model import (
@@ -158,15 +159,9 @@ def _retry_locked(statement: Callable[[], object], timeout: float = 30.0) -> Non
             time.sleep(0.05)
 
 
-def _report_order(msg: ReportedState) -> tuple[float, float]:
-    """Within a batch: the device's clock first when it has one, then our receive time."""
-    return (float(msg.timestamp or 0), msg.received_at)
-
-
 def _newer_report(ex: Any) -> sa.ColumnElement[bool]:
-    """Whether an incoming state report replaces the stored one: by the device's own clock
-    when both carry it (replicas' receive times disagree, and a backlog drained late looks
-    new), else by receive time."""
+    """`rows.report_is_newer` in SQL: whether an incoming state report replaces the stored
+    one."""
     held = devices.c
     both = sa.and_(held.state_timestamp.is_not(None), ex.state_timestamp.is_not(None))
     return sa.or_(held.state_received_at.is_(None),
@@ -372,7 +367,8 @@ class Store:
         for msg in msgs:
             if isinstance(msg, ReportedState):
                 held = states.get(msg.device)
-                if held is None or _report_order(msg) > _report_order(held):
+                if held is None or report_is_newer(msg.timestamp, msg.received_at,
+                                                   held.timestamp, held.received_at):
                     states[msg.device] = msg
             else:
                 seen = onlines.get(msg.device)
