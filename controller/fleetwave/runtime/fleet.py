@@ -2,8 +2,9 @@
 
 Pure data and one merge rule, no I/O: the reconciler and the ingest write it (after the
 store committed the same change), queries read it. The merge rule is the store's
-(`store.rows.report_is_newer` for state reports, `is_newer` for liveness, `store.rows.supersedes` for records), so memory
-and the store agree whatever order a batch and a load interleave in.
+(`store.rows.report_is_newer` for state reports, `is_newer` for liveness,
+`store.rows.supersedes` for records), so memory and the store agree whatever order a
+batch and a load interleave in.
 
 Compact, because it holds every device: one slotted row and one slotted planner view per
 device, sharing their mappings; versions, labels and components are interned and equal
