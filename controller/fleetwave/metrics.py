@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass
-from typing import get_args
+from typing import Any, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
@@ -106,6 +106,20 @@ class Metrics:
     fenced_writes: Counter
 
 
+def _leadership_metrics(reg: CollectorRegistry) -> dict[str, Any]:
+    """Which replica leads (DESIGN.md 9.3)."""
+    p = PREFIX
+    return {
+        "leader": Gauge(f"{p}_leader", "1 while this replica leads (plans and publishes).",
+                        registry=reg),
+        "leader_epoch": Gauge(f"{p}_leader_epoch", "The epoch of the lease this replica "
+                              "last held; it increases with every change of leader.",
+                              registry=reg),
+        "fenced_writes": Counter(f"{p}_fenced_writes", "Writes the store refused because "
+                                 "this replica no longer held the lease.", registry=reg),
+    }
+
+
 def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
     """All metrics on `registry` (a fresh one when None); drop reasons pre-declared at 0."""
     reg = registry if registry is not None else CollectorRegistry()
@@ -176,12 +190,7 @@ def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
                             "API requests and webhook deliveries refused, by reason "
                             "(unauthorized, forbidden, replayed_delivery, stale_timestamp…).",
                             ["reason"], registry=reg),
-        leader=Gauge(f"{p}_leader", "1 while this replica leads (plans and publishes).",
-                     registry=reg),
-        leader_epoch=Gauge(f"{p}_leader_epoch", "The epoch of the lease this replica last "
-                           "held; it increases with every change of leader.", registry=reg),
-        fenced_writes=Counter(f"{p}_fenced_writes", "Writes the store refused because this "
-                              "replica no longer held the lease.", registry=reg),
+        **_leadership_metrics(reg),
     )
     m.build.info({"version": __version__})
     for reason in DROP_REASONS:
