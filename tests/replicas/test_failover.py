@@ -6,8 +6,9 @@ the shipped configuration, one PostgreSQL, `fleetwave run` replicas sharing stat
   restarted, as a supervisor would): a new leader within 15 s of each death, the rollout
   completes, every device has one record, succeeded, and was sent one correlation id.
 - Two replicas, the leader frozen with SIGSTOP until the other leads, then resumed: it
-  publishes no command after the freeze (Mosquitto's own log says who published what) and
-  its writes are refused by the store (its fenced-write counter).
+  follows, it publishes no command after the freeze (Mosquitto's own log says who
+  published what), and the store's records show no second attempt or correlation id
+  (its plan writes would be refused by the fence: tests/replicas/test_elector.py).
 """
 
 from __future__ import annotations
