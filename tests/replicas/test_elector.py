@@ -100,3 +100,4 @@ async def test_a_failed_renew_steps_down_at_once(stores: list[Store]) -> None:
     await b.tick()
     await a.tick()
     assert not a.is_leader and b.is_leader
+

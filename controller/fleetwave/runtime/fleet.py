@@ -45,6 +45,17 @@ class _Shared:
         return held
 
 
+def reported_at(msg: ReportedState) -> float:
+    """When the device reported this state: our receive time, or the device's own clock
+    when that is earlier. A report published before an update ended but received after its
+    success status (a reconnect's backlog, another replica's share) must not read as the
+    device going back to the old version; a device clock running behind only delays that
+    verdict (up to offlineAfterUpdate), never invents one."""
+    if msg.timestamp is None:
+        return msg.received_at
+    return min(msg.received_at, msg.timestamp / 1000.0)
+
+
 class FleetState:
     """What the engine knows of the fleet; every write goes through the merge rule."""
 
@@ -112,7 +123,7 @@ class FleetState:
                 if msg.timestamp is not None:
                     self._state_ts[msg.device] = msg.timestamp
                 self._put(sys.intern(msg.device), msg.versions, msg.labels, msg.deployment_type,
-                          msg.ip, msg.name, msg.containers, None, at, at)
+                          msg.ip, msg.name, msg.containers, None, at, reported_at(msg))
                 return True
             if not report_is_newer(msg.timestamp, at, self._state_ts.get(msg.device),
                                    row.state_received_at):
@@ -122,7 +133,7 @@ class FleetState:
             self._put(row.uuid, msg.versions, msg.labels,
                       msg.deployment_type or row.deployment_type, msg.ip or row.ip,
                       msg.name or row.name, msg.containers, row.online,
-                      max(row.last_seen or 0.0, at), at, row.inventory_labels)
+                      max(row.last_seen or 0.0, at), reported_at(msg), row.inventory_labels)
             return True
         if not is_newer(at, self._online_at.get(msg.device)):
             return False
