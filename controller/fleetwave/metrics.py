@@ -100,10 +100,25 @@ class Metrics:
     health_checks_refused: Counter
     # hostile input refused at the edges
     api_refused: Counter
+    # dashboard
+    dashboard_streams: Gauge
+    dashboard_streams_refused: Counter
     # leadership (DESIGN.md 9.3)
     leader: Gauge
     leader_epoch: Gauge
     fenced_writes: Counter
+
+
+def _dashboard_metrics(reg: CollectorRegistry) -> dict[str, Any]:
+    p = PREFIX
+    return {
+        "dashboard_streams": Gauge(f"{p}_dashboard_streams",
+                                   "Dashboard live streams (server-sent events) open.",
+                                   registry=reg),
+        "dashboard_streams_refused": Counter(f"{p}_dashboard_streams_refused",
+                                             "Dashboard streams refused: too many open.",
+                                             registry=reg),
+    }
 
 
 def _leadership_metrics(reg: CollectorRegistry) -> dict[str, Any]:
@@ -190,7 +205,7 @@ def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
                             "API requests and webhook deliveries refused, by reason "
                             "(unauthorized, forbidden, replayed_delivery, stale_timestamp…).",
                             ["reason"], registry=reg),
-        **_leadership_metrics(reg),
+        **_dashboard_metrics(reg), **_leadership_metrics(reg),
     )
     m.build.info({"version": __version__})
     for reason in DROP_REASONS:

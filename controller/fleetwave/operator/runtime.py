@@ -115,7 +115,14 @@ class OperatorRuntime:
                                     namespace=options.lease_namespace,
                                     identity=options.identity, duration=options.lease_duration,
                                     retry_interval=options.lease_retry)
-        engine.on_status = self.status.on_status
+        earlier_status = engine.on_status  # the dashboard's feed, when wired
+
+        async def on_status(name: str, status: Mapping[str, Any]) -> None:
+            if earlier_status is not None:
+                await earlier_status(name, status)
+            await self.status.on_status(name, status)
+
+        engine.on_status = on_status
         previous = engine.on_event
 
         def on_event(event: Mapping[str, Any]) -> None:

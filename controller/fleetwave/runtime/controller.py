@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -21,6 +22,7 @@ from fleetwave.api.auth import TokenSet
 from fleetwave.api.notify import Notifier
 from fleetwave.api.server import build_app, serve
 from fleetwave.api.webhooks import WebhookSecrets
+from fleetwave.dashboard.live import LiveFeed
 from fleetwave.metrics import Metrics, build_metrics
 from fleetwave.mqtt.link import MqttLink, NotStored
 from fleetwave.mqtt.settings import MqttSettings
@@ -82,6 +84,8 @@ class ControllerCore:
     engine: Engine
     tokens: TokenSet
     notifier: Notifier | None
+    live: LiveFeed
+    """The dashboard's stream of the engine's events and status changes."""
     read_tokens: TokenSet = field(default_factory=TokenSet.disabled)
     elector: Elector | None = None
     """Set with replicas on one PostgreSQL (`--leader-election`): only the leader plans."""
@@ -137,14 +141,21 @@ async def controller_core(settings: Settings, hooks: EngineHooks | None = None, 
         checks = CheckRunner(
             policy=AddressPolicy.of(settings.health_check_allow, settings.health_check_deny),
             metrics=metrics)
+        live = LiveFeed(metrics)
+
+        def on_event(event: Mapping[str, Any]) -> None:
+            live.on_event(event)
+            if notifier is not None:
+                notifier.publish(event)
+
         engine = Engine(store, publisher, metrics, resync_interval=settings.resync_interval,
                         observed=observed, checks=checks, hooks=replace(
                             hooks or EngineHooks(), broker_connected=lambda: link.connected,
-                            on_event=notifier.publish if notifier is not None else None))
+                            on_event=on_event, on_status=live.on_status))
         await link.start()
         try:
             core = ControllerCore(settings, metrics, store, link, engine, tokens, notifier,
-                                  read_tokens, elector)
+                                  live, read_tokens, elector)
 
             def stop_on_full(error: StoreFull) -> None:
                 core.fatal = core.fatal or error
@@ -239,7 +250,7 @@ async def run_controller(settings: Settings, *, stop: asyncio.Event | None = Non
         await engine.start()
         secrets = WebhookSecrets.of(settings.webhook_secret)
         app = build_app(engine, core.metrics, core.tokens, webhook_secrets=secrets,
-                        read_tokens=core.read_tokens, deliveries=core.store,
+                        read_tokens=core.read_tokens, deliveries=core.store, live=core.live,
                         leadership=core.elector, checks=core.readiness)
         runner = await serve(app, settings.listen)
         tasks = [

@@ -113,6 +113,11 @@ class DemoState:
     commits: list[str] | None = None
     agents: DemoAgents | None = None
 
+    @property
+    def dashboard_url(self) -> str:
+        """The dashboard, served by the controller at `/` of its API listener."""
+        return f"{self.api_url}/"
+
 
 def ensure_installed() -> None:
     """Install Mosquitto and git with apt-get where they are missing and we may (root);
