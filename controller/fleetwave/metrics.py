@@ -103,10 +103,40 @@ class Metrics:
     # dashboard
     dashboard_streams: Gauge
     dashboard_streams_refused: Counter
+    # leadership (DESIGN.md 9.3)
+    leader: Gauge
+    leader_epoch: Gauge
+    fenced_writes: Counter
+
+
+def _dashboard_metrics(reg: CollectorRegistry) -> dict[str, Any]:
+    p = PREFIX
+    return {
+        "dashboard_streams": Gauge(f"{p}_dashboard_streams",
+                                   "Dashboard live streams (server-sent events) open.",
+                                   registry=reg),
+        "dashboard_streams_refused": Counter(f"{p}_dashboard_streams_refused",
+                                             "Dashboard streams refused: too many open.",
+                                             registry=reg),
+    }
+
+
+def _leadership_metrics(reg: CollectorRegistry) -> dict[str, Any]:
+    """Which replica leads (DESIGN.md 9.3)."""
+    p = PREFIX
+    return {
+        "leader": Gauge(f"{p}_leader", "1 while this replica leads (plans and publishes).",
+                        registry=reg),
+        "leader_epoch": Gauge(f"{p}_leader_epoch", "The epoch of the lease this replica "
+                              "last held; it increases with every change of leader.",
+                              registry=reg),
+        "fenced_writes": Counter(f"{p}_fenced_writes", "Writes the store refused because "
+                                 "this replica no longer held the lease.", registry=reg),
+    }
 
 
 def _edge_metrics(p: str, reg: CollectorRegistry) -> dict[str, Any]:
-    """What the edges refuse or hold open (commands, checks, API, dashboard streams)."""
+    """What the edges refuse: commands (devices report), health checks, API requests."""
     return dict(
         commands_refused=Counter(f"{p}_commands_refused",
                                  "Commands devices reported refusing (bad signature, another "
@@ -119,12 +149,6 @@ def _edge_metrics(p: str, reg: CollectorRegistry) -> dict[str, Any]:
                             "API requests and webhook deliveries refused, by reason "
                             "(unauthorized, forbidden, replayed_delivery, stale_timestamp…).",
                             ["reason"], registry=reg),
-        dashboard_streams=Gauge(f"{p}_dashboard_streams",
-                                "Dashboard live streams (server-sent events) open.",
-                                registry=reg),
-        dashboard_streams_refused=Counter(f"{p}_dashboard_streams_refused",
-                                          "Dashboard streams refused: too many open.",
-                                          registry=reg),
     )
 
 
@@ -187,7 +211,7 @@ def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
                                    registry=reg),
         notifications=Counter(f"{p}_notifications", "Outbound notifications by result.",
                               ["result"], registry=reg),
-        **_edge_metrics(p, reg),
+        **_edge_metrics(p, reg), **_dashboard_metrics(reg), **_leadership_metrics(reg),
     )
     m.build.info({"version": __version__})
     for reason in DROP_REASONS:

@@ -85,3 +85,18 @@ async def test_a_large_batch_goes_in_one_call(store: Store) -> None:
     devices = await store.list_devices()
     assert len(devices) == 3000
     assert devices[0].uuid == "dev-00000" and devices[-1].last_seen == 2999.0
+
+
+async def test_a_backlog_drained_late_does_not_roll_a_device_back(store: Store) -> None:
+    """Replicas stamp reports with their own receive time; a replica restarted onto its
+    session's backlog receives an old report late. The device's clock orders the two."""
+    current = ReportedState("dev-a", {"agent": "2.0"}, 100.0, timestamp=2_000)
+    await store.apply_device_messages([current])
+    stale = ReportedState("dev-a", {"agent": "1.0"}, 500.0, timestamp=1_000)
+    await store.apply_device_messages([stale])
+    row = await store.get_device("dev-a")
+    assert row is not None and row.versions == {"agent": "2.0"}
+    await store.apply_device_messages([ReportedState("dev-a", {"agent": "3.0"}, 50.0,
+                                                     timestamp=3_000)])
+    row = await store.get_device("dev-a")
+    assert row is not None and row.versions == {"agent": "3.0"}

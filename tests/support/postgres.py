@@ -47,31 +47,60 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class PrivateCluster:
+    """A cluster of our own on a free port, which a test may stop and start again (a
+    PostgreSQL restart mid-rollout) without disturbing the session's server."""
+
+    def __init__(self) -> None:
+        self.bindir = _bindir()
+        self.root = Path(tempfile.mkdtemp(prefix="fleetwave-pg-"))
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:
+            shutil.chown(self.root, user="postgres")
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self.port = _free_port()
+        self.data = self.root / "data"
+        self.url = f"postgresql://fleetwave@127.0.0.1:{self.port}/fleetwave"
+
+    def _run(self, tool: str, *args: str, check: bool = True) -> None:
+        subprocess.run([*self.as_user, str(self.bindir / tool), *args], check=check,
+                       capture_output=True)
+
+    def create(self) -> None:
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "fleetwave",
+                  "--no-sync")
+        self.start()
+        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "fleetwave",
+                  "fleetwave")
+
+    def start(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-o",
+                  f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+                  f"-c max_connections=200", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop", check=False)
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def throwaway_cluster() -> Iterator[str]:
     """Starts a private cluster on a free port; yields its URL; stops and deletes it."""
-    bindir = _bindir()
-    root = Path(tempfile.mkdtemp(prefix="fleetwave-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        shutil.chown(root, user="postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
-    data = root / "data"
+    with private_cluster() as cluster:
+        yield cluster.url
+
+
+@contextlib.contextmanager
+def private_cluster() -> Iterator[PrivateCluster]:
+    cluster = PrivateCluster()
     try:
-        subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust",
-                        "-U", "fleetwave", "--no-sync"], check=True, capture_output=True)
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l",
-                        str(root / "log"), "-w", "-o",
-                        f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off "
-                        f"-c max_connections=200", "start"], check=True, capture_output=True)
-        subprocess.run([*as_user, str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port),
-                        "-U", "fleetwave", "fleetwave"], check=True, capture_output=True)
-        yield f"postgresql://fleetwave@127.0.0.1:{port}/fleetwave"
+        cluster.create()
+        yield cluster
     finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w",
-                        "stop"], check=False, capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+        cluster.remove()
 
 
 @contextlib.contextmanager

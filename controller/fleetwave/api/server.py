@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import date, datetime
 from enum import Enum
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import quote
 
 import prometheus_client
@@ -64,6 +64,19 @@ MAX_FIELD = 253
 
 UPDATE_STATES = tuple(s.value for s in UpdateState)
 
+class Leadership(Protocol):
+    """Which replica leads (runtime/leadership.py's Elector); absent with one process."""
+
+    @property
+    def is_leader(self) -> bool: ...
+
+    @property
+    def epoch(self) -> int | None: ...
+
+    @property
+    def leader_address(self) -> str | None: ...
+
+
 CONTROL_KEY = web.AppKey("control", ControlPlane)
 METRICS_KEY = web.AppKey("metrics", Metrics)
 TOKENS_KEY = web.AppKey("tokens", TokenSet)
@@ -71,6 +84,10 @@ READ_KEY = web.AppKey("read_access", ReadAccess)
 SECRETS_KEY = web.AppKey("webhook_secrets", WebhookSecrets)
 MAX_BODY_KEY = web.AppKey("max_body", int)
 DELIVERIES_KEY = web.AppKey("deliveries", DeliveryLog)
+LEADERSHIP_KEY = web.AppKey("leadership", Leadership)
+Checks = Callable[[], Mapping[str, str]]
+CHECKS_KEY: web.AppKey[Checks] = web.AppKey("checks")
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -189,6 +206,23 @@ async def _access_log(request: web.Request, handler: Handler) -> web.StreamRespo
         log.info("http_request", method=request.method, path=request.path, status=status,
                  duration_ms=round((time.perf_counter() - started) * 1000, 2),
                  remote=request.remote)
+
+
+@web.middleware
+async def _writes_to_the_leader(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A follower serves reads; a write is answered 503 naming the leader's URL (not
+    proxied: the client retries where it is told, and a follower holds no write path)."""
+    leadership = request.app.get(LEADERSHIP_KEY)
+    if leadership is None or request.method in READ_METHODS or leadership.is_leader:
+        return await handler(request)
+    leader = leadership.leader_address
+    where = (f"send it to the leader at {leader}" if leader else
+             "no replica leads right now; retry in a few seconds")
+    response = error_response(503, "not_leader", f"this replica follows and takes no "
+                              f"writes: {where}", {"Retry-After": "2"})
+    if leader:
+        response.headers["X-Fleetwave-Leader"] = leader
+    return response
 
 
 # ---- request parsing -----------------------------------------------------------------------
@@ -337,13 +371,23 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """Ready to serve (a follower is: it serves reads), and with replicas the role."""
     ready, reasons = _control(request).readiness()
     checks = dict(reasons)
+    more = request.app.get(CHECKS_KEY)
+    if more is not None:  # the process's own view: why the broker or the store is away
+        checks.update(more())
+        ready = all(value == "ok" for value in checks.values())
+    body: dict[str, Any] = {"ready": ready, "checks": checks}
+    leadership = request.app.get(LEADERSHIP_KEY)
+    if leadership is not None:
+        body.update(role="leader" if leadership.is_leader else "follower",
+                    epoch=leadership.epoch, leader=leadership.leader_address)
     if ready:
-        return json_response({"ready": True, "checks": checks})
+        return json_response(body)
     detail = "; ".join(f"{k}: {v}" for k, v in checks.items()) or "not ready"
-    return json_response({"ready": False, "checks": checks,
-                          "error": {"code": "not_ready", "message": detail}}, status=503)
+    body["error"] = {"code": "not_ready", "message": detail}
+    return json_response(body, status=503)
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
@@ -581,7 +625,9 @@ def build_app(control: ControlPlane, metrics: Metrics, tokens: TokenSet, *,
               webhook_secrets: WebhookSecrets | None = None,
               read_tokens: TokenSet | None = None,
               deliveries: DeliveryLog | None = None,
-              max_body: int = MAX_BODY, live: LiveFeed | None = None) -> web.Application:
+              max_body: int = MAX_BODY, live: LiveFeed | None = None,
+              leadership: Leadership | None = None,
+              checks: Checks | None = None) -> web.Application:
     """The API application; the caller owns the control plane's and the server's lifetimes.
 
     `webhook_secrets` authenticate both webhooks (HMAC key and/or shared tokens);
@@ -596,7 +642,12 @@ def build_app(control: ControlPlane, metrics: Metrics, tokens: TokenSet, *,
     from fleetwave.dashboard.routes import mount as mount_dashboard
 
     app = web.Application(client_max_size=max_body,
-                          middlewares=[_access_log, _errors, _read_guard])
+                          middlewares=[_access_log, _errors, _read_guard,
+                                       _writes_to_the_leader])
+    if leadership is not None:
+        app[LEADERSHIP_KEY] = leadership
+    if checks is not None:
+        app[CHECKS_KEY] = checks
     app[CONTROL_KEY] = control
     app[METRICS_KEY] = metrics
     app[TOKENS_KEY] = tokens

@@ -179,6 +179,21 @@ def source_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+def replica_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Several `fleetwave run` replicas on one PostgreSQL (DESIGN.md 9.3)."""
+    options = [
+        flag_option("--leader-election/--no-leader-election", default=None,
+                    help="Elect one leader through the store: only it plans and publishes "
+                    "[default: on with PostgreSQL]."),
+        flag_option("--advertise-url", default=None,
+                    help="This replica's API URL as others reach it; followers answer writes "
+                    "with 503 naming the leader's [default: http://<--listen>]."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 def settings_from(kwargs: dict[str, Any]) -> Settings:
     return Settings(
         broker=kwargs["broker"],
@@ -208,12 +223,15 @@ def settings_from(kwargs: dict[str, Any]) -> Settings:
         health_check_allow=kwargs.get("health_check_allow", ()),
         health_check_deny=kwargs.get("health_check_deny", ()),
         signing_key=kwargs.get("signing_key"),
+        leader_election=kwargs.get("leader_election"),
+        advertise_url=kwargs.get("advertise_url"),
     )
 
 
 @click.command("run")
 @controller_options
 @source_options
+@replica_options
 def run(**kwargs: Any) -> None:
     """Run the standalone controller until SIGTERM or Ctrl-C."""
     configure_logging(kwargs["log_format"], kwargs["log_level"])

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import random
 import ssl
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -90,6 +91,8 @@ class PahoConnection:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = threading.Event()
         self._failures = 0
+        self.last_error: str | None = None
+        """Why the last connection attempt failed (None once connected)."""
         self._connected = False
         self._connected_event: asyncio.Event | None = None
         # publish window: `_sent` written by the loop, `_acked` by the network thread only
@@ -178,6 +181,8 @@ class PahoConnection:
         Returns once paho holds the message; QoS 1 and paho's resend on reconnect deliver it.
         `flush()` waits until the broker has acknowledged everything.
         """
+        if not self._connected:
+            await self._until_connected(topic)
         window = self.options.publish_window
         if self._sent - self._acked >= window:
             await self._wait_until(lambda: self._sent - self._acked < window)
@@ -186,6 +191,23 @@ class PahoConnection:
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             self._sent -= 1
             raise PublishError(f"publish to {topic} refused: {paho.error_string(info.rc)}")
+
+    async def _until_connected(self, topic: str) -> None:
+        """Hold publishes while disconnected: paho would queue them without bound, and a
+        command decided before an outage may be stale after it."""
+        assert self._connected_event is not None, "start() first"
+        while not self._connected:
+            if self._stopping.is_set():
+                raise PublishError(f"publish to {topic} refused: not connected to "
+                                   f"{self.broker}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._connected_event.wait(), 0.5)
+
+    @property
+    def broker(self) -> str:
+        """The broker as logs name it (no credentials: they are never in host and port)."""
+        scheme = "mqtts" if self.options.tls else "mqtt"
+        return f"{scheme}://{self.options.host}:{self.options.port}"
 
     async def flush(self) -> None:
         """Wait until the broker acknowledged every publish so far (bound it with
@@ -231,11 +253,13 @@ class PahoConnection:
     def _handle_connect(self, client: paho.Client, userdata: Any, flags: Any,
                         reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
+            self.last_error = f"refused: {reason_code}"
             log.warning("mqtt.connect.refused", client_id=self.options.client_id,
-                        reason=str(reason_code))
+                        broker=self.broker, reason=str(reason_code))
             return
         self._failures = 0
         self.session += 1
+        self.last_error = None
         mids: list[int] | None = None
         try:
             if self._on_connect_cb is not None:
@@ -266,6 +290,11 @@ class PahoConnection:
             self._jitter()
 
     def _handle_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        # paho calls this inside its `except OSError`: the cause is the exception in hand.
+        cause = sys.exc_info()[1]
+        self.last_error = str(cause) if cause is not None else "connection failed"
+        log.warning("mqtt.unreachable", client_id=self.options.client_id, broker=self.broker,
+                    error=self.last_error, attempt=self._failures + 1)
         self._jitter()
 
     def _jitter(self) -> None:

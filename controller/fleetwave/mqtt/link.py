@@ -40,6 +40,11 @@ from fleetwave.protocol.topics import TopicKind, Topics
 
 log = structlog.get_logger(__name__)
 
+class NotStored(Exception):
+    """Raised by `on_messages` for a batch it could not store and has already reported:
+    the link leaves it unacknowledged, without a traceback."""
+
+
 OnMessages = Callable[[list[DeviceMessage]], Awaitable[None]]
 
 PACKET_OVERHEAD = 4096
@@ -132,6 +137,11 @@ class MqttLink:
     @property
     def connected(self) -> bool:
         return self._conn.connected
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the broker is unreachable, while it is (for /readyz)."""
+        return self._conn.last_error
 
     async def wait_connected(self) -> None:
         """Until connected (the first time, or again); bound it with `asyncio.timeout`."""
@@ -276,6 +286,8 @@ class MqttLink:
             end = start + self.settings.batch_max
             try:
                 await self._on_messages(batch[start:end])
+            except NotStored:
+                return  # already told; the broker delivers them again after a reconnect
             except Exception:
                 log.exception("mqtt.ingest.callback_failed", size=len(batch))
                 return

@@ -20,6 +20,7 @@ from fleetwave.operator.runtime import (
     OperatorRuntime,
     kubernetes_credentials,
 )
+from fleetwave.runtime.leadership import Elector
 from fleetwave.runtime.settings import Settings
 
 log = structlog.get_logger("fleetwave.operator")
@@ -36,7 +37,11 @@ async def run_operator(settings: Settings, options: OperatorOptions, *,
     # kopf installs its own handlers when it starts; until then, these stop us.
     install_signal_handlers(stop)
     async with controller_core(settings) as core:
-        runtime = OperatorRuntime(core.engine, credentials or kubernetes_credentials(), options)
+        store_lease = (Elector(core.store, core.metrics, name="operator",
+                               ttl=options.lease_duration)
+                       if core.store.backend == "postgresql" else None)
+        runtime = OperatorRuntime(core.engine, credentials or kubernetes_credentials(), options,
+                                  store_lease=store_lease)
         app = build_app(LeaderGuard(core.engine, runtime), core.metrics, core.tokens,
                         read_tokens=core.read_tokens,
                         live=core.live)

@@ -41,6 +41,7 @@ from fleetwave.operator.source import Invalid, KubernetesSource, ObjectRef
 from fleetwave.operator.status import StatusWriter
 from fleetwave.resources.model import Rollout
 from fleetwave.resources.vocabulary import Phase
+from fleetwave.runtime.leadership import Elector
 
 log = structlog.get_logger("fleetwave.operator")
 
@@ -97,8 +98,11 @@ class OperatorRuntime:
     """kopf handlers, the leader Lease, the status writer and the Event recorder of one replica."""
 
     def __init__(self, engine: PlanningEngine, credentials: Credentials,
-                 options: OperatorOptions) -> None:
+                 options: OperatorOptions, *, store_lease: Elector | None = None) -> None:
         self.engine = engine
+        self.store_lease = store_lease
+        """With PostgreSQL: the store's epoch lease, held beside the Kubernetes Lease, so a
+        leader that lost its Lease while paused is refused by the store itself."""
         self.credentials = credentials
         self.options = options
         self.client = KubeClient(credentials)
@@ -205,6 +209,30 @@ class OperatorRuntime:
 
     async def _lead(self, term: asyncio.Event) -> None:
         """Load what the store remembers (another leader wrote it), catch up, then plan."""
+        if self.store_lease is not None:
+            fence = asyncio.create_task(self._hold_store_lease(term), name="store-lease")
+            try:
+                await self._plan(term)
+            finally:
+                term.set()
+                await asyncio.gather(fence, return_exceptions=True)
+        else:
+            await self._plan(term)
+
+    async def _hold_store_lease(self, term: asyncio.Event) -> None:
+        """The store's lease for as long as this term lasts; losing it ends the term."""
+        assert self.store_lease is not None
+        self.store_lease.on_change(lambda leading: None if leading else term.set())
+        await self.store_lease.run(term)
+
+    async def _plan(self, term: asyncio.Event) -> None:
+        lease = self.store_lease
+        while lease is not None and not lease.is_leader and not term.is_set():
+            # The previous leader's store lease runs out at most its ttl after its last renew.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(term.wait(), 0.2)
+        if term.is_set():
+            return
         await self.engine.start()
         for invalid in list(self.source.invalid.values()):
             self._report_invalid(invalid)

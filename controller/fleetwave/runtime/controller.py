@@ -24,14 +24,16 @@ from fleetwave.api.server import build_app, serve
 from fleetwave.api.webhooks import WebhookSecrets
 from fleetwave.dashboard.live import LiveFeed
 from fleetwave.metrics import Metrics, build_metrics
-from fleetwave.mqtt.link import MqttLink
+from fleetwave.mqtt.link import MqttLink, NotStored
 from fleetwave.mqtt.settings import MqttSettings
+from fleetwave.protocol.messages import DeviceMessage
 from fleetwave.protocol.new_devices import NewDeviceGate
 from fleetwave.protocol.signing import SigningKey
 from fleetwave.resources.model import Rollout, RolloutPolicy
 from fleetwave.runtime.checks import AddressPolicy, CheckRunner
 from fleetwave.runtime.engine import Engine, EngineHooks, Observed
 from fleetwave.runtime.keys import controller_key
+from fleetwave.runtime.leadership import Elector, LeaderOnlyPublisher, keep_up, lead_while_elected
 from fleetwave.runtime.settings import Settings
 from fleetwave.sources.base import Source, SourceSnapshot
 from fleetwave.sources.credentials import redact_url
@@ -40,7 +42,8 @@ from fleetwave.sources.git import GitCommitter, GitCredentials, GitSource
 from fleetwave.sources.policies import PolicyRollouts
 from fleetwave.sources.registry import RegistryPushHandler
 from fleetwave.sources.reverts import previous_version, propose_revert
-from fleetwave.store import Store, open_store
+from fleetwave.store import Store, StoreError, open_store
+from fleetwave.store.errors import StoreFull
 from fleetwave.updates.model import UpdateRecord
 
 log = structlog.get_logger("fleetwave.controller")
@@ -84,12 +87,30 @@ class ControllerCore:
     live: LiveFeed
     """The dashboard's stream of the engine's events and status changes."""
     read_tokens: TokenSet = field(default_factory=TokenSet.disabled)
+    elector: Elector | None = None
+    """Set with replicas on one PostgreSQL (`--leader-election`): only the leader plans."""
+    failed: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set with `fatal`: an error no retry mends (a full disk); the process stops with it."""
+    fatal: StoreError | None = None
+
+    def readiness(self) -> dict[str, str]:
+        """Why the broker or the store is unreachable, in the operator's words."""
+        checks: dict[str, str] = {}
+        if not self.link.connected and self.link.last_error:
+            checks["broker"] = f"unreachable: {redact_url(self.settings.broker)}: " \
+                               f"{self.link.last_error}"
+        if self.store.unreachable:
+            checks["store"] = f"unreachable: {self.store.unreachable}"
+        return checks
 
 
 @contextlib.asynccontextmanager
 async def controller_core(settings: Settings, hooks: EngineHooks | None = None, *,
-                          metrics: Metrics | None = None) -> AsyncIterator[ControllerCore]:
-    """Open the store (migrating it), connect the link; close both in reverse order."""
+                          metrics: Metrics | None = None, replica: bool = False
+                          ) -> AsyncIterator[ControllerCore]:
+    """Open the store (migrating it), connect the link; close both in reverse order.
+    `replica`: a `fleetwave run` that elects its leader through the store when
+    `--leader-election` says so (the operator elects through its Kubernetes Lease)."""
     metrics = metrics or build_metrics()
     tokens = TokenSet.from_file(settings.token_file) if settings.token_file else TokenSet.disabled()
     read_tokens = (TokenSet.from_file(settings.read_token_file) if settings.read_token_file
@@ -110,8 +131,13 @@ async def controller_core(settings: Settings, hooks: EngineHooks | None = None, 
                              settings.notify_events, metrics) if settings.notify_url else None)
         observed = Observed(store, metrics,
                             new_devices=NewDeviceGate(settings.max_new_devices_per_minute))
-        link = MqttLink(mqtt_settings(settings), metrics, observed.on_device_messages,
-                        signing_key=key)
+
+        async def on_messages(batch: list[DeviceMessage]) -> None:
+            await stored_with_retry(observed.on_device_messages, batch)
+
+        link = MqttLink(mqtt_settings(settings), metrics, on_messages, signing_key=key)
+        elector = replica_elector(settings, store, metrics) if replica else None
+        publisher = LeaderOnlyPublisher(link, elector) if elector is not None else link
         checks = CheckRunner(
             policy=AddressPolicy.of(settings.health_check_allow, settings.health_check_deny),
             metrics=metrics)
@@ -122,20 +148,70 @@ async def controller_core(settings: Settings, hooks: EngineHooks | None = None, 
             if notifier is not None:
                 notifier.publish(event)
 
-        engine = Engine(store, link, metrics, resync_interval=settings.resync_interval,
+        engine = Engine(store, publisher, metrics, resync_interval=settings.resync_interval,
                         observed=observed, checks=checks, hooks=replace(
                             hooks or EngineHooks(), broker_connected=lambda: link.connected,
                             on_event=on_event, on_status=live.on_status))
         await link.start()
         try:
-            yield ControllerCore(settings, metrics, store, link, engine, tokens, notifier,
-                                 live, read_tokens)
+            core = ControllerCore(settings, metrics, store, link, engine, tokens, notifier,
+                                  live, read_tokens, elector)
+
+            def stop_on_full(error: StoreFull) -> None:
+                core.fatal = core.fatal or error
+                core.failed.set()
+
+            store.on_full = stop_on_full
+            yield core
         finally:
             await link.stop()  # the persistent session stays on the broker
             if notifier is not None:
                 await notifier.close()
     finally:
         await store.close()
+
+
+async def stored_with_retry(deliver: Callable[[list[DeviceMessage]], Awaitable[None]],
+                            batch: list[DeviceMessage]) -> None:
+    """Hand a batch to the store, retrying while the database is unreachable (a PostgreSQL
+    restart): ingest pauses, the broker keeps the rest, nothing is dropped."""
+    delay = 0.5
+    while True:
+        try:
+            await deliver(batch)
+            return
+        except StoreFull:
+            # the process stops with this one error (`ControllerCore.fatal`); the batch
+            # stays unacknowledged on the broker for the next start
+            raise NotStored from None
+        except StoreError as exc:
+            if not exc.retry:
+                raise
+            log.warning("ingest.store_unavailable", error=str(exc), retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+def replica_elector(settings: Settings, store: Store, metrics: Metrics) -> Elector | None:
+    """The elector of a `fleetwave run` replica, when leader election is on."""
+    if not settings.elects_leader:
+        return None
+    address = settings.advertise_url or f"http://{settings.listen}"
+    return Elector(store, metrics, ttl=settings.lease_ttl, address=address)
+
+
+def engine_tasks(core: ControllerCore, stop: asyncio.Event) -> list[asyncio.Task[None]]:
+    """The engine's loop: always, or with replicas only while leading (DESIGN.md 9.3)."""
+    engine, elector = core.engine, core.elector
+    if elector is None:
+        return [asyncio.create_task(engine.run(stop), name="engine")]
+    return [
+        asyncio.create_task(elector.run(stop), name="elector"),
+        asyncio.create_task(lead_while_elected(elector, stop, start=engine.start,
+                                               run=engine.run), name="engine"),
+        asyncio.create_task(keep_up(elector, stop, read_back=engine.read_back,
+                                    reload=engine.start, wake=engine.wake), name="keep-up"),
+    ]
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:
@@ -160,7 +236,7 @@ async def run_controller(settings: Settings, *, stop: asyncio.Event | None = Non
             engine, source, committer, lambda: latest[0] if latest else None),
         on_rolled_back=(revert_proposer(committer, settings.branch)
                         if committer is not None and settings.propose_reverts else None))
-    async with controller_core(settings, hooks, metrics=metrics) as core:
+    async with controller_core(settings, hooks, metrics=metrics, replica=True) as core:
         engine = core.engine
 
         async def on_snapshot(snapshot: SourceSnapshot) -> None:
@@ -174,21 +250,24 @@ async def run_controller(settings: Settings, *, stop: asyncio.Event | None = Non
         await engine.start()
         secrets = WebhookSecrets.of(settings.webhook_secret)
         app = build_app(engine, core.metrics, core.tokens, webhook_secrets=secrets,
-                        read_tokens=core.read_tokens, deliveries=core.store, live=core.live)
+                        read_tokens=core.read_tokens, deliveries=core.store, live=core.live,
+                        leadership=core.elector, checks=core.readiness)
         runner = await serve(app, settings.listen)
         tasks = [
             asyncio.create_task(source.run(on_snapshot, stop), name="source"),
-            asyncio.create_task(engine.run(stop), name="engine"),
+            *engine_tasks(core, stop),
         ]
         log.info("controller.started", listen=settings.listen, source=redact_url(settings.source),
                  store=redact_url(settings.store))
         try:
             if ready is not None:
                 await ready(engine)
-            done, _ = await asyncio.wait([asyncio.create_task(stop.wait()), *tasks],
+            done, _ = await asyncio.wait([asyncio.create_task(stop.wait(), name="stop"),
+                                          asyncio.create_task(core.failed.wait(), name="stop"),
+                                          *tasks],
                                          return_when=asyncio.FIRST_COMPLETED)
             for task in done:
-                if task.get_name() in ("source", "engine") and task.exception():
+                if task.get_name() != "stop" and task.exception():
                     log.error("controller.task_failed", task=task.get_name(),
                               error=str(task.exception()))
         finally:
@@ -197,6 +276,8 @@ async def run_controller(settings: Settings, *, stop: asyncio.Event | None = Non
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await runner.cleanup()
+        if core.fatal is not None:
+            raise core.fatal
     log.info("controller.stopped")
 
 

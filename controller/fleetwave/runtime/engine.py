@@ -34,6 +34,7 @@ from fleetwave.runtime.checks import CheckRunner
 from fleetwave.runtime.control import Control, GitSync, RegistryHandler
 from fleetwave.runtime.desired import DesiredState, api_rollout
 from fleetwave.runtime.fleet import FleetState
+from fleetwave.runtime.gauges import count_final
 from fleetwave.runtime.ingest import Ingest
 from fleetwave.runtime.outbox import CommandPublisher, Outbox
 from fleetwave.runtime.queries import Queries
@@ -169,6 +170,19 @@ class Engine:
         log.info("engine.started", devices=len(fleet.devices), rollouts=len(rows),
                  open_updates=sum(1 for r in fleet.by_id.values() if r.is_open),
                  unsent=sum(1 for r in fleet.by_id.values() if r.is_open and r.sent_at is None))
+
+    async def read_back(self) -> None:
+        """A leader reads back the records other replicas changed (their share of status),
+        so its next pass plans on them; never the rollout states: its own are newer."""
+        fleet = self.fleet
+        async with self.observed.lock:
+            held = {i for ids in fleet.open.values() for i in ids}
+            fresh = await self.store.open_updates()
+            changed = await self.store.updates_by_id(sorted(held - {r.id for r in fresh}))
+            for record in [*fresh, *changed]:
+                if fleet.remember(record):
+                    count_final(self.metrics, record)
+            self.observed.to_clear.update(r.device for r in changed if r.is_terminal)
 
     # -- observed and desired state ----------------------------------------------------
 

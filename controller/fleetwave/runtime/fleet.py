@@ -2,8 +2,9 @@
 
 Pure data and one merge rule, no I/O: the reconciler and the ingest write it (after the
 store committed the same change), queries read it. The merge rule is the store's
-(`store.rows.is_newer` for device reports, `store.rows.supersedes` for records), so memory
-and the store agree whatever order a batch and a load interleave in.
+(`store.rows.report_is_newer` for state reports, `is_newer` for liveness,
+`store.rows.supersedes` for records), so memory and the store agree whatever order a
+batch and a load interleave in.
 
 Compact, because it holds every device: one slotted row and one slotted planner view per
 device, sharing their mappings; versions, labels and components are interned and equal
@@ -19,7 +20,7 @@ from typing import Any
 from fleetwave.planner.model import DeviceView, RolloutState
 from fleetwave.protocol.messages import Container, Online, ReportedState
 from fleetwave.resources.inventory import device_labels
-from fleetwave.store import DeviceRow, is_newer, supersedes
+from fleetwave.store import DeviceRow, is_newer, report_is_newer, supersedes
 from fleetwave.updates.model import UpdateRecord
 
 _EMPTY: dict[str, str] = {}
@@ -44,6 +45,17 @@ class _Shared:
         return held
 
 
+def reported_at(msg: ReportedState) -> float:
+    """When the device reported this state: our receive time, or the device's own clock
+    when that is earlier. A report published before an update ended but received after its
+    success status (a reconnect's backlog, another replica's share) must not read as the
+    device going back to the old version; a device clock running behind only delays that
+    verdict (up to offlineAfterUpdate), never invents one."""
+    if msg.timestamp is None:
+        return msg.received_at
+    return min(msg.received_at, msg.timestamp / 1000.0)
+
+
 class FleetState:
     """What the engine knows of the fleet; every write goes through the merge rule."""
 
@@ -66,12 +78,17 @@ class FleetState:
         """The uuids in order, for paging; rebuilt only after a device joins."""
         self._online_at: dict[str, float] = {}
         """device -> when its `online` report arrived (the store's `online_at`)."""
+        self._state_ts: dict[str, int] = {}
+        """device -> the device's clock on its state report held (the store's
+        `state_timestamp`), when it sent one."""
         self._shared = _Shared()
 
     # -- devices ---------------------------------------------------------------------
 
     def put_device(self, row: DeviceRow) -> None:
         """Store `row` with the inventory's labels merged over the reported ones."""
+        if row.state_timestamp is not None:
+            self._state_ts[row.uuid] = row.state_timestamp
         self._put(row.uuid, row.versions, row.reported_labels, row.deployment_type, row.ip,
                   row.name, row.containers, row.online, row.last_seen, row.state_received_at,
                   row.inventory_labels)
@@ -103,15 +120,20 @@ class FleetState:
         at = msg.received_at
         if isinstance(msg, ReportedState):
             if row is None:
+                if msg.timestamp is not None:
+                    self._state_ts[msg.device] = msg.timestamp
                 self._put(sys.intern(msg.device), msg.versions, msg.labels, msg.deployment_type,
-                          msg.ip, msg.name, msg.containers, None, at, at)
+                          msg.ip, msg.name, msg.containers, None, at, reported_at(msg))
                 return True
-            if not is_newer(at, row.state_received_at):
+            if not report_is_newer(msg.timestamp, at, self._state_ts.get(msg.device),
+                                   row.state_received_at):
                 return False
+            if msg.timestamp is not None:
+                self._state_ts[msg.device] = msg.timestamp
             self._put(row.uuid, msg.versions, msg.labels,
                       msg.deployment_type or row.deployment_type, msg.ip or row.ip,
                       msg.name or row.name, msg.containers, row.online,
-                      max(row.last_seen or 0.0, at), at, row.inventory_labels)
+                      max(row.last_seen or 0.0, at), reported_at(msg), row.inventory_labels)
             return True
         if not is_newer(at, self._online_at.get(msg.device)):
             return False

@@ -51,13 +51,8 @@ class Ingest:
             batch = self._admit(batch)
             statuses = [m for m in batch if isinstance(m, Status)]
             device_msgs = [m for m in batch if isinstance(m, ReportedState | Online)]
-            if device_msgs:
-                await self.store.apply_device_messages(device_msgs)
-                merge = self.fleet.merge_device_message
-                for msg in device_msgs:
-                    merge(msg)
             finished: set[str] = set()
-            if statuses:
+            if statuses:  # before the reports: a status in hand settles its own update
                 for outcome in await self.store.apply_statuses(statuses):
                     after = outcome.after
                     if after is None:
@@ -66,6 +61,15 @@ class Ingest:
                         count_final(self.metrics, after)
                     if after.is_terminal and (outcome.before is None or outcome.before.is_open):
                         finished.add(after.device)
+            if device_msgs:
+                # An update whose status was lost is settled by the reported version.
+                for settled in await self.store.apply_device_messages(device_msgs):
+                    if self.fleet.remember(settled) and self.counting:
+                        count_final(self.metrics, settled)
+                    finished.add(settled.device)
+                merge = self.fleet.merge_device_message
+                for msg in device_msgs:
+                    merge(msg)
             # A final state clears the retained command, so a rebooting device is not
             # updated again. The next pass publishes the clears: waiting for the broker
             # here would hold up the ingest thread that carries its acknowledgements.

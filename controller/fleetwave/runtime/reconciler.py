@@ -33,7 +33,7 @@ from fleetwave.runtime.gates import GateRunner
 from fleetwave.runtime.gauges import count_final, update_gauges
 from fleetwave.runtime.outbox import Outbox, Outgoing
 from fleetwave.runtime.passes import PassBuilder, start_checks
-from fleetwave.store import Event, Store
+from fleetwave.store import Event, Store, StoreError
 from fleetwave.updates.model import Decision, UpdateRecord
 
 log = structlog.get_logger("fleetwave.engine")
@@ -112,6 +112,11 @@ class Reconciler:
             self._wake.clear()  # before the pass: a wake-up during it starts the next one
             try:
                 next_wake = await self.reconcile_once()
+            except StoreError as exc:
+                # one line: the store's errors say what failed and what to do; the pass is
+                # retried on the next wake-up (a PostgreSQL restart pauses the loop)
+                self.metrics.reconcile_errors.inc()
+                log.warning("engine.reconcile_failed", error=str(exc))
             except Exception:
                 self.metrics.reconcile_errors.inc()
                 log.exception("engine.reconcile_failed")

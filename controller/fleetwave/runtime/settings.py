@@ -58,6 +58,21 @@ class Settings:
     health_check_deny: tuple[str, ...] = ()
     """CIDR ranges health checks never reach (the cluster's own); KUBERNETES_SERVICE_HOST
     is always added."""
+    leader_election: bool | None = None
+    """Elect one leader among replicas through the store (None: on with PostgreSQL only, as
+    SQLite is one process's file)."""
+    advertise_url: str | None = None
+    """This replica's API address as other replicas and clients reach it; followers name the
+    leader's in their 503 answers to writes."""
+    lease_ttl: float = 8.0
+    """Seconds a leader's lease lasts without a renew (renewed every third of it): a dead
+    leader is replaced within about this, plus one follower round."""
+
+    @property
+    def elects_leader(self) -> bool:
+        if self.leader_election is None:
+            return self.store.startswith(("postgresql", "postgres"))
+        return self.leader_election
 
     @property
     def source_is_git(self) -> bool:

@@ -18,6 +18,7 @@ from fleetwave.store.rows import (
     StatusOutcome,
     UpdateStats,
     is_newer,
+    report_is_newer,
     supersedes,
 )
 from fleetwave.store.store import Store, open_store
@@ -39,5 +40,6 @@ __all__ = [
     "is_newer",
     "open_store",
     "record_json",
+    "report_is_newer",
     "supersedes",
 ]

@@ -91,7 +91,8 @@ def device_from_row(row: Mapping[Any, Any]) -> DeviceRow:
         inventory_labels=inventory, labels={**reported, **inventory},
         deployment_type=row["deployment_type"], ip=row["ip"], name=row["name"],
         containers=containers, online=None if online is None else bool(online),
-        last_seen=row["last_seen"], state_received_at=row["state_received_at"])
+        last_seen=row["last_seen"], state_received_at=row["state_received_at"],
+        state_timestamp=row["state_timestamp"])
 
 
 def containers_json(containers: tuple[Container, ...]) -> list[dict[str, Any]]:

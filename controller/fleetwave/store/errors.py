@@ -24,6 +24,11 @@ class StoreError(Exception):
         self.retry = retry
 
 
+class StoreFull(StoreError):
+    """The disk under the SQLite database is full: the controller stops with this one error
+    instead of failing every write (SQLite rolls the transaction back: nothing is corrupt)."""
+
+
 def one_line(text: str) -> str:
     """`text` squeezed onto one line, so logs and terminals show it whole."""
     return re.sub(r"\s+", " ", text).strip()
@@ -43,6 +48,9 @@ def translate(exc: BaseException, where: str) -> StoreError:
     if "database is locked" in lowered or "database table is locked" in lowered:
         return StoreError(f"the SQLite database {where} is locked by another process "
                           f"(waited, then gave up); stop the other writer or retry", retry=True)
+    if "database or disk is full" in lowered or "no space left on device" in lowered:
+        return StoreFull(f"the disk holding the database {where} is full ({detail}); nothing "
+                         f"was lost or corrupted: free space or move --store, then restart")
     if "unable to open database" in lowered:
         return StoreError(f"cannot open the SQLite database {where}: {detail}; check that the "
                           f"directory exists and is writable")

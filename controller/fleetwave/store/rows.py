@@ -11,10 +11,24 @@ from fleetwave.updates.model import RANK, Decision, UpdateRecord
 
 
 def is_newer(incoming_at: float, held_at: float | None) -> bool:
-    """The one merge rule for device reports, in the store (its SQL upserts say the same:
-    `held IS NULL OR held < incoming`) and in the engine's memory: a report replaces what is
-    held only when it was received later, so a late redelivery never rolls a device back."""
+    """The merge rule for liveness reports (state reports: `report_is_newer`), in the store
+    (its SQL upserts say the same: `held IS NULL OR held < incoming`) and in the engine's
+    memory: a report replaces what is held only when it was received later, so a late
+    redelivery never rolls a device back."""
     return held_at is None or held_at < incoming_at
+
+
+def report_is_newer(incoming_ts: int | None, incoming_at: float,
+                    held_ts: int | None, held_at: float | None) -> bool:
+    """The rule for state reports, in the store (its SQL upsert says the same) and in the
+    engine's memory: by the device's own clock when both reports carry it, else by receive
+    time. Replicas stamp receive times of their own, and one restarted onto a backlog in its
+    session receives an old report late; the device's clock orders them still."""
+    if held_at is None:
+        return True
+    if incoming_ts is not None and held_ts is not None:
+        return held_ts < incoming_ts
+    return held_at < incoming_at
 
 
 def supersedes(incoming: UpdateRecord, held: UpdateRecord | None) -> bool:
@@ -45,6 +59,8 @@ class DeviceRow:
     online: bool | None
     last_seen: float | None
     state_received_at: float | None
+    state_timestamp: int | None = None
+    """The device's own clock (ms) on that report, when it sent one."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,9 @@ devices = sa.Table(
     sa.Column("online_at", sa.Double),
     sa.Column("last_seen", sa.Double),
     sa.Column("state_received_at", sa.Double),
+    sa.Column("state_timestamp", sa.BigInteger),
+    # The device's clock (ms) on that report: orders two reports of one device across
+    # replicas, whose receive times do not (a backlog drained late looks new).
 )
 
 updates = sa.Table(

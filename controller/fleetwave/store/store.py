@@ -34,8 +34,8 @@ from sqlalchemy.pool import StaticPool
 
 from fleetwave.protocol.messages import Online, ReportedState, Status, StatusType
 from fleetwave.store import codec, leadership
-from fleetwave.store.errors import StoreError, translate
-from fleetwave.store.leadership import Fence, Lease
+from fleetwave.store.errors import StoreError, StoreFull, translate
+from fleetwave.store.leadership import Fence, Fenced, Lease
 from fleetwave.store.rows import (
     DeviceRow,
     Event,
@@ -47,6 +47,7 @@ from fleetwave.store.rows import (
     StatusOutcome,
     UpdateStats,
     is_newer,
+    report_is_newer,
 )
 from fleetwave.store.schema import devices, events, rollouts, updates, webhook_deliveries
 from fleetwave.updates.model import (
@@ -61,6 +62,7 @@ from fleetwave.updates.transitions import (
     Ignored,
     apply_decision,
     apply_status,
+    confirm_by_state,
     pick_legacy_record,
 )
 
@@ -157,6 +159,16 @@ def _retry_locked(statement: Callable[[], object], timeout: float = 30.0) -> Non
             time.sleep(0.05)
 
 
+def _newer_report(ex: Any) -> sa.ColumnElement[bool]:
+    """`rows.report_is_newer` in SQL: whether an incoming state report replaces the stored
+    one."""
+    held = devices.c
+    both = sa.and_(held.state_timestamp.is_not(None), ex.state_timestamp.is_not(None))
+    return sa.or_(held.state_received_at.is_(None),
+                  sa.and_(both, held.state_timestamp < ex.state_timestamp),
+                  sa.and_(sa.not_(both), held.state_received_at < ex.state_received_at))
+
+
 def _chunks(items: Sequence[T], size: int = CHUNK) -> Iterable[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -180,6 +192,13 @@ class Store:
         self._postgres = engine.dialect.name == "postgresql"
         self._insert = postgresql.insert if self._postgres else sqlite.insert
         self._fence: Fence | None = None
+        self.on_fenced: Callable[[Fenced], None] | None = None
+        """Told of every write the fence refused (the elector steps down at once)."""
+        self.on_full: Callable[[StoreFull], None] | None = None
+        """Told when the disk under the database is full (the controller stops)."""
+        self.unreachable: str | None = None
+        """Why the last transaction could not reach the database (None once one did): for
+        /readyz while PostgreSQL restarts."""
 
     @property
     def engine(self) -> AsyncEngine:
@@ -214,17 +233,27 @@ class Store:
             try:
                 async with self._engine.begin() as conn:
                     if fenced and self._fence is not None:
-                        await self._fence.check(conn)
-                    return await work(conn)
+                        await self._check_fence(self._fence, conn)
+                    done = await work(conn)
+                self.unreachable = None
+                return done
             except sqlalchemy.exc.DBAPIError as exc:
                 code = getattr(exc.orig, "sqlstate", None)
                 if code in ("40P01", "40001") and attempt + 1 < RETRIES:
                     await asyncio.sleep(0.01 * 2**attempt)
                     continue
-                raise translate(exc, self._where) from exc
+                raise self._failed(exc) from exc
             except OSError as exc:
-                raise translate(exc, self._where) from exc
+                raise self._failed(exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _check_fence(self, fence: Fence, conn: AsyncConnection) -> None:
+        try:
+            await fence.check(conn)
+        except Fenced as exc:
+            if self.on_fenced is not None:
+                self.on_fenced(exc)
+            raise
 
     async def _read(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """Runs `work` in a read-only transaction (no write lock on SQLite)."""
@@ -232,9 +261,19 @@ class Store:
             async with self._engine.connect() as conn:
                 await conn.execution_options(fleetwave_begin="BEGIN")
                 async with conn.begin():
-                    return await work(conn)
+                    done = await work(conn)
+            self.unreachable = None
+            return done
         except (sqlalchemy.exc.DBAPIError, OSError) as exc:
-            raise translate(exc, self._where) from exc
+            raise self._failed(exc) from exc
+
+    def _failed(self, exc: BaseException) -> StoreError:
+        error = translate(exc, self._where)
+        if error.retry:
+            self.unreachable = error.message
+        if isinstance(error, StoreFull) and self.on_full is not None:
+            self.on_full(error)
+        return error
 
     async def close(self) -> None:
         await self._engine.dispose()
@@ -314,37 +353,42 @@ class Store:
 
     # -- devices --------------------------------------------------------------------------
 
-    async def apply_device_messages(self, msgs: Sequence[ReportedState | Online]) -> None:
-        """Upserts reported state and liveness in one transaction.
+    async def apply_device_messages(self, msgs: Sequence[ReportedState | Online]
+                                    ) -> list[UpdateRecord]:
+        """Upserts reported state and liveness in one transaction; returns the open updates
+        that a reported state settled (`confirm_by_state`).
 
-        A message never overwrites a newer one already stored (by our receive
-        time), so a late redelivery or a second replica cannot roll a device back.
+        A message never overwrites a newer one already stored (by the device's clock when
+        both reports carry it, else by receive time), so a late redelivery, or a replica
+        draining an old backlog, cannot roll a device back.
         """
         states: dict[str, ReportedState] = {}
         onlines: dict[str, Online] = {}
         for msg in msgs:
             if isinstance(msg, ReportedState):
                 held = states.get(msg.device)
-                if is_newer(msg.received_at, held.received_at if held else None):
+                if held is None or report_is_newer(msg.timestamp, msg.received_at,
+                                                   held.timestamp, held.received_at):
                     states[msg.device] = msg
             else:
                 seen = onlines.get(msg.device)
                 if is_newer(msg.received_at, seen.received_at if seen else None):
                     onlines[msg.device] = msg
         if not states and not onlines:
-            return
+            return []
         state_params = [{
             "uuid": m.device, "versions": dict(m.versions), "reported_labels": dict(m.labels),
             "inventory_labels": {}, "deployment_type": m.deployment_type, "ip": m.ip,
             "name": m.name, "containers": codec.containers_json(m.containers),
             "last_seen": m.received_at, "state_received_at": m.received_at,
+            "state_timestamp": m.timestamp,
         } for m in states.values()]
         online_params: list[dict[str, Any]] = [{
             "uuid": m.device, "online": m.online, "online_at": m.received_at,
             "last_seen": m.received_at if m.online else None,
         } for m in onlines.values()]
 
-        async def work(conn: AsyncConnection) -> None:
+        async def work(conn: AsyncConnection) -> list[UpdateRecord]:
             if state_params:
                 stmt = self._insert(devices)
                 ex = stmt.excluded
@@ -353,9 +397,9 @@ class Store:
                     set_={"versions": ex.versions, "reported_labels": ex.reported_labels,
                           "deployment_type": ex.deployment_type, "ip": ex.ip, "name": ex.name,
                           "containers": ex.containers, "last_seen": self._later(ex.last_seen),
-                          "state_received_at": ex.state_received_at},
-                    where=sa.or_(devices.c.state_received_at.is_(None),
-                                 devices.c.state_received_at < ex.state_received_at)),
+                          "state_received_at": ex.state_received_at,
+                          "state_timestamp": ex.state_timestamp},
+                    where=_newer_report(ex)),
                     state_params)
             if online_params:
                 # A device first known by its `online` flag has empty JSON columns: SQL
@@ -372,8 +416,25 @@ class Store:
                     where=sa.or_(devices.c.online_at.is_(None),
                                  devices.c.online_at < ex.online_at)),
                     online_params)
+            return await self._confirm_by_state(conn, states)
 
-        await self._write(work)
+        # What a device reports: whichever replica receives it stores it.
+        return await self._write(work, fenced=False)
+
+    async def _confirm_by_state(self, conn: AsyncConnection,
+                                states: Mapping[str, ReportedState]) -> list[UpdateRecord]:
+        if not states:
+            return []
+        open_ = await self._load(conn, updates.c.device, list(states),
+                                 updates.c.state.in_(OPEN_VALUES), updates.c.action == "update")
+        settled: dict[str, UpdateRecord] = {}
+        for record in open_:
+            state = states[record.device]
+            after = confirm_by_state(record, state.versions, state.received_at).record
+            if after is not None:
+                settled[record.id] = after
+        await self._save(conn, settled.values(), {r.id: r for r in open_})
+        return list(settled.values())
 
     @staticmethod
     def _later(incoming: Any) -> sa.ColumnElement[Any]:
@@ -577,7 +638,8 @@ class Store:
             await self._save(conn, (by_id[i] for i in sorted(dirty)), originals)
             return outcomes
 
-        return await self._write(work)
+        # A device's own report, stored by whichever replica its $share delivered it to.
+        return await self._write(work, fenced=False)
 
     @staticmethod
     def _apply_one(status: Status, by_id: Mapping[str, UpdateRecord],
@@ -637,6 +699,13 @@ class Store:
     async def get_update(self, id: str) -> UpdateRecord | None:
         found = await self._records(sa.select(updates).where(updates.c.id == id))
         return found[0] if found else None
+
+    async def updates_by_id(self, ids: Sequence[str]) -> list[UpdateRecord]:
+        """The records with these ids (a leader reads back what followers settled)."""
+        found: list[UpdateRecord] = []
+        for chunk in _chunks(sorted(ids)):
+            found += await self._records(sa.select(updates).where(updates.c.id.in_(chunk)))
+        return found
 
     async def open_updates(self, rollout: str | None = None) -> list[UpdateRecord]:
         stmt = sa.select(updates).where(updates.c.state.in_(OPEN_VALUES))

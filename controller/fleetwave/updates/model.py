@@ -58,6 +58,8 @@ class Reason:
     OFFLINE_AFTER_UPDATE = "OfflineAfterUpdate"
     CHECK_FAILED = "CheckFailed"
     DEVICE_REPORTED_FAILURE = "DeviceReportedFailure"
+    CONFIRMED_BY_REPORTED_STATE = "ConfirmedByReportedState"
+    """Succeeded without its status: the device's retained state shows the target version."""
 
 
 @dataclass(frozen=True, slots=True)

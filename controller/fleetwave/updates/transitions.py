@@ -47,6 +47,7 @@ class Ignored:
     UNKNOWN_UPDATE = "unknown_update"
     NO_OPEN_UPDATE = "no_open_update"
     AMBIGUOUS = "ambiguous"
+    NOT_CONFIRMED = "not_confirmed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +154,29 @@ def apply_status(record: UpdateRecord, status: Status) -> Transition:
         changes.update(reason=status.reason or Reason.DEVICE_REPORTED_FAILURE,
                        error=status.error, exit_code=status.exit_code)
     return Transition(_move(record, target, at, **changes))
+
+
+def confirm_by_state(record: UpdateRecord, versions: Mapping[str, str],
+                     received_at: float) -> Transition:
+    """An open update settled `succeeded` because the device's reported state, received
+    after the record was created, shows the target version.
+
+    Statuses can be lost (acknowledged before a crash stored them, dropped across a broker
+    restart); the retained state cannot, and it is delivered again on every resync. Without
+    this rule such an update would time out although the device runs the new version, and
+    the audit trail would say the opposite of what happened. The record's creation, not its
+    `sent_at`, is the bound: a command published just before a crash has no `sent_at`, and
+    the planner only creates an update for a device it saw on another version. Forced
+    updates (the device was on that version already) and rollbacks wait for their status.
+    """
+    if not record.is_open:
+        return _ignore(Ignored.TERMINAL)
+    if record.action != "update" or record.force:
+        return _ignore(Ignored.NOT_CONFIRMED)
+    if versions.get(record.component) != record.to_version or received_at <= record.created_at:
+        return _ignore(Ignored.NOT_CONFIRMED)
+    return Transition(_move(record, UpdateState.SUCCEEDED, received_at, progress=100,
+                            reason=Reason.CONFIRMED_BY_REPORTED_STATE))
 
 
 def _rollback_failed(record: UpdateRecord, status: Status) -> Transition:
