@@ -10,7 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tests.agent.world import AgentProcess, World, script, sha256, wait_for
+from tests.agent.world import AgentProcess, World, script, sha256
+from tests.support.processes import wait_until
 
 DIGEST = "sha256:" + "ab" * 32
 DOCKER = """\
@@ -99,7 +100,7 @@ def test_docker_restores_the_old_container_when_the_new_one_does_not_run(
         PULL, "docker container inspect app", "docker stop app",
         "docker rename app app-backup-1.0.0", RUN, RUNNING,
         "docker rm -f app", "docker rename app-backup-1.0.0 app", "docker start app", RUNNING]
-    wait_for(lambda: world.controller.version("dev-1") == "1.0.0", 10, "state not 1.0.0")
+    wait_until(lambda: world.controller.version("dev-1") == "1.0.0", 10, "state not 1.0.0")
 
 
 def test_docker_changes_nothing_when_the_pull_fails_or_no_digest_is_given(

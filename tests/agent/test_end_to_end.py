@@ -24,9 +24,8 @@ from tests.agent.world import (
     install_version,
     script,
     tar_of,
-    wait_for,
 )
-from tests.support.processes import Controller
+from tests.support.processes import Controller, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -116,7 +115,7 @@ def test_a_5_25_50_100_rollout_completes_and_the_files_on_disk_are_the_new_versi
     start_agents(world, agents)
     url, sha = world.artifacts.add("app-2.tar.gz", tar_of({"app.txt": "two"}))
     (controller.source / "app.yaml").write_text(rollout("2.0.0", url, sha))
-    wait_for(lambda: phase(controller) == "Completed", 90,
+    wait_until(lambda: phase(controller) == "Completed", 90,
              lambda: f"rollout not completed: {controller.get('/api/v1/rollouts/app')}\n"
                      f"{controller.tail()}")
     for device in DEVICES:
@@ -139,7 +138,7 @@ def test_a_corrupted_artifact_is_reported_checksum_and_no_installer_runs(
     world.artifacts.files["app-2.tar.gz"] = good + b"tampered on the way"
     (controller.source / "app.yaml").write_text(rollout("2.0.0", url, sha, max_failure=0,
                                                         min_sample=1))
-    wait_for(lambda: phase(controller) == "Paused", 60,
+    wait_until(lambda: phase(controller) == "Paused", 60,
              lambda: f"rollout not paused: {controller.get('/api/v1/rollouts/app')}")
     failed = [r for d in DEVICES for r in records(controller, d)]
     assert [(r["state"], r["reason"]) for r in failed] == [("failed", "checksum")]
@@ -159,10 +158,10 @@ def test_health_failures_and_a_kill_during_install_end_truthfully_on_working_ver
     start_agents(world, agents, health={"dev-3": unhealthy}, install={"dev-4": blocking})
     url, sha = world.artifacts.add("app-2.tar.gz", tar_of({"app.txt": "two"}))
     (controller.source / "app.yaml").write_text(rollout("2.0.0", url, sha))
-    wait_for(started.exists, 90, lambda: f"dev-4 never installed\n{controller.tail()}")
+    wait_until(started.exists, 90, lambda: f"dev-4 never installed\n{controller.tail()}")
     agents["dev-4"].kill()
     agents["dev-4"].start()
-    wait_for(lambda: phase(controller) == "Completed", 90,
+    wait_until(lambda: phase(controller) == "Completed", 90,
              lambda: f"rollout not completed: {controller.get('/api/v1/rollouts/app')}")
     outcome = {d: (records(controller, d)[0]["state"], records(controller, d)[0]["reason"])
                for d in DEVICES}
@@ -211,12 +210,12 @@ def test_a_replayed_old_command_from_the_controller_is_refused(
         # below is refused for being old, not merely for being expired
         (controller.source / "app.yaml").write_text(rollout("2.0.0", url2, sha2,
                                                             ack_timeout="10m"))
-        wait_for(lambda: phase(controller) == "Completed", 90, "2.0.0 not completed")
+        wait_until(lambda: phase(controller) == "Completed", 90, "2.0.0 not completed")
         old = recorder.seen["dev-1"][0]
         url3, sha3 = world.artifacts.add("app-3.tar.gz", tar_of({"app.txt": "three"}))
         (controller.source / "app.yaml").write_text(rollout("3.0.0", url3, sha3,
                                                             ack_timeout="10m"))
-        wait_for(lambda: phase(controller) == "Completed" and all(
+        wait_until(lambda: phase(controller) == "Completed" and all(
             r["toVersion"] == "3.0.0" and r["state"] == "succeeded"
             for r in records(controller, "dev-1")[:1]), 90, "3.0.0 not completed")
     finally:
@@ -224,7 +223,7 @@ def test_a_replayed_old_command_from_the_controller_is_refused(
     assert json.loads(old)["version"] == "2.0.0" and "signature" in json.loads(old)
     world.controller.send("dev-1", old)  # the controller's own signed bytes, replayed
     cid = json.loads(old)["correlation_id"]
-    refusal = wait_for(lambda: next((s for s in world.controller.of("dev-1", cid)
+    refusal = wait_until(lambda: next((s for s in world.controller.of("dev-1", cid)
                                      if s.get("reason") == "rejected"), None), 20,
                        lambda: f"no refusal: {world.controller.of('dev-1', cid)}")
     assert "replayed" in refusal["error"]

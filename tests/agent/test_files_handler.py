@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 from fleetwave.protocol.admission import format_time
-from tests.agent.world import World, files_component, install_version, script, tar_of, wait_for
+from tests.agent.world import World, files_component, install_version, script, tar_of
+from tests.support.processes import wait_until
 
 
 def current(target: Path) -> str:
@@ -35,7 +36,7 @@ def test_an_update_swaps_the_directory_and_reports_success_after_the_health_chec
     assert (target / "current" / "app.txt").read_text() == "two"
     assert checked.read_text() == "two"  # the health check saw the new files
     assert list((world.root / "dev-1" / "state" / "downloads").iterdir()) == []
-    wait_for(lambda: world.controller.version("dev-1") == "2.0.0", 10, "state not updated")
+    wait_until(lambda: world.controller.version("dev-1") == "2.0.0", 10, "state not updated")
 
 
 def test_a_corrupted_artifact_is_reported_checksum_and_the_installer_never_runs(
@@ -73,7 +74,7 @@ def test_a_failing_health_check_restores_the_previous_files(world: World) -> Non
     assert "previous version 1.0.0 restored" in final["error"]
     assert current(target) == "versions/1.0.0"
     assert (target / "current" / "app.txt").read_text() == "one"
-    wait_for(lambda: world.controller.version("dev-1") == "1.0.0", 10, "state not old")
+    wait_until(lambda: world.controller.version("dev-1") == "1.0.0", 10, "state not old")
 
 
 def test_the_last_three_versions_are_kept_and_a_rollback_command_goes_back(
@@ -109,10 +110,10 @@ def test_a_scheduled_update_waits_and_a_cancel_stops_it(world: World) -> None:
                                     scheduled_time=format_time(time.time() + 3600))
     world.controller.send("dev-1", body)
     cid = body["correlation_id"]
-    wait_for(lambda: "update_scheduled" in world.controller.types("dev-1", cid), 10,
+    wait_until(lambda: "update_scheduled" in world.controller.types("dev-1", cid), 10,
              "not scheduled")
     world.controller.send("dev-1", body)  # a re-publish: acknowledged again, acted on once
-    wait_for(lambda: world.controller.types("dev-1", cid).count("update_scheduled") == 2, 10,
+    wait_until(lambda: world.controller.types("dev-1", cid).count("update_scheduled") == 2, 10,
              "re-publish not answered")
     assert world.controller.types("dev-1", cid).count("update_command_received") == 2
     cancel = world.controller.command("dev-1", "2.0.0", action="cancel",
@@ -133,7 +134,7 @@ def test_a_finished_command_sent_again_gets_its_final_status_repeated(world: Wor
     cid = body["correlation_id"]
     assert world.final(agent, cid)["type"] == "update_succeeded"
     world.controller.send("dev-1", body)
-    wait_for(lambda: world.controller.types("dev-1", cid).count("update_succeeded") >= 2, 10,
+    wait_until(lambda: world.controller.types("dev-1", cid).count("update_succeeded") >= 2, 10,
              "final status not repeated")
     assert world.controller.types("dev-1", cid).count("update_started") == 1
     assert len([r for r in world.artifacts.requests if r[0] == "app-2.tar.gz"]) == 1
@@ -149,17 +150,17 @@ def test_a_cancel_during_the_install_puts_the_previous_files_back(world: World) 
     url, sha = world.artifacts.add("app-2.tar.gz", tar_of({"app.txt": "two"}))
     body = world.controller.command("dev-1", "2.0.0", url=url, sha=sha)
     world.controller.send("dev-1", body)
-    wait_for(started.exists, 20, lambda: f"install not started\n{agent.log_tail()}")
+    wait_until(started.exists, 20, lambda: f"install not started\n{agent.log_tail()}")
     cid = body["correlation_id"]
     world.controller.send("dev-1", world.controller.command(
         "dev-1", "2.0.0", action="cancel", correlation_id=cid, release=body["release"]))
-    wait_for(lambda: "cancel requested" in agent.log_tail(), 10, "cancel not seen")
+    wait_until(lambda: "cancel requested" in agent.log_tail(), 10, "cancel not seen")
     fifo.write_text("go\n")  # the install finishes; the agent does not stay on it
     final = world.final(agent, cid)
     assert final["type"] == "update_cancelled"
     assert "previous version 1.0.0 restored" in final["error"]
     assert (target / "current" / "app.txt").read_text() == "one"
-    wait_for(lambda: world.controller.version("dev-1") == "1.0.0", 10, "state not 1.0.0")
+    wait_until(lambda: world.controller.version("dev-1") == "1.0.0", 10, "state not 1.0.0")
 
 
 def test_a_scheduled_update_starts_no_earlier_than_its_scheduled_time(world: World) -> None:

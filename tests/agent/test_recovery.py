@@ -8,7 +8,8 @@ import json
 import os
 from pathlib import Path
 
-from tests.agent.world import World, files_component, install_version, script, tar_of, wait_for
+from tests.agent.world import World, files_component, install_version, script, tar_of
+from tests.support.processes import wait_until
 
 
 def blocking_script(path: Path, fifo: Path, started: Path, skip_if: Path | None = None) -> Path:
@@ -28,7 +29,7 @@ def test_killed_during_install_restarts_on_the_previous_version_and_reports_inte
     url, sha = world.artifacts.add("app-2.tar.gz", tar_of({"app.txt": "two"}))
     body = world.controller.command("dev-1", "2.0.0", url=url, sha=sha)
     world.controller.send("dev-1", body)
-    wait_for(started.exists, 20, lambda: f"install never started\n{agent.log_tail()}")
+    wait_until(started.exists, 20, lambda: f"install never started\n{agent.log_tail()}")
     assert os.readlink(target / "current") == "versions/2.0.0"  # mid-install: swapped
     journal = json.loads((world.root / "dev-1" / "state" / "journal.json").read_text())
     assert journal["attempts"][0]["phase"] == "installing"
@@ -40,7 +41,7 @@ def test_killed_during_install_restarts_on_the_previous_version_and_reports_inte
     assert "previous version 1.0.0 restored" in final["error"]
     assert os.readlink(target / "current") == "versions/1.0.0"
     assert (target / "current" / "app.txt").read_text() == "one"
-    wait_for(lambda: world.controller.version("dev-1") == "1.0.0", 10, "state not 1.0.0")
+    wait_until(lambda: world.controller.version("dev-1") == "1.0.0", 10, "state not 1.0.0")
     assert "update_succeeded" not in world.controller.types("dev-1", body["correlation_id"])
 
 
@@ -59,7 +60,7 @@ def test_killed_during_the_health_check_checks_again_after_the_restart(world: Wo
     url, sha = world.artifacts.add("app-2.tar.gz", tar_of({"app.txt": "two"}))
     body = world.controller.command("dev-1", "2.0.0", url=url, sha=sha)
     world.controller.send("dev-1", body)
-    wait_for(started.exists, 20, lambda: f"health check never started\n{agent.log_tail()}")
+    wait_until(started.exists, 20, lambda: f"health check never started\n{agent.log_tail()}")
     agent.kill()
     agent.start()
     final = world.final(agent, body["correlation_id"])
@@ -78,7 +79,7 @@ def test_killed_during_a_download_resumes_it_after_the_restart(world: World) -> 
     body = world.controller.command("dev-1", "2.0.0", url=url, sha=sha)
     world.controller.send("dev-1", body)
     part = world.root / "dev-1" / "state" / "downloads" / f"{sha}.part"
-    wait_for(lambda: part.exists() and part.stat().st_size > 40_000, 20, "download not started")
+    wait_until(lambda: part.exists() and part.stat().st_size > 40_000, 20, "download not started")
     agent.kill()
     world.artifacts.delay_per_chunk = 0.0
     agent.start()

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from fleetwave.protocol.signing import SigningKey
-from tests.agent.world import World, files_component, install_version, tar_of, wait_for
+from tests.agent.world import World, files_component, install_version, tar_of
+from tests.support.processes import wait_until
 
 
 def setup(world: World) -> tuple[Any, Path]:
@@ -19,7 +20,7 @@ def setup(world: World) -> tuple[Any, Path]:
 def refusal(world: World, agent: Any, body: dict[str, Any] | bytes) -> dict[str, Any]:
     before = len(world.controller.of("dev-1"))
     world.controller.send("dev-1", body)
-    found: dict[str, Any] = wait_for(
+    found: dict[str, Any] = wait_until(
         lambda: next((s for s in world.controller.of("dev-1")[before:]
                       if s["type"] == "update_failed"), None), 15,
         lambda: f"no refusal: {world.controller.of('dev-1')}\n{agent.log_tail()}")

@@ -8,7 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from tests.agent.world import AgentProcess, World, install_version, tar_of, wait_for
+from tests.agent.world import AgentProcess, World, install_version, tar_of
+from tests.support.processes import wait_until
 
 
 def launcher(config: Path, log: Path, version: str) -> str:
@@ -51,7 +52,7 @@ def test_a_new_agent_confirms_itself_after_it_starts(world: World) -> None:
     assert os.readlink(target / "current") == "versions/2.0.0"
     types = world.controller.types("dev-1", body["correlation_id"])
     assert types.index("update_progress") < types.index("update_succeeded")
-    wait_for(lambda: world.controller.version("dev-1", "agent") == "2.0.0", 10, "state")
+    wait_until(lambda: world.controller.version("dev-1", "agent") == "2.0.0", 10, "state")
 
 
 def test_a_new_agent_that_crashes_is_replaced_by_the_old_one_after_the_timeout(
@@ -68,7 +69,7 @@ def test_a_new_agent_that_crashes_is_replaced_by_the_old_one_after_the_timeout(
     lines = started.read_text().splitlines()
     assert lines[0] == "1.0.0 started" and lines[-1] == "1.0.0 started"
     assert "2.0.0 crashed" in lines
-    wait_for(lambda: world.controller.online.get("dev-1") is True
+    wait_until(lambda: world.controller.online.get("dev-1") is True
              and world.controller.version("dev-1", "agent") == "1.0.0", 20, "old not back")
 
 

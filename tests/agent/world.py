@@ -19,7 +19,7 @@ import tarfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from fleetwave.mqtt.broker import BrokerConfig, MosquittoProcess, free_port
 from fleetwave.protocol.admission import format_time
 from fleetwave.protocol.signing import SigningKey
+from tests.support.processes import wait_until
 
 CONTROLLER = ("fleetwave", "controller-secret")
 OBSERVER = ("observer", "observer-secret")
@@ -325,18 +326,6 @@ def script(path: Path, text: str) -> Path:
     return path
 
 
-def wait_for(check: Callable[[], Any], timeout: float, what: str | Callable[[], str],
-             interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(what() if callable(what) else what)
-        time.sleep(interval)
-
-
 @dataclass
 class World:
     root: Path
@@ -360,12 +349,12 @@ class World:
         return agent
 
     def wait_online(self, agent: AgentProcess, timeout: float = 20) -> None:
-        wait_for(lambda: self.controller.online.get(agent.device) is True
+        wait_until(lambda: self.controller.online.get(agent.device) is True
                  and agent.device in self.controller.states, timeout,
                  lambda: f"{agent.device} never came online:\n{agent.log_tail()}")
 
     def final(self, agent: AgentProcess, cid: str, timeout: float = 30) -> dict[str, Any]:
-        result: dict[str, Any] = wait_for(
+        result: dict[str, Any] = wait_until(
             lambda: self.controller.final(agent.device, cid), timeout,
             lambda: f"no final status for {cid} from {agent.device}: "
                     f"{self.controller.of(agent.device)}\n{agent.log_tail()}")
