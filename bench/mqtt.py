@@ -80,8 +80,9 @@ def run_publishers(port: int, messages: int, devices: int, tag: str,
     return procs
 
 
-def bare_session(port: int, client_id: str) -> None:
-    """Create the persistent session (subscribed), then leave."""
+def bare_session(port: int, client_id: str,
+                 topic: str = "iot/device/+/agent/status") -> None:
+    """Create the persistent session (subscribed to `topic`), then leave."""
     done = threading.Event()
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                          protocol=MQTTProtocolVersion.MQTTv5)
@@ -90,7 +91,7 @@ def bare_session(port: int, client_id: str) -> None:
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = 3600
     client.connect("127.0.0.1", port, clean_start=False, properties=props)
-    client.subscribe("iot/device/+/agent/status", qos=1)
+    client.subscribe(topic, qos=1)
     client.loop_start()
     done.wait(10)
     client.loop_stop()

@@ -28,7 +28,6 @@ import multiprocessing
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
@@ -46,28 +45,12 @@ from fleetwave.metrics import build_metrics
 from fleetwave.mqtt import MqttLink, MqttSettings
 from fleetwave.mqtt.broker import BrokerConfig, MosquittoProcess, free_port
 from fleetwave.protocol.messages import DeviceMessage
-from mqtt import CONTROLLER, SIMULATOR, run_publishers
+from fleetwave.protocol.signing import SigningKey
+from mqtt import CONTROLLER, SIMULATOR, bare_session, run_publishers
 
 
 def shared(group: str) -> str:
     return f"$share/{group}/iot/device/+/agent/status"
-
-
-def _session(port: int, client_id: str, group: str) -> None:
-    """Create a persistent session subscribed to the shared status topic, then leave."""
-    done = threading.Event()
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                         protocol=MQTTProtocolVersion.MQTTv5)
-    client.username_pw_set(*CONTROLLER)
-    client.on_subscribe = lambda *a: done.set()
-    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-    props.SessionExpiryInterval = 3600
-    client.connect("127.0.0.1", port, clean_start=False, properties=props)
-    client.subscribe(shared(group), qos=1)
-    client.loop_start()
-    done.wait(10)
-    client.loop_stop()
-    client.disconnect()
 
 
 def bare_member(port: int, client_id: str, start: Barrier, counts: multiprocessing.Queue,
@@ -115,7 +98,8 @@ def link_member(port: int, client_id: str, start: Barrier, counts: multiprocessi
                                 session_expiry=3600, shared_group=group)
         await asyncio.to_thread(start.wait)
         first = time.time()
-        async with MqttLink(settings, build_metrics(CollectorRegistry()), on_messages):
+        async with MqttLink(settings, build_metrics(CollectorRegistry()), on_messages,
+                        signing_key=SigningKey.generate()):
             await asyncio.to_thread(_until_quiet, lambda: last, first, quiet)
         return first
 
@@ -140,7 +124,7 @@ def measure(kind: str, port: int, replicas: int, messages: int, devices: int, ta
     # (queued in their sessions), so an earlier measurement's sessions would take a share.
     group = f"bench-{tag}"
     for client_id in ids:
-        _session(port, client_id, group)
+        bare_session(port, client_id, shared(group))
     for p in run_publishers(port, messages, devices, tag, publishers):
         p.join()
     start = multiprocessing.Barrier(replicas)
