@@ -92,6 +92,8 @@ class FakeFleet:
         self.log: list[Plan] = []
         self.check_results: Mapping[tuple[str, str], bool | None] = {}
         self.gate_results: Mapping[tuple[str, int], bool | None] = {}
+        self.boot_ids: dict[str, str] = {}
+        """uuid -> the boot id its acknowledgements carry (confirmAfterRestart)."""
 
     # -- records ----------------------------------------------------------------------------
 
@@ -160,7 +162,8 @@ class FakeFleet:
                     outcome = self.behaviour(uuid, r)
                     if outcome == "silent":
                         continue
-                    self._status(r, StatusType.COMMAND_RECEIVED, now)
+                    self._status(r, StatusType.COMMAND_RECEIVED, now,
+                                 boot_id=self.boot_ids.get(uuid))
                     r2 = self._latest(r)
                     self._status(r2, StatusType.STARTED, now)
                     r3 = self._latest(r)

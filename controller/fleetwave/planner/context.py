@@ -35,8 +35,8 @@ TIMEZONE_LABEL = "timezone"
 
 RECORD_NAMESPACE = uuidlib.uuid5(uuidlib.NAMESPACE_URL, "https://fleetwave.io/updates")
 
-FAILURE_REASONS = frozenset({Reason.ACK_TIMEOUT, Reason.UPDATE_TIMEOUT, Reason.UNHEALTHY,
-                             Reason.OFFLINE_AFTER_UPDATE, Reason.CHECK_FAILED,
+FAILURE_REASONS = frozenset({Reason.ACK_TIMEOUT, Reason.UPDATE_TIMEOUT, Reason.NO_RESTART,
+                             Reason.UNHEALTHY, Reason.OFFLINE_AFTER_UPDATE, Reason.CHECK_FAILED,
                              Reason.DEVICE_REPORTED_FAILURE, DecisionReason.VERSION_MISMATCH})
 
 
@@ -174,6 +174,7 @@ class PassContext:
             force=self.force,
             scheduled_time=self.rollout.annotations.get(SCHEDULED_TIME_ANNOTATION),
             release=next_release(self.now),
+            confirm_after_restart=self.health.confirm_after_restart,
         )
 
     def rollback_record(self, record: UpdateRecord) -> UpdateRecord:

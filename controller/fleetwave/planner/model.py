@@ -243,9 +243,9 @@ class PlannedEvent:
 
 # -- outputs -------------------------------------------------------------------------------
 
-COUNT_KEYS = ("pending", "acknowledged", "scheduled", "in_progress", "succeeded", "failed",
-              "timeout", "cancelled", "rolled_back", "unhealthy", "unreachable", "parked",
-              "upToDate", "conflicted", "overridden")
+COUNT_KEYS = ("pending", "acknowledged", "scheduled", "in_progress", "awaiting_restart",
+              "succeeded", "failed", "timeout", "cancelled", "rolled_back", "unhealthy",
+              "unreachable", "parked", "upToDate", "conflicted", "overridden")
 """Keys of `status.counts`: each update state, plus what the planner distinguishes
 (unhealthy successes, unreachable timeouts, the penalty box, devices already at the
 version, and devices left to another rollout)."""

@@ -161,6 +161,8 @@ class Health:
     update_timeout: timedelta = timedelta(minutes=15)
     stable_for: timedelta = timedelta(minutes=5)
     checks: tuple[Check, ...] = ()
+    confirm_after_restart: bool = False
+    """Success counts only once the device reports the new version after a restart."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,6 +346,7 @@ def rollout_spec_from(spec: Mapping[str, Any]) -> RolloutSpec:
                 )
                 for c in health.get("checks", ())
             ),
+            confirm_after_restart=bool(health.get("confirmAfterRestart", False)),
         ),
         failure_policy=FailurePolicy(
             max_failure_percent=float(fp["maxFailurePercent"]),

@@ -279,6 +279,11 @@ HEALTH = _obj(
         "stableFor": _duration("After success, the device must keep the new version and "
                                "pass its checks this long to count as healthy.", default="5m"),
         "checks": _list("HTTP, TCP and container checks, all of which must pass.", CHECK),
+        "confirmAfterRestart": {"type": "boolean", "default": False,
+                                "description": "A device's success counts only once it "
+                                "reports the new version after a restart (a new boot id); "
+                                "no restart within updateTimeout is a timeout, reason "
+                                "NoRestart."},
     },
     default={},
 )

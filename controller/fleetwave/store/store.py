@@ -430,7 +430,8 @@ class Store:
         settled: dict[str, UpdateRecord] = {}
         for record in open_:
             state = states[record.device]
-            after = confirm_by_state(record, state.versions, state.received_at).record
+            after = confirm_by_state(record, state.versions, state.received_at,
+                                     state.boot_id).record
             if after is not None:
                 settled[record.id] = after
         await self._save(conn, settled.values(), {r.id: r for r in open_})
