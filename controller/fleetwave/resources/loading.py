@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -496,6 +497,7 @@ def _spec_checks(spec: Mapping[str, Any], base: Path_) -> Iterator[tuple[Path_, 
             except DurationError:
                 pass
     yield from _pacing_checks(strategy, (*base, "strategy"))
+    yield from _gate_checks(strategy, (*base, "strategy"))
     yield from _hop_checks(strategy, spec.get("version"), (*base, "strategy"))
     for i, freeze in enumerate(strategy.get("freezes", None) or []):
         if isinstance(freeze, dict):
@@ -525,6 +527,23 @@ def _spec_checks(spec: Mapping[str, Any], base: Path_) -> Iterator[tuple[Path_, 
     if typed is not None and isinstance(excluded, list):
         for reason in empty_selector_reasons(typed, [str(d) for d in excluded]):
             yield ((*base, *reason.path), reason.message, "warning")
+
+
+def _gate_checks(strategy: Mapping[str, Any], base: Path_) -> Iterator[tuple[Path_, str, str]]:
+    """`gate.webhook.url`: the gate runner POSTs over HTTP, so nothing else may be named
+    (a `file:` or `ftp:` URL would only ever fail, keeping the step closed for good)."""
+    steps = strategy.get("steps")
+    for i, step in enumerate(steps if isinstance(steps, list) else []):
+        gate = step.get("gate") if isinstance(step, dict) else None
+        webhook = gate.get("webhook") if isinstance(gate, dict) else None
+        url = webhook.get("url") if isinstance(webhook, dict) else None
+        if not isinstance(url, str) or not url:
+            continue
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            yield ((*base, "steps", i, "gate", "webhook", "url"),
+                   f"{url[:200]!r} is not an http(s) URL: the gate is asked with an HTTP "
+                   "POST; write one like https://gates.example.com/allow", "error")
 
 
 def _hop_checks(strategy: Mapping[str, Any], version: Any,
