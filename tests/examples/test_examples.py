@@ -115,6 +115,13 @@ def test_mandatory_intermediate_version() -> None:
     assert (hop.below, hop.via, rollout.spec.version) == ("2.0.0", "2.0.0", "3.1.0")
 
 
+def test_boot_confirmed_success() -> None:
+    rollout = load("boot-confirmed.yaml")
+    assert isinstance(rollout, Rollout)
+    assert rollout.spec.health.confirm_after_restart is True
+    assert rollout.spec.health.update_timeout == timedelta(minutes=45)
+
+
 def test_webhook_gate_before_the_main_wave() -> None:
     rollout = load("webhook-gate.yaml")
     assert isinstance(rollout, Rollout)
