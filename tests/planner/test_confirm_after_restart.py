@@ -80,3 +80,20 @@ def test_a_device_without_boot_id_is_told_why() -> None:
                  and a.decision.kind is DecisionKind.TIMEOUT]
     assert timeout.decision.reason == Reason.NO_RESTART
     assert "reports no boot_id" in (timeout.decision.message or "")
+
+
+def test_a_via_installed_but_not_restarted_is_not_superseded() -> None:
+    """With `requires`, a device whose state already shows `via` (installed, not yet
+    restarted) stays on its attempt to `via` instead of being moved on to the target."""
+    rollout = make_rollout(version="3.0.0", health={"confirmAfterRestart": True},
+                           strategy={"steps": [{"percent": 100}], "maxInFlight": 2,
+                                     "requires": [{"below": "2.0.0", "via": "2.0.0"}]})
+    f = FakeFleet([rollout], fleet(1))
+    f.boot_ids = {"d00000": "boot-1"}
+    f.step(T0)
+    f.step(T0 + 30)  # succeeded, held; the fake device now reports 2.0.0
+    assert f.version_of("d00000") == "2.0.0"
+    p = f.step(T0 + 60).plans[rollout.name]
+    [record] = [r for recs in f.records[rollout.name].values() for r in recs]
+    assert (record.to_version, record.state) == ("2.0.0", UpdateState.AWAITING_RESTART)
+    assert p.status.counts["awaiting_restart"] == 1 and p.status.counts["cancelled"] == 0

@@ -325,7 +325,12 @@ def fresh(ctx: PassContext, reported: str | None, attempt: int) -> Verdict:
 
 
 def _open(ctx: PassContext, out: Decisions, a: Attempts, latest: UpdateRecord) -> Verdict:
-    want = ctx.target_for(a.reported) if ctx.hops else ctx.version
+    want = ctx.version
+    if ctx.hops:
+        # A device already reporting the attempt's own version (a `via` installed, its
+        # restart still to come) is finishing that attempt, not asking for the next one.
+        want = latest.to_version if a.reported == latest.to_version \
+            else ctx.target_for(a.reported)
     if latest.to_version != want or latest.component != ctx.component:
         out.cancel(ctx, latest, Reason.SUPERSEDED)
         return Outcome.SUPERSEDED, 0
