@@ -66,6 +66,15 @@ class GateRunner:
         events, self._events = self._events, []
         return events
 
+    def retry_at(self, rollout: Rollout, step: int) -> float | None:
+        """When step `step`'s closed gate is next asked (None: open, being asked, not asked
+        yet): the loop wakes then, or a closed gate would wait for the resync interval."""
+        asked = self._asked.get((rollout.name, step))
+        if (asked is None or asked.version != rollout.spec.version or asked.answer is not False
+                or (asked.task is not None and not asked.task.done())):
+            return None
+        return asked.next_ask
+
     def ask(self, rollout: Rollout, step: int, counts: Mapping[str, int], now: float) -> None:
         """Ask step `step`'s gate unless it is open, being asked, or backing off."""
         gate = rollout.spec.strategy.steps[step].gate

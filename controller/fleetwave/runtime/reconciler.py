@@ -271,11 +271,17 @@ class Reconciler:
 
     def _ask_gates(self, desired: Mapping[str, Rollout], plans: Mapping[str, Plan],
                    now: float, built: PassBuilder) -> None:
-        """Ask the webhook gates the plans wait for (in the background); the answers that
-        arrived since the last pass go into this pass's audit trail."""
+        """Ask the webhook gates the plans wait for (in the background), and plan their
+        group again when a closed one is due to be asked again; the answers that arrived
+        since the last pass go into this pass's audit trail."""
         for name, plan in plans.items():
             if plan.awaiting_gate is not None and name in desired:
-                self.gates.ask(desired[name], plan.awaiting_gate, plan.status.counts, now)
+                rollout = desired[name]
+                self.gates.ask(rollout, plan.awaiting_gate, plan.status.counts, now)
+                retry = self.gates.retry_at(rollout, plan.awaiting_gate)
+                held = self._group_wake.get(rollout.spec.component)
+                if retry is not None and (held is None or retry < held):
+                    self._group_wake[rollout.spec.component] = retry
         built.events += [Event(time=now, rollout=name, type=e.type, reason=e.reason,
                                message=e.message, device=e.device, actor="gate")
                          for name, e in self.gates.drain_events()]
