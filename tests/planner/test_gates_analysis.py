@@ -6,6 +6,10 @@ unavailable one never passes and never fails."""
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +18,7 @@ from hypothesis import strategies as st
 
 from fleetwave.planner.model import AnalysisResult, Plan, SendRollback, SendUpdate
 from fleetwave.planner.plan import apply_control
+from fleetwave.planner.preview import preview
 from fleetwave.resources.loading import load_text
 from fleetwave.resources.model import Rollout
 from tests.planner.fleet import T0, FakeFleet, fleet, make_rollout
@@ -277,3 +282,37 @@ def test_a_valid_analysis_loads_typed() -> None:
     assert (spec.url, spec.query, spec.minimum, spec.maximum, spec.for_.total_seconds()) == (
         "https://p", "up", 1.0, None, 90.0)
     assert spec.within(1.0) and not spec.within(0.99)
+
+
+# -- fleetwave plan ------------------------------------------------------------------------
+
+
+def test_the_preview_says_a_wave_waits_for_its_analysis_and_starts_the_next_after_for() -> None:
+    steps = [{"percent": 10, "pause": "2m", "analysis": {"prometheus": {
+        **ANALYSIS["prometheus"], "for": "10m"}}}, {"percent": 100}]
+    r = make_rollout(strategy={"steps": steps})
+    shown = preview([r], fleet(100), T0).rollouts[0]
+    first, second = shown.waves
+    assert first.sending_done is not None and second.ready_at is not None
+    assert second.ready_at == first.sending_done + 600, "the next wave waits for `for`"
+    [note] = [n for n in shown.notes if "analysis" in n]
+    assert note.startswith("wave 1 waits for its analysis: error_ratio inside "
+                           "[-inf, 0.05] for 10m after the wave")
+
+
+def test_fleetwave_plan_shows_the_analysis(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "apiVersion: fleetwave.io/v1alpha1\nkind: Rollout\nmetadata: {name: r}\n"
+        "spec:\n  component: agent\n  version: '1.0.6'\n  selector: {}\n"
+        "  strategy:\n    steps:\n      - percent: 5\n        analysis:\n"
+        "          prometheus: {url: 'http://p:9090', query: up, min: 1, for: 1m}\n"
+        "      - percent: 100\n")
+    snapshot = Path(__file__).resolve().parents[1] / "fixtures" / "fleet-snapshot.json"
+    proc = subprocess.run([str(Path(sys.executable).parent / "fleetwave"), "plan", str(path),
+                           "--fleet", str(snapshot), "--now", "2026-03-28T12:00:00Z"],
+                          capture_output=True, text=True, timeout=60, check=False,
+                          env={**os.environ, "NO_COLOR": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert ("note: wave 1 waits for its analysis: up inside [1, +inf] for 1m after the wave"
+            in proc.stdout), proc.stdout
