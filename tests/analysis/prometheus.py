@@ -24,6 +24,7 @@ from aiohttp import web
 
 from fleetwave.mqtt.broker import free_port
 from tests.deploy.tools import find_tool
+from tests.support.http import serve
 from tests.support.processes import terminate, wait_until
 
 
@@ -45,11 +46,8 @@ class MetricsPage:
     async def _start(self) -> int:
         app = web.Application()
         app.router.add_get("/metrics", self._page)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        return int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        self._runner, url = await serve(app)
+        return int(url.rsplit(":", 1)[1])
 
     def start(self) -> None:
         self._thread.start()

@@ -19,6 +19,7 @@ from fleetwave.resources.model import Rollout
 from fleetwave.runtime.analysis import AnalysisRunner
 from tests.analysis.prometheus import MetricsPage, Prometheus
 from tests.planner.fleet import make_rollout
+from tests.support.http import serve
 
 
 def analysed(name: str, url: str, query: str, *, version: str = "1.0.6",
@@ -155,12 +156,8 @@ async def hostile() -> AsyncIterator[tuple[Hostile, str]]:
     server = Hostile()
     app = web.Application()
     app.router.add_get("/api/v1/query", server.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield server, f"http://127.0.0.1:{port}"
+    runner, url = await serve(app)
+    yield server, url
     await runner.cleanup()
 
 

@@ -14,6 +14,7 @@ from aiohttp import web
 from fleetwave.api.notify import SIGNATURE_HEADER, verify
 from fleetwave.runtime.gates import GateRunner
 from tests.planner.fleet import make_rollout
+from tests.support.http import serve
 
 SECRET = "s3cret"
 
@@ -40,12 +41,8 @@ async def server() -> AsyncIterator[GateServer]:
     gate = GateServer()
     app = web.Application()
     app.router.add_post("/gate", gate.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    gate.url = f"http://127.0.0.1:{port}/gate"
+    runner, url = await serve(app)
+    gate.url = f"{url}/gate"
     yield gate
     await runner.cleanup()
 

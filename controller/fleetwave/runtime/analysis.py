@@ -13,7 +13,6 @@ forgotten: a paused rollout resumes with a fresh run.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -33,6 +32,7 @@ from fleetwave.planner.model import (
     PlannedEvent,
 )
 from fleetwave.resources.model import PrometheusAnalysis, Rollout
+from fleetwave.runtime.answers import read_json
 
 log = structlog.get_logger("fleetwave.analysis")
 
@@ -167,22 +167,15 @@ class AnalysisRunner:
     async def _query(self, session: aiohttp.ClientSession,
                      spec: PrometheusAnalysis) -> tuple[float | None, str]:
         url = spec.url.rstrip("/") + "/api/v1/query"
-        try:
-            async with session.get(url, params={"query": spec.query},
-                                   allow_redirects=False) as response:
-                raw = await response.content.read(MAX_ANSWER_BYTES + 1)
-                status = response.status
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            return None, f"unreachable ({type(exc).__name__})"
-        if len(raw) > MAX_ANSWER_BYTES:
-            return None, "answer too long"
-        try:
-            doc = json.loads(raw)
-        except ValueError:
-            return None, f"HTTP {status}, not JSON"
-        value, why = read_answer(doc)
-        if value is not None and not 200 <= status < 300:
-            return None, f"HTTP {status}"
+        answer = await read_json(session.get(url, params={"query": spec.query},
+                                             allow_redirects=False), MAX_ANSWER_BYTES)
+        if answer.status is None:
+            return None, answer.problem
+        if answer.problem:
+            return None, f"HTTP {answer.status}, {answer.problem}"
+        value, why = read_answer(answer.doc)
+        if value is not None and not 200 <= answer.status < 300:
+            return None, f"HTTP {answer.status}"
         return value, why
 
     def _record(self, run: _Run, value: float | None, why: str) -> None:
