@@ -17,6 +17,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.support.http import serve
+
 SIGNATURE_HEADER = "X-Fleetwave-Signature"
 """DESIGN.md: gate requests are signed like notifications."""
 
@@ -54,12 +56,8 @@ async def serving(gate: GateServer) -> AsyncIterator[GateServer]:
     """Serve `gate` on a free port of 127.0.0.1 on the running event loop."""
     app = web.Application()
     app.router.add_post("/gate", gate.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    gate.url = f"http://127.0.0.1:{port}/gate"
+    runner, url = await serve(app)
+    gate.url = f"{url}/gate"
     try:
         yield gate
     finally:
