@@ -105,7 +105,7 @@ async def test_records_are_stored_before_their_commands_are_published(store: Sto
     engine.set_source({"r1": rollout()}, {}, "rev1")
     await engine.reconcile_once()
     assert len(publisher.commands) == 20
-    stored = {r.correlation_id: r for r in await store.rollout_updates("r1")}
+    stored = {r.correlation_id: r for r in await store.updates.of_rollout("r1")}
     for _device, command in publisher.commands:
         record = stored[command.correlation_id]
         assert record.sent_at is not None, "sent is stored once the command went out"
@@ -154,13 +154,13 @@ async def test_one_transaction_per_pass_for_every_rollout(store: Store) -> None:
     engine.set_source({"a": rollout("a"), "b": rollout("b", component="nodered"),
                        "c": rollout("c", component="other")}, {}, "rev1")
     writes: list[str] = []
-    original = store._write
+    original = store.write
 
     async def counted(work: Any) -> Any:
         writes.append(getattr(work, "__qualname__", "?"))
         return await original(work)
 
-    store._write = counted  # type: ignore[method-assign]
+    store.write = counted  # type: ignore[method-assign]
     await engine.reconcile_once()
     # one for the pass (records, decisions, events, three states), one for `sent`
     assert len(writes) == 2, writes
@@ -174,7 +174,7 @@ async def test_the_merge_rule_keeps_the_newer_report_in_memory_and_store(store: 
     await engine.on_device_messages([newer])
     await engine.on_device_messages([older])  # a late redelivery
     assert engine.fleet.devices["d000"].versions == {"agent": "5.0.0"}
-    row = await store.get_device("d000")
+    row = await store.devices.get("d000")
     assert row is not None and row.versions == {"agent": "5.0.0"}
 
 

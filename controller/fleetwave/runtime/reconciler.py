@@ -165,7 +165,7 @@ class Reconciler:
         """Plan what changed, store it in one transaction; return what to publish."""
         fleet = self.fleet
         if self.inventory_dirty:
-            await self.store.set_inventory_labels(fleet.inventory)
+            await self.store.devices.set_inventory_labels(fleet.inventory)
             self.inventory_dirty = False
         now = self.clock()
         desired = self.desired.with_generations()
@@ -269,7 +269,7 @@ class Reconciler:
     async def _store_sent(self, sent: list[tuple[str, Decision]]) -> None:
         """The outbox published these records' commands: store `sent` (one transaction)."""
         async with self.lock:
-            for record in await self.store.apply_decisions(sent):
+            for record in await self.store.updates.apply_decisions(sent):
                 self.fleet.remember(record)
 
     def _gate_answered(self) -> None:
