@@ -129,3 +129,14 @@ def test_webhook_gate_before_the_main_wave() -> None:
     assert first.gate is None and main.gate is not None
     assert main.gate.secret_ref == "RELEASE_GATE_SECRET"
     assert main.gate.url.startswith("https://")
+
+
+def test_prometheus_analysis_after_the_canary() -> None:
+    rollout = load("prometheus-analysis.yaml")
+    assert isinstance(rollout, Rollout)
+    canary, main = rollout.spec.strategy.steps
+    assert canary.analysis is not None and main.analysis is None
+    assert (canary.analysis.maximum, canary.analysis.minimum) == (0.02, None)
+    assert canary.analysis.for_.total_seconds() == 600
+    assert canary.analysis.url.startswith("http://")
+    assert rollout.spec.failure_policy.action == "rollback"
