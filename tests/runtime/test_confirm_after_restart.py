@@ -43,7 +43,7 @@ def records(store_url: str) -> list[UpdateRecord]:
     async def load() -> list[UpdateRecord]:
         store = open_store(store_url)
         try:
-            return [r for r in await store.rollout_updates("agent-rollout")
+            return [r for r in await store.updates.of_rollout("agent-rollout")
                     if r.action == "update"]
         finally:
             await store.close()

@@ -42,7 +42,7 @@ def stored(store_url: str) -> list[UpdateRecord]:
     async def load() -> list[UpdateRecord]:
         store = open_store(store_url)
         try:
-            return await store.rollout_updates("agent-3")
+            return await store.updates.of_rollout("agent-3")
         finally:
             await store.close()
     return asyncio.run(load())

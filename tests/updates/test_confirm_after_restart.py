@@ -85,19 +85,19 @@ def test_without_the_flag_nothing_changes() -> None:
 
 async def test_the_store_holds_and_then_confirms(store: Store) -> None:
     record = update("u1", confirm_after_restart=True)
-    await store.create_updates([record])
+    await store.updates.create([record])
     cid = record.correlation_id
-    await store.apply_statuses([status(StatusType.COMMAND_RECEIVED, cid, at=150.0,
+    await store.updates.apply_statuses([status(StatusType.COMMAND_RECEIVED, cid, at=150.0,
                                        boot_id="boot-1"),
                                 status(StatusType.SUCCEEDED, cid, at=200.0)])
-    [held] = await store.rollout_updates("r1")
+    [held] = await store.updates.of_rollout("r1")
     assert (held.state, held.boot_id, held.confirm_after_restart) == (
         S.AWAITING_RESTART, "boot-1", True)
     # Still open: the store skips a second open update of the device beside it.
-    assert await store.create_updates([update("u2", created_at=210.0)]) == []
-    assert await store.apply_device_messages(
+    assert await store.updates.create([update("u2", created_at=210.0)]) == []
+    assert await store.devices.apply_messages(
         [ReportedState("dev-a", TARGET, 220.0, boot_id="boot-1")]) == []
-    [settled] = await store.apply_device_messages(
+    [settled] = await store.devices.apply_messages(
         [ReportedState("dev-a", TARGET, 230.0, boot_id="boot-2")])
     assert (settled.state, settled.reason) == (S.SUCCEEDED, Reason.CONFIRMED_AFTER_RESTART)
-    assert [r.state for r in await store.rollout_updates("r1")] == [S.SUCCEEDED]
+    assert [r.state for r in await store.updates.of_rollout("r1")] == [S.SUCCEEDED]
