@@ -162,6 +162,10 @@ class FakeFleet:
                         continue
                     self._status(r, StatusType.COMMAND_RECEIVED, now)
                     r2 = self._latest(r)
+                    if r.action == "download":  # fetch only: no start, no new version
+                        self._status(r2, StatusType.DOWNLOAD_SUCCEEDED if outcome == "succeed"
+                                     else StatusType.DOWNLOAD_FAILED, now, reason="checksum")
+                        continue
                     self._status(r2, StatusType.STARTED, now)
                     r3 = self._latest(r)
                     if r.action == "rollback":
