@@ -26,7 +26,7 @@ from fleetwave.planner.conditions import ConditionReason
 from fleetwave.planner.context import TIMEZONE_LABEL, PassContext, record_ids
 from fleetwave.planner.model import DeviceView, RolloutState, SendUpdate
 from fleetwave.planner.schedule import DeviceWindows, PassGates, window_state
-from fleetwave.resources.model import Window
+from fleetwave.resources.model import Rollout, Window
 from fleetwave.resources.vocabulary import Operation
 from fleetwave.updates.model import UpdateRecord, UpdateState, next_release
 
@@ -52,19 +52,67 @@ def windows_of(window: Window, now: float) -> WindowState:
     return lambda _zone: answer
 
 
+class DownloadSchedule:
+    """Whether a device may be sent a download at `now`, by its zone, and when that next
+    changes: the one rule `plan_downloads` and `fleetwave plan`'s preview both apply.
+
+    Open when the download window is open for the device and its install window is closed
+    only because it is outside it (notBefore and freezes hold downloads too).
+    """
+
+    __slots__ = ("_answers", "_download", "_held", "_install")
+
+    def __init__(self, rollout: Rollout, gates: PassGates, now: float) -> None:
+        strategy = rollout.spec.strategy
+        gate = gates.gate
+        self._answers: dict[str | None, tuple[bool, float | None]] = {}
+        self._held: tuple[bool, float | None] | None = None
+        self._install: WindowState | None = None
+        self._download: WindowState | None = None
+        if strategy.download_window is None or strategy.window is None:
+            self._held = (False, None)
+        elif not gate.open and gate.reason != ConditionReason.OUTSIDE_WINDOW:
+            self._held = (False, gate.next_change)  # notBefore or a freeze
+        elif gate.open and gates.device_windows is None:
+            self._held = (False, gate.next_change)  # installs are open everywhere
+        else:
+            if gate.open:  # a per-device install window, closed for some zones
+                assert gates.device_windows is not None
+                self._install = gates.device_windows.state
+            self._download = windows_of(strategy.download_window, now)
+
+    def state(self, zone: str | None) -> tuple[bool, float | None]:
+        if self._held is not None:
+            return self._held
+        hit = self._answers.get(zone)
+        if hit is None:
+            hit = self._answers[zone] = self._answer(zone)
+        return hit
+
+    def _answer(self, zone: str | None) -> tuple[bool, float | None]:
+        assert self._download is not None
+        changes: list[float] = []
+        if self._install is not None:
+            installs, change = self._install(zone)
+            if change is not None:
+                changes.append(change)
+            if installs:
+                return False, min(changes) if changes else None
+        opened, change = self._download(zone)
+        if change is not None:
+            changes.append(change)
+        return opened, min(changes) if changes else None
+
+
 def plan_downloads(ctx: PassContext, state: RolloutState, seen: Walk, limits: Sequence[int],
                    gates: PassGates) -> Downloads:
     """The downloads to send now (none when the strategy has no download window).
 
     The caller has checked that the rollout runs (not stopped, paused, invalid or done);
-    here the schedule decides: the rollout-wide gate may be closed only by the install
-    window, never by notBefore or a freeze.
+    `DownloadSchedule` decides by each device's zone.
     """
     strategy = ctx.rollout.spec.strategy
-    if strategy.download_window is None or strategy.window is None:
-        return NO_DOWNLOADS
-    gate = gates.gate
-    if not gate.open and gate.reason != ConditionReason.OUTSIDE_WINDOW:
+    if strategy.download_window is None:
         return NO_DOWNLOADS
     capacity = strategy.max_in_flight - seen.outcomes[Outcome.DOWNLOADING]
     fetched = seen.decisions.fetched
@@ -73,23 +121,11 @@ def plan_downloads(ctx: PassContext, state: RolloutState, seen: Walk, limits: Se
                and ctx.target_for(c[1].versions.get(ctx.component)) == ctx.version]
     if capacity <= 0 or not waiting:
         return NO_DOWNLOADS
-    install: WindowState | None = None
-    if gate.open:  # open everywhere, or a per-device install window closed for some
-        if gates.device_windows is None:
-            return NO_DOWNLOADS
-        install = gates.device_windows.state
-    download = windows_of(strategy.download_window, ctx.now)
+    schedule = DownloadSchedule(ctx.rollout, gates, ctx.now)
     changes: set[float] = set()
     due = []
     for c in waiting:
-        zone = c[1].labels.get(TIMEZONE_LABEL)
-        if install is not None:
-            installs, change = install(zone)
-            if installs:
-                continue  # its install window is open: it is installed instead
-            if change is not None:
-                changes.add(change)
-        opened, change = download(zone)
+        opened, change = schedule.state(c[1].labels.get(TIMEZONE_LABEL))
         if change is not None:
             changes.add(change)
         if opened:
