@@ -122,3 +122,13 @@ def test_webhook_gate_before_the_main_wave() -> None:
     assert first.gate is None and main.gate is not None
     assert main.gate.secret_ref == "RELEASE_GATE_SECRET"
     assert main.gate.url.startswith("https://")
+
+
+def test_download_then_install() -> None:
+    rollout = load("download-then-install.yaml")
+    assert isinstance(rollout, Rollout)
+    strategy = rollout.spec.strategy
+    assert strategy.window is not None and strategy.download_window is not None
+    assert (strategy.download_window.cron, strategy.window.cron) == ("0 0 * * *", "0 2 * * *")
+    assert strategy.download_window.per_device and strategy.window.per_device
+    assert rollout.spec.artifact is not None and rollout.spec.artifact.sha256
