@@ -8,7 +8,9 @@ first step's), lowest wave hash first, at most `maxInFlight` downloads open at o
 pool of their own: a download occupies no install slot). Each device gets one download
 per generation: a failed one is not repeated, since the install fetches the artifact
 anyway. Freezes and notBefore hold downloads too (they hold every new command); pacing
-(maxPerMinute, ramp) and per-site budgets are for installs and do not apply.
+(maxPerMinute, ramp) and per-site budgets are for installs and do not apply. A device
+that `requires` first takes to an intermediate version gets no download: the rollout's
+artifact is the target's.
 
 An install does not wait for a download: a device that has none when its window opens
 is installed like any other and downloads as part of the update. One that has downloaded
