@@ -132,3 +132,14 @@ def test_download_then_install() -> None:
     assert (strategy.download_window.cron, strategy.window.cron) == ("0 0 * * *", "0 2 * * *")
     assert strategy.download_window.per_device and strategy.window.per_device
     assert rollout.spec.artifact is not None and rollout.spec.artifact.sha256
+
+
+def test_prometheus_analysis_after_the_canary() -> None:
+    rollout = load("prometheus-analysis.yaml")
+    assert isinstance(rollout, Rollout)
+    canary, main = rollout.spec.strategy.steps
+    assert canary.analysis is not None and main.analysis is None
+    assert (canary.analysis.maximum, canary.analysis.minimum) == (0.02, None)
+    assert canary.analysis.for_.total_seconds() == 600
+    assert canary.analysis.url.startswith("http://")
+    assert rollout.spec.failure_policy.action == "rollback"

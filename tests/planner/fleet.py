@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from fleetwave.planner.model import (
+    AnalysisResult,
     ClearCommand,
     Decide,
     DeviceView,
@@ -92,6 +93,7 @@ class FakeFleet:
         self.log: list[Plan] = []
         self.check_results: Mapping[tuple[str, str], bool | None] = {}
         self.gate_results: Mapping[tuple[str, int], bool | None] = {}
+        self.analysis_results: Mapping[tuple[str, int], AnalysisResult] = {}
 
     # -- records ----------------------------------------------------------------------------
 
@@ -123,7 +125,8 @@ class FakeFleet:
     def plan(self, now: float) -> FleetPlan:
         return plan_fleet(self.rollouts, list(self.devices.values()), self.records,
                           self.states, now, check_results=self.check_results,
-                          cache=self.cache, gate_results=self.gate_results)
+                          cache=self.cache, gate_results=self.gate_results,
+                          analysis_results=self.analysis_results)
 
     def step(self, now: float) -> FleetPlan:
         fp = self.plan(now)

@@ -471,6 +471,7 @@ def _spec_checks(spec: Mapping[str, Any], base: Path_) -> Iterator[tuple[Path_, 
     yield from _download_checks(spec, strategy, (*base, "strategy"))
     yield from _pacing_checks(strategy, (*base, "strategy"))
     yield from _hop_checks(strategy, spec.get("version"), (*base, "strategy"))
+    yield from _analysis_checks(strategy, (*base, "strategy"))
     for i, freeze in enumerate(strategy.get("freezes", None) or []):
         if isinstance(freeze, dict):
             start, end = freeze.get("start"), freeze.get("end")
@@ -552,6 +553,30 @@ def _download_checks(spec: Mapping[str, Any], strategy: Mapping[str, Any],
         yield ((*base, "download"),
                "download needs spec.artifact (url and sha256, or digest): there is nothing "
                "to fetch ahead otherwise", "error")
+
+
+def _analysis_checks(strategy: Mapping[str, Any],
+                     base: Path_) -> Iterator[tuple[Path_, str, str]]:
+    """`analysis.prometheus`: bounds that some value can meet, and an http(s) URL."""
+    steps = strategy.get("steps")
+    for i, step in enumerate(steps if isinstance(steps, list) else []):
+        analysis = step.get("analysis") if isinstance(step, dict) else None
+        prom = analysis.get("prometheus") if isinstance(analysis, dict) else None
+        if not isinstance(prom, dict):
+            continue
+        where = (*base, "steps", i, "analysis", "prometheus")
+        low, high, url = prom.get("min"), prom.get("max"), prom.get("url")
+        if low is None and high is None:
+            yield (where, "an analysis needs min, max or both: without bounds no result "
+                          "could pass or fail the step", "error")
+        if (isinstance(low, int | float) and isinstance(high, int | float)
+                and not isinstance(low, bool) and not isinstance(high, bool) and low > high):
+            yield ((*where, "max"), f"max {high} is below min {low}: no result could be "
+                                    "inside the bounds; swap them", "error")
+        if isinstance(url, str) and url and not url.lower().startswith(("http://", "https://")):
+            yield ((*where, "url"), f"{url!r} is not an http:// or https:// URL: write the "
+                                    "Prometheus server's base URL, e.g. "
+                                    "http://prometheus:9090", "error")
 
 
 def _hop_checks(strategy: Mapping[str, Any], version: Any,
