@@ -60,7 +60,7 @@ def records(store_url: str) -> list[UpdateRecord]:
     async def load() -> list[UpdateRecord]:
         store = open_store(store_url)
         try:
-            return await store.rollout_updates("agent-rollout")
+            return await store.updates.of_rollout("agent-rollout")
         finally:
             await store.close()
     return asyncio.run(load())
