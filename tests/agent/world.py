@@ -227,7 +227,8 @@ class Controller:
     def final(self, device: str, cid: str) -> dict[str, Any] | None:
         for s in self.of(device, cid):
             if s["type"] in ("update_succeeded", "update_failed", "update_cancelled",
-                             "rollback_succeeded", "rollback_failed"):
+                             "rollback_succeeded", "rollback_failed", "download_succeeded",
+                             "download_failed"):
                 return s
         return None
 

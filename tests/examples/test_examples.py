@@ -131,6 +131,16 @@ def test_webhook_gate_before_the_main_wave() -> None:
     assert main.gate.url.startswith("https://")
 
 
+def test_download_then_install() -> None:
+    rollout = load("download-then-install.yaml")
+    assert isinstance(rollout, Rollout)
+    strategy = rollout.spec.strategy
+    assert strategy.window is not None and strategy.download_window is not None
+    assert (strategy.download_window.cron, strategy.window.cron) == ("0 0 * * *", "0 2 * * *")
+    assert strategy.download_window.per_device and strategy.window.per_device
+    assert rollout.spec.artifact is not None and rollout.spec.artifact.sha256
+
+
 def test_prometheus_analysis_after_the_canary() -> None:
     rollout = load("prometheus-analysis.yaml")
     assert isinstance(rollout, Rollout)

@@ -168,6 +168,10 @@ class FakeFleet:
                     self._status(r, StatusType.COMMAND_RECEIVED, now,
                                  boot_id=self.boot_ids.get(uuid))
                     r2 = self._latest(r)
+                    if r.action == "download":  # fetch only: no start, no new version
+                        self._status(r2, StatusType.DOWNLOAD_SUCCEEDED if outcome == "succeed"
+                                     else StatusType.DOWNLOAD_FAILED, now, reason="checksum")
+                        continue
                     self._status(r2, StatusType.STARTED, now)
                     r3 = self._latest(r)
                     if r.action == "rollback":

@@ -52,6 +52,12 @@ def outcome_of(ctx: PassContext, dev: DeviceView,
     return outcome, attempts[0] if attempts else 0
 
 
+def dl(state: UpdateState = S.PENDING, **kw: Any) -> UpdateRecord:
+    """A download attempt (strategy.download) of attempt 1."""
+    rid, cid = record_ids(ROLLOUT.name, 1, "d1", 1, "download")
+    return dataclasses.replace(rec(state, **kw), id=rid, correlation_id=cid, action="download")
+
+
 FAILED_TWICE = [rec(S.FAILED, completed_at=T0, started_at=T0),
                 rec(S.FAILED, attempt=2, created_at=T0 + 60, completed_at=T0 + 70,
                     started_at=T0 + 60)]
@@ -101,6 +107,18 @@ TABLE = [
      dict(version="1.0.6"), 899, {}, (Outcome.AWAITING_RESTART, 0)),
     ([rec(S.AWAITING_RESTART, started_at=T0, confirm_after_restart=True, boot_id="b1")],
      dict(version="1.0.6"), 900, {}, (Outcome.TIMED_OUT, 0)),
+    ([dl(S.ACKNOWLEDGED, acknowledged_at=T0)], dict(), 60, {}, (Outcome.DOWNLOADING, 0)),
+    ([dl(S.SUCCEEDED, completed_at=T0)], dict(), 60, {}, (Outcome.DOWNLOADED, 1)),
+    ([dl(S.FAILED, completed_at=T0)], dict(), 60, {}, (Outcome.NEEDS_UPDATE, 1)),
+    ([dl()], dict(), 601, {}, (Outcome.NEEDS_UPDATE, 1)),
+    ([dl(S.SUCCEEDED, completed_at=T0), rec(S.IN_PROGRESS, started_at=T0 + 5,
+                                            created_at=T0 + 5)],
+     dict(), 60, {}, (Outcome.IN_PROGRESS, 0)),
+    ([dl(S.SUCCEEDED, completed_at=T0), rec(S.SUCCEEDED, created_at=T0 + 5,
+                                            completed_at=T0 + 9)],
+     dict(version="1.0.6"), 400, {}, (Outcome.HEALTHY, 0)),
+    ([dl(S.SUCCEEDED, completed_at=T0, generation=0)], dict(), 60, {},
+     (Outcome.NEEDS_UPDATE, 1)),
 ]
 
 

@@ -335,3 +335,37 @@ def test_waves_partition_the_targeted_devices_in_step_sizes(
         assert members == max(step_size(q, n) for q in percents[: w.step])
         assert w.step == 1 or w.ready_at is not None
     assert members + result.unassigned == result.targeted == n
+
+
+def _downloads_at(r: Rollout, devices: Sequence[DeviceView], t: float) -> set[str]:
+    p = plan(r, devices, {}, None, t)
+    return {a.record.device for a in p.actions
+            if isinstance(a, SendUpdate) and a.record.action == "download"}
+
+
+@pytest.mark.parametrize(("zone", "download_from"), [
+    pytest.param("Europe/Berlin", utc(2026, 3, 28, 23), id="rollout-wide"),  # 00:00 CET
+    pytest.param("device", utc(2026, 3, 28, 18, 30), id="per-device-kolkata-first"),
+])
+def test_download_from_is_when_the_planner_first_sends_a_download(
+        zone: str, download_from: float) -> None:
+    """Download window 00:00-02:00 local before an install window at 02:00 local."""
+    r = _window(zone, download={"window": {"cron": "0 0 * * *", "duration": "2h",
+                                           "timezone": zone, "fallbackTimezone": "UTC"}})
+    devices = snapshot()[:200]
+    fleet_preview = preview([r], devices, utc(2026, 3, 28, 12))
+    result = only(fleet_preview)
+    wave = result.waves[0]
+    assert wave.download_from == download_from
+    assert wave.first_send is not None and download_from < wave.first_send
+    assert _downloads_at(r, devices, download_from - 60) == set()
+    assert _downloads_at(r, devices, download_from)
+    assert fleet_preview.to_dict()["rollouts"][0]["waves"][0]["downloadFrom"] == rfc3339(
+        download_from)
+    assert any("download" in n for n in result.notes)
+
+
+def test_without_a_download_window_before_the_install_there_is_no_download_from() -> None:
+    r = _window("UTC", download={"window": {"cron": "0 3 * * *", "duration": "1h"}})
+    wave = only(preview([r], snapshot()[:50], utc(2026, 3, 28, 12))).waves[0]
+    assert wave.download_from is None

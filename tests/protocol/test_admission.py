@@ -153,3 +153,22 @@ def test_keys_round_trip_through_pem_and_base64() -> None:
 ])
 def test_version_precedence(a: str, b: str, expected: int | None) -> None:
     assert compare(a, b) == expected
+
+
+def test_a_download_is_admitted_by_the_same_rules_and_its_install_is_a_newer_release() -> None:
+    """A download carries its own release; the install that follows has a higher one."""
+    download = command(action="download", release=5, correlation_id="d-5",
+                       artifact_url="https://a/x.tgz", artifact_sha256="a" * 64)
+    result = verdict(wire(download))
+    assert isinstance(result, Accepted) and result.command.action == "download"
+    assert result.command.artifact_url == "https://a/x.tgz"
+    after = {"app": result.executed}
+    assert isinstance(verdict(wire(download), after), Repeated)
+    assert isinstance(verdict(wire(command(release=6, correlation_id="i-6")), after), Accepted)
+    replay = verdict(wire(replace(download, release=4, correlation_id="d-4")), after)
+    assert isinstance(replay, Refused) and "replayed" in replay.cause
+    for bad in (command(action="download", device="dev-2"),
+                command(action="download", expires_at=format_time(NOW - 1))):
+        assert isinstance(verdict(wire(bad)), Refused)
+    assert isinstance(verdict(wire(download), running={"app": "3.0.0"}), Accepted), \
+        "a download installs nothing: no downgrade to refuse"

@@ -162,3 +162,43 @@ def test_check_fleet_honours_exclude() -> None:
     assert [w.field for w in result.warnings] == ["spec.selector.devices"]
     [warning] = check_fleet(result.documents, [FleetDevice("d1")])
     assert warning.field == "spec.selector" and warning.severity == "warning"
+
+
+DOWNLOADS = MINIMAL + "  artifact: {url: 'https://a/x.tgz', sha256: '" + "a" * 64 + "'}\n"
+
+
+@pytest.mark.parametrize(("strategy", "line", "field", "says"), [
+    pytest.param("    download: {window: {cron: '0 0 * * *', duration: 2h}}\n", 11,
+                 "spec.strategy.download", "needs strategy.window", id="no-install-window"),
+    pytest.param("    window: {cron: '0 2 * * *', duration: 3h}\n"
+                 "    download: {window: {cron: '0 0 * *', duration: 2h}}\n", 12,
+                 "spec.strategy.download.window.cron", "4 fields, not 5", id="bad-cron"),
+    pytest.param("    window: {cron: '0 2 * * *', duration: 3h}\n"
+                 "    download: {window: {cron: '0 0 * * *', duration: 2h, "
+                 "timezone: Europe/Berln}}\n", 12,
+                 "spec.strategy.download.window.timezone", "not an IANA time zone",
+                 id="bad-zone"),
+    pytest.param("    window: {cron: '0 2 * * *', duration: 3h}\n"
+                 "    download: {window: {cron: '0 0 * * *', duration: 0s}}\n", 12,
+                 "spec.strategy.download.window.duration", "longer than 0s",
+                 id="zero-duration"),
+    pytest.param("    window: {cron: '0 2 * * *', duration: 3h}\n    download: {}\n", 12,
+                 "spec.strategy.download.window", "required", id="download-without-window"),
+])
+def test_download_mistakes_are_named_by_file_line_and_field(
+        strategy: str, line: int, field: str, says: str) -> None:
+    [error] = load_text(DOWNLOADS + "  strategy:\n" + strategy, "r.yaml").errors
+    assert (error.file, error.line, error.field) == ("r.yaml", line, field)
+    assert says in error.message
+
+
+def test_download_without_an_artifact_is_refused_but_a_policy_template_may_omit_it() -> None:
+    text = MINIMAL + ("  strategy:\n    window: {cron: '0 2 * * *', duration: 3h}\n"
+                      "    download: {window: {cron: '0 0 * * *', duration: 2h}}\n")
+    [error] = load_text(text, "r.yaml").errors
+    assert error.field == "spec.strategy.download" and "spec.artifact" in error.message
+    [doc] = load_text(DOWNLOADS + ("  strategy:\n    window: {cron: '0 2 * * *', duration: 3h}\n"
+                                   "    download: {window: {cron: '0 0 * * *', duration: 2h}}\n"),
+                      "r.yaml").documents
+    assert isinstance(doc.resource, Rollout)
+    assert doc.resource.spec.strategy.download_window is not None

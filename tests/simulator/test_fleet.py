@@ -281,3 +281,31 @@ async def test_a_refused_command_is_reported_and_changes_nothing(
     assert fleet.versions()[device] == "1.0.6"
     assert fleet.refusals() == {reason: 1}
     assert sequence(collector, device, "forged") == ["update_failed"]
+
+
+@pytest.mark.parametrize("running", [{"artifact_hashes": {"https://a/x.tgz": "a" * 64}}],
+                         indirect=True)
+async def test_a_download_fetches_ahead_and_the_install_then_uses_it(
+        running: tuple[MqttLink, Collector, SimulatedFleet]) -> None:
+    link, collector, fleet = running
+    ahead, bad, plain = list(fleet.devices)[:3]
+    artifact = {"artifact_url": "https://a/x.tgz", "artifact_sha256": "a" * 64}
+    await send(link, ahead, "dl-1", action="download", **artifact)
+    await send(link, bad, "dl-2", action="download", artifact_url="https://a/x.tgz",
+               artifact_sha256="b" * 64)
+    await collector.wait_for(lambda m: "download_succeeded" in sequence(collector, ahead, "dl-1")
+                             and "download_failed" in sequence(collector, bad, "dl-2"))
+    assert sequence(collector, ahead, "dl-1") == ["update_command_received",
+                                                  "download_succeeded"]
+    [failed] = [m for m in collector.messages if isinstance(m, Status)
+                and m.correlation_id == "dl-2" and m.type is StatusType.DOWNLOAD_FAILED]
+    assert failed.reason == "checksum"
+    assert fleet.versions()[ahead] == "1.0.5"  # downloaded, not installed
+    assert fleet.devices[ahead].fetches == {"downloaded": 1}
+    await send(link, ahead, "in-1", **artifact)  # the install, a new attempt (release)
+    await send(link, plain, "in-2", **artifact)
+    await collector.wait_for(lambda m: finals(collector, "in-1") and finals(collector, "in-2"))
+    assert finals(collector, "in-1")[0].type is StatusType.SUCCEEDED
+    assert fleet.devices[ahead].fetches == {"downloaded": 1, "cached": 1}
+    assert fleet.devices[plain].fetches == {"fetched": 1}
+    assert fleet.fetches() == {"downloaded": 1, "cached": 1, "fetched": 1}

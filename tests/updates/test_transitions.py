@@ -267,3 +267,36 @@ def test_legacy_rollback_status_attaches_to_the_newest_ended_update() -> None:
     picked = pick_legacy_record(status(T.ROLLBACK_SUCCEEDED, correlation_id=None),
                                 [newest, older])
     assert picked.record == newest
+
+
+@pytest.mark.parametrize(("action", "type_", "expected"), [
+    pytest.param("download", T.COMMAND_RECEIVED, S.ACKNOWLEDGED, id="download-received"),
+    pytest.param("download", T.DOWNLOAD_SUCCEEDED, S.SUCCEEDED, id="download-succeeded"),
+    pytest.param("download", T.DOWNLOAD_FAILED, S.FAILED, id="download-failed"),
+    pytest.param("download", T.FAILED, S.FAILED, id="download-refused-as-update-failed"),
+    pytest.param("download", T.CANCELLED, S.CANCELLED, id="download-cancelled"),
+    pytest.param("download", T.SUCCEEDED, None, id="download-ignores-update-succeeded"),
+    pytest.param("download", T.STARTED, None, id="download-ignores-started"),
+    pytest.param("download", T.ROLLBACK_SUCCEEDED, None, id="download-ignores-rollback"),
+    pytest.param("update", T.DOWNLOAD_SUCCEEDED, None, id="update-ignores-download"),
+    pytest.param("rollback", T.DOWNLOAD_FAILED, None, id="rollback-ignores-download"),
+])
+def test_download_statuses_apply_to_download_records_only(
+        action: str, type_: StatusType, expected: UpdateState | None) -> None:
+    t = apply_status(record(action=action), status(type_, reason="checksum"))
+    if expected is None:
+        assert t.record is None and t.ignored == Ignored.WRONG_OPERATION
+    else:
+        assert t.record is not None and t.record.state == expected
+        if expected == S.FAILED:
+            assert t.record.reason == "checksum"
+
+
+def test_a_legacy_status_never_lands_on_the_other_kind_of_record() -> None:
+    download = record(action="download", id="d1", correlation_id="cd")
+    update = record(id="u2", correlation_id="cu", created_at=150.0)
+    picked = pick_legacy_record(status(T.SUCCEEDED, correlation_id=None), [download, update])
+    assert picked.record is not None and picked.record.id == "u2"
+    picked = pick_legacy_record(status(T.DOWNLOAD_SUCCEEDED, correlation_id=None),
+                                [download, update])
+    assert picked.record is not None and picked.record.id == "d1"

@@ -5,6 +5,7 @@
                                                                 for the agent itself)
     installed -> awaiting_restart -> (another boot id) -> health check -> update_succeeded
                                                        (a command with confirm_after_restart)
+    received -> downloading -> download_succeeded             (`action: download`)
 
 Resuming after a crash is the same loop: an attempt found before `installing` simply
 continues (the download resumes); one found `installing` may be half done, so the
@@ -68,6 +69,8 @@ class Updater:
     def process(self, a: Attempt) -> None:
         if a.action == "rollback":
             self.rollback(a)
+        elif a.action == "download":
+            self.fetch_ahead(a)
         elif a.phase is Phase.AWAITING_CONFIRMATION:
             self.confirm(a)
         elif a.phase is Phase.AWAITING_RESTART or (a.phase is Phase.INSTALLED
@@ -106,7 +109,8 @@ class Updater:
         the new state."""
         body = reports.status_body(type_, a.correlation_id, now_ms(), **fields)
         self.journal.finish(a, body, now_running)
-        if a.artifact_path:  # a retry downloads again; a device's disk is small
+        if a.artifact_path and a.action != "download":  # a retry downloads again; a
+            # device's disk is small (a download's file stays for the install it prepares)
             Path(a.artifact_path).unlink(missing_ok=True)
         self.agent.link.publish(self.agent.topics.status(self.agent.config.device), body)
         self.agent.publish_state()
@@ -219,6 +223,31 @@ class Updater:
                      max_bytes=config.max_artifact_bytes, timeout=config.download_timeout,
                      progress=progress, cancelled=stop_asked)
         self.journal.step(a, Phase.DOWNLOADED, artifact_path=str(path))
+
+    def fetch_ahead(self, a: Attempt) -> None:
+        """`action: download`: fetch and verify into stateDir/downloads, install nothing.
+
+        The verified file stays there, named by its sha256: the install of that artifact
+        finds it (`fetch` hashes it again first) instead of fetching it. Journalled like an
+        update's download, so an agent restarted mid-way resumes it (HTTP Range).
+        """
+        if a.cancel_requested:
+            self.cancelled(a)
+            return
+        if a.artifact_url is None:
+            self.finish(a, StatusType.DOWNLOAD_FAILED, None, reason=Reason.NO_ARTIFACT,
+                        error="a download needs artifact.url and artifact.sha256")
+            return
+        try:
+            self.download(a, self.handler(a))
+        except UpdateFailure as failure:
+            if failure.reason is Reason.CANCELLED or self.cancel_asked(a):
+                self.cancelled(a)
+            else:
+                self.finish(a, StatusType.DOWNLOAD_FAILED, None, reason=failure.reason,
+                            error=str(failure), exit_code=failure.exit_code)
+            return
+        self.finish(a, StatusType.DOWNLOAD_SUCCEEDED, None, version=a.version)
 
     def verify(self, a: Attempt) -> None:
         """Health after install (or after a restart that found it installed)."""

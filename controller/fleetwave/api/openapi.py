@@ -15,7 +15,7 @@ from typing import Any
 from fleetwave import __version__
 from fleetwave.resources.durations import PATTERN as DURATION_PATTERN
 from fleetwave.resources.schema import PHASES, ROLLOUT_SPEC, ROLLOUT_STATUS
-from fleetwave.resources.vocabulary import CONTROL_OPS
+from fleetwave.resources.vocabulary import CONTROL_OPS, OPERATIONS
 from fleetwave.updates.model import UpdateState
 
 Schema = dict[str, Any]
@@ -63,6 +63,9 @@ UPDATE_RECORD: Schema = {
         "component": STRING, "fromVersion": {"type": ["string", "null"]},
         "toVersion": STRING, "state": {"type": "string", "enum": [s.value for s in UpdateState]},
         "attempt": {"type": "integer"}, "correlationId": STRING,
+        "action": {"type": "string", "enum": list(OPERATIONS),
+                   "description": "update, rollback, or download (strategy.download: "
+                                  "fetch and verify only)."},
         "release": {"type": "integer", "description": "What this attempt's signed commands "
                     "carry; devices refuse a lower one (DESIGN.md 9.1)."},
         "reason": {"type": ["string", "null"]}, "error": {"type": ["string", "null"]},
@@ -93,6 +96,8 @@ ROLLOUT_DEVICE: Schema = {
     "properties": {"uuid": STRING, "step": {"type": ["integer", "null"]},
                    "state": {"type": ["string", "null"]}, "attempt": {"type": ["integer", "null"]},
                    "version": {"type": ["string", "null"]},
+                   "action": {"type": "string", "enum": list(OPERATIONS),
+                              "description": "What the device's newest record does."},
                    "reason": {"type": ["string", "null"]}},
     "additionalProperties": True,
 }

@@ -28,6 +28,7 @@ from fleetwave.planner.model import (
     SendRollback,
 )
 from fleetwave.protocol.messages import CommandAction
+from fleetwave.resources.vocabulary import Operation
 from fleetwave.updates.model import (
     Decision,
     DecisionKind,
@@ -73,6 +74,10 @@ class Outcome(IntEnum):
     ROLLED_BACK_FAILURE = 21
     AWAITING_RESTART = 22
     """Reported success of a confirmAfterRestart update; in flight until a restart shows."""
+    DOWNLOADING = 23
+    """`action: download` open (strategy.download): fetching ahead of the install window."""
+    DOWNLOADED = 24
+    """Downloaded in this generation, waiting for its install window (a candidate)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +122,8 @@ EFFECTS: Mapping[Outcome, Effect] = {
     _O.ROLLED_BACK: Effect("rolled_back"),
     _O.ROLLED_BACK_FAILURE: Effect("rolled_back", failure=True, terminal=True),
     _O.AWAITING_RESTART: Effect("awaiting_restart", holds_step=True, in_flight=True),
+    _O.DOWNLOADING: Effect("downloading", holds_step=True),
+    _O.DOWNLOADED: Effect("downloaded", holds_step=True),
 }
 """Data table (exempt from the function-length rule): one row per outcome."""
 del _O
@@ -144,7 +151,7 @@ class Decisions:
     travels in `Walk`; later stages return their own values instead).
     """
 
-    __slots__ = ("actions", "extra_in_flight", "newly_parked", "now", "wake")
+    __slots__ = ("actions", "extra_in_flight", "fetched", "newly_parked", "now", "wake")
 
     def __init__(self, now: float) -> None:
         self.now = now
@@ -153,6 +160,9 @@ class Decisions:
         self.newly_parked: set[str] = set()
         self.extra_in_flight = 0
         """Open or just-sent rollbacks, and attempts of untargeted devices still open."""
+        self.fetched: set[str] = set()
+        """Devices with a download attempt (any state) of this generation's version: they
+        get no other download (a failed one is fetched again by the install itself)."""
 
     def wake_at(self, t: float) -> None:
         if t > self.now and (self.wake is None or t < self.wake):
@@ -175,6 +185,11 @@ class Decisions:
 # -- open attempts --------------------------------------------------------------------------
 
 
+_COMMAND_OF: Mapping[str, CommandAction] = {Operation.ROLLBACK: "rollback",
+                                            Operation.DOWNLOAD: "download"}
+"""The command a record's re-publish carries (an update's is `update`)."""
+
+
 def keep_open(ctx: PassContext, out: Decisions, record: UpdateRecord,
               device: DeviceView | None) -> bool:
     """Timeouts and re-publishing of an open attempt; True if it is still open after."""
@@ -193,7 +208,7 @@ def keep_open(ctx: PassContext, out: Decisions, record: UpdateRecord,
             # Never sent (a controller stopped between storing the record and
             # publishing it): send now, with the same correlation id.
             if record.sent_at is None or now >= record.sent_at + every:
-                action: CommandAction = "rollback" if record.action == "rollback" else "update"
+                action = _COMMAND_OF.get(record.action, "update")
                 out.actions.append(Republish(record, ctx.command(record, action)))
                 out.wake_at(now + every)
             else:
@@ -228,7 +243,9 @@ def orphan(ctx: PassContext, out: Decisions, recs: Sequence[UpdateRecord],
     """Attempts of a device no longer targeted: they may finish or time out, nothing new."""
     for r in recs:
         if r.is_open:
-            if r.action == "update" and r.to_version != ctx.version:
+            if r.action == Operation.DOWNLOAD:
+                out.cancel(ctx, r, Reason.SUPERSEDED)  # not targeted: nothing to install
+            elif r.action == "update" and r.to_version != ctx.version:
                 out.cancel(ctx, r, Reason.SUPERSEDED)
             elif keep_open(ctx, out, r, device):
                 out.extra_in_flight += 1
@@ -250,14 +267,21 @@ class Attempts:
     """The newest rollback."""
     max_attempt: int
     """Highest attempt number of this generation (the next one is max_attempt + 1)."""
+    download: UpdateRecord | None = None
+    """The newest download (strategy.download), any generation."""
 
     @classmethod
     def of(cls, ctx: PassContext, device: DeviceView,
            recs: Sequence[UpdateRecord]) -> Attempts:
         latest: UpdateRecord | None = None
         rollback: UpdateRecord | None = None
+        download: UpdateRecord | None = None
         max_attempt = 0
         for r in recs:
+            if r.action == Operation.DOWNLOAD:
+                if download is None or r.created_at >= download.created_at:
+                    download = r
+                continue
             if r.action == "rollback":
                 if rollback is None or (r.created_at, r.attempt) > (rollback.created_at,
                                                                      rollback.attempt):
@@ -268,7 +292,7 @@ class Attempts:
             if latest is None or (r.created_at, r.attempt) > (latest.created_at, latest.attempt):
                 latest = r
         return cls(device, device.versions.get(ctx.component), recs, latest, rollback,
-                   max_attempt)
+                   max_attempt, download)
 
     @property
     def next_attempt(self) -> int:
@@ -279,7 +303,29 @@ def classify(ctx: PassContext, out: Decisions, device: DeviceView,
              recs: Sequence[UpdateRecord]) -> Verdict:
     """The outcome of a device that has records for this rollout."""
     a = Attempts.of(ctx, device, recs)
-    rollback, latest = a.rollback, a.latest
+    if a.download is None:
+        return _classify(ctx, out, a)
+    download = a.download
+    current = (download.generation == ctx.generation
+               and download.to_version == ctx.target_for(a.reported))
+    if download.is_open and (a.latest is None or not a.latest.is_open):
+        if not current or ctx.rollback_all:
+            out.cancel(ctx, download, Reason.SUPERSEDED)
+        elif keep_open(ctx, out, download, device):
+            out.fetched.add(device.uuid)
+            return Outcome.DOWNLOADING, 0
+    if current:
+        out.fetched.add(device.uuid)
+    outcome, attempt = _classify(ctx, out, a)
+    if (outcome is Outcome.NEEDS_UPDATE and current
+            and download.state == UpdateState.SUCCEEDED):
+        return Outcome.DOWNLOADED, attempt  # installs first when its window opens
+    return outcome, attempt
+
+
+def _classify(ctx: PassContext, out: Decisions, a: Attempts) -> Verdict:
+    """The outcome of a device by its update and rollback attempts."""
+    device, rollback, latest = a.device, a.rollback, a.latest
     if rollback is not None and rollback.is_open and keep_open(ctx, out, rollback, device):
         out.extra_in_flight += 1
     if latest is None:

@@ -266,10 +266,12 @@ class PlannedEvent:
 
 COUNT_KEYS = ("pending", "acknowledged", "scheduled", "in_progress", "awaiting_restart",
               "succeeded", "failed", "timeout", "cancelled", "rolled_back", "unhealthy",
-              "unreachable", "parked", "upToDate", "conflicted", "overridden")
+              "unreachable", "parked", "upToDate", "conflicted", "overridden", "downloading",
+              "downloaded")
 """Keys of `status.counts`: each update state, plus what the planner distinguishes
 (unhealthy successes, unreachable timeouts, the penalty box, devices already at the
-version, and devices left to another rollout)."""
+version, devices left to another rollout, and strategy.download's devices fetching ahead
+or fetched and waiting for their install window)."""
 
 
 @dataclass(frozen=True, slots=True)

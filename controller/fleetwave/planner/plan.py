@@ -38,6 +38,7 @@ from fleetwave.planner.context import (
     record_ids,
     was_failure,
 )
+from fleetwave.planner.downloads import NO_DOWNLOADS, plan_downloads
 from fleetwave.planner.model import (
     COUNT_KEYS,
     Action,
@@ -133,10 +134,12 @@ def plan(rollout: Rollout, devices: Sequence[DeviceView],
             window_changes = gates.device_windows.next_changes()
             if not gates.device_windows.any_open() and verdict.phase == Phase.PROGRESSING:
                 verdict = OUTSIDE_EVERY_WINDOW
+    downloads = (plan_downloads(ctx, state, seen, limits, gates) if active and not stopped
+                 and not paused and state.completed_at is None else NO_DOWNLOADS)
     state = take_tokens(ctx, state, len(choice.sends))
     wake = _earliest(now, decided.wake,
                      now + 0.001 if budget.replan_now or analysis.replan_now else None,
-                     move.wake, analysis.wake, choice.wake, *window_changes,
+                     move.wake, analysis.wake, choice.wake, *window_changes, *downloads.changes,
                      gates.gate.next_change if not stopped and not paused else None)
     changed = phase_event(state.phase, verdict)
     events = (*superseded, *budget.events, *analysis.events, *move.events,
@@ -146,7 +149,7 @@ def plan(rollout: Rollout, devices: Sequence[DeviceView],
         Conflicts(conflicted, overridden, conflicts_with), gates.invalid)
     state = state.evolve(phase=verdict.phase, conditions=conditions)
     settled = (state_in is not None and not events and not decided.actions
-               and not choice.sends
+               and not choice.sends and not downloads.sends
                and state.evolve(tokens=state_in.tokens, tokens_at=state_in.tokens_at)
                == state_in
                and move.awaiting_gate is None)  # a gate's answer is input the engine
@@ -158,8 +161,8 @@ def plan(rollout: Rollout, devices: Sequence[DeviceView],
         failure_rate=failure_rate(tally.failures, tally.terminal), done=tally.done,
         message=verdict.message, conditions=conditions, steps=ctx.steps,
     )
-    return Plan((*decided.actions, *choice.sends), state, status, events, wake, settled,
-                awaiting_gate=move.awaiting_gate,
+    return Plan((*decided.actions, *choice.sends, *downloads.sends), state, status, events,
+                wake, settled, awaiting_gate=move.awaiting_gate,
                 awaiting_analysis=running_analysis(ctx, state, active=active))
 
 

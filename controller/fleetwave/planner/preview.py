@@ -26,9 +26,10 @@ from typing import Any
 from fleetwave.planner.analysis import bounds
 from fleetwave.planner.budget import TokenBucket
 from fleetwave.planner.context import TIMEZONE_LABEL
+from fleetwave.planner.downloads import DownloadSchedule
 from fleetwave.planner.model import DeviceView
 from fleetwave.planner.pacing import Pace
-from fleetwave.planner.schedule import DeviceWindows, ScheduleError, rollout_gate
+from fleetwave.planner.schedule import DeviceWindows, PassGates, ScheduleError, rollout_gate
 from fleetwave.planner.selectors import Targets, compile_selector, resolve_targets
 from fleetwave.planner.waves import device_hash, step_of, thresholds
 from fleetwave.resources.durations import format_duration
@@ -81,6 +82,9 @@ class WavePreview:
     """When half the wave's devices have their command: with per-device windows, the
     time most of a wave spread over zones is under way."""
     sending_done: float | None
+    download_from: float | None = None
+    """strategy.download: when the wave's first downloads can go out, before its installs
+    (None: no download window opens for its devices before their install window does)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +161,7 @@ def _rollout_dict(r: RolloutPreview) -> dict[str, Any]:
             "pauseAfterSeconds": w.pause_after, "awaitsApproval": w.awaits_approval,
             "readyAt": rfc3339(w.ready_at), "earliestStart": rfc3339(w.first_send),
             "halfSent": rfc3339(w.half_sent), "sendingDone": rfc3339(w.sending_done),
+            "downloadFrom": rfc3339(w.download_from),
             "devices": list(w.devices),
         } for w in r.waves],
     }
@@ -191,6 +196,33 @@ def wave_members(rollout: Rollout, targeted: Sequence[DeviceView]) -> list[list[
 
 
 # -- schedule ------------------------------------------------------------------------------
+
+
+def first_download(rollout: Rollout, devices: Sequence[DeviceView], ready: float | None,
+                   before: float | None, until: float) -> float | None:
+    """The first time at or after `ready`, and before `before` (the wave's first install),
+    that one of `devices` may be sent a download (`DownloadSchedule`, the planner's rule)."""
+    strategy = rollout.spec.strategy
+    if strategy.download_window is None or ready is None or not devices:
+        return None
+    per_device = strategy.download_window.per_device or (
+        strategy.window is not None and strategy.window.per_device)
+    zones = sorted({d.labels.get(TIMEZONE_LABEL) for d in devices} if per_device else {None},
+                   key=lambda z: z or "")
+    end = min(before, until) if before is not None else until
+    t = ready
+    for _ in range(_MAX_SCHEDULE_STEPS):
+        if t >= end:
+            return None
+        schedule = DownloadSchedule(rollout, PassGates.at(rollout, t), t)
+        answers = [schedule.state(z) for z in zones]
+        if any(opened for opened, _ in answers):
+            return t
+        changes = [c for _, c in answers if c is not None and c > t]
+        if not changes:
+            return None
+        t = min(changes)
+    return None
 
 
 class _Never(Exception):
@@ -314,6 +346,10 @@ def _strategy_notes(rollout: Rollout, waves: Sequence[Sequence[DeviceView]]) -> 
         notes.append(f"budget: at most {budget.max_in_flight} device(s) updating at once per "
                      f"{budget.group_by!r} value; updates taking "
                      "time make waves longer than shown")
+    if strategy.download_window is not None:
+        notes.append("download: each wave's devices fetch the artifact from `downloadFrom` "
+                     "(inside the download window, while their install window is closed); "
+                     "installs still start only inside the window")
     if strategy.ramp is not None:
         ramp = strategy.ramp
         notes.append(f"ramp: {ramp.start_per_minute}/min, x{ramp.factor:g} every "
@@ -380,6 +416,7 @@ def _preview_one(rollout: Rollout, target: Targets, excluded: Sequence[str], now
         counts = {label: dict(sorted(Counter(d.labels.get(label, NO_LABEL)
                                              for d in todo).items()))
                   for label in group_by}
+        first = sends[0] if sends else None
         previews.append(WavePreview(
             step=i + 1, percent=step.percent, devices=tuple(d.uuid for d in todo),
             up_to_date=len(members) - len(todo), by_label=counts, pause_after=pause,
@@ -387,6 +424,9 @@ def _preview_one(rollout: Rollout, target: Targets, excluded: Sequence[str], now
             first_send=sends[0] if sends else None,
             half_sent=sends[math.ceil(len(sends) / 2) - 1] if sends else None,
             sending_done=sends[-1] if sends and len(sends) == len(todo) else None,
+            # the first wave's devices download before the rollout starts, too
+            download_from=first_download(rollout, todo, now if i == 0 and ready is not None
+                                         else ready, first, until),
         ))
         soak = max(pause or 0.0, step.analysis.for_.total_seconds() if step.analysis else 0.0)
         ready = done_at + soak if done_at is not None else None

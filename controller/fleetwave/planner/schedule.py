@@ -212,6 +212,10 @@ class PassGates:
             if window is not None and window.per_device:
                 device_windows = DeviceWindows(window, now)
                 device_windows.state(None)  # validates the fallback zone
+            ahead = rollout.spec.strategy.download_window
+            if ahead is not None:  # validates the download window's cron and zone
+                window_state(ahead, ahead.fallback_timezone if ahead.per_device
+                             else ahead.timezone, now)
         except ScheduleError as exc:
             return cls(Gate(False, ConditionReason.INVALID_SPEC, str(exc)), None, str(exc))
         return cls(gate, device_windows, None)

@@ -25,6 +25,14 @@ class StatusType(StrEnum):
     CANCELLED = "update_cancelled"
     ROLLBACK_SUCCEEDED = "rollback_succeeded"
     ROLLBACK_FAILED = "rollback_failed"
+    DOWNLOAD_SUCCEEDED = "download_succeeded"
+    """`action: download` done: the artifact is fetched and verified (nothing installed)."""
+    DOWNLOAD_FAILED = "download_failed"
+    """`action: download` failed (`reason`: checksum, disk_full, download, ...)."""
+
+
+DOWNLOAD_STATUSES = frozenset({StatusType.DOWNLOAD_SUCCEEDED, StatusType.DOWNLOAD_FAILED})
+"""The final statuses of a download: they apply to download records only."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +91,8 @@ class Online:
     timestamp: int | None = None
 
 
-CommandAction = Literal["update", "cancel", "rollback"]
+CommandAction = Literal["update", "cancel", "rollback", "download"]
+"""`download` fetches and verifies the artifact and installs nothing (DESIGN.md 9.5)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_args
 
 from fleetwave.protocol.messages import (
     Command,
+    CommandAction,
     Container,
     DeviceMessage,
     Online,
@@ -214,7 +215,7 @@ def _parse(topic: str, payload: bytes, received_at: float, topics: Topics,
         return Dropped("invalid_schema", device, f"{kind.value}: {exc}")
 
 
-_ACTIONS: Final = ("update", "cancel", "rollback")
+_ACTIONS: Final[tuple[CommandAction, ...]] = get_args(CommandAction)
 
 
 def parse_command(payload: bytes) -> Command:
@@ -230,8 +231,8 @@ def parse_command(payload: bytes) -> Command:
 
 def command_from_body(body: Mapping[str, Any]) -> Command:
     """The fields of a command object (already JSON-decoded); raises `CommandError`."""
-    action = body.get("action")
-    if action not in _ACTIONS:
+    action = next((a for a in _ACTIONS if a == body.get("action")), None)
+    if action is None:
         raise CommandError(f"action must be one of {', '.join(_ACTIONS)}")
     try:
         version = _opt_str(body, "version") or ""

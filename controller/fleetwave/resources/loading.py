@@ -468,34 +468,8 @@ def _spec_checks(spec: Mapping[str, Any], base: Path_) -> Iterator[tuple[Path_, 
             yield ((*base, "strategy", "steps", len(steps) - 1, "percent"),
                    f"the last step must be 100 so that every device is reached, not {last}; "
                    "add `- percent: 100` at the end", "error")
-    window = strategy.get("window")
-    if isinstance(window, dict):
-        cron = window.get("cron")
-        if isinstance(cron, str):
-            cron_error = _cron_error(cron)
-            if cron_error:
-                yield ((*base, "strategy", "window", "cron"),
-                       f"{cron!r} is not a valid cron expression ({cron_error}); use 5 fields: "
-                       "minute (0-59) hour (0-23) day-of-month (1-31) month (1-12) "
-                       "day-of-week (0-6), e.g. '0 2 * * *' for 2 AM daily", "error")
-        for key in ("timezone", "fallbackTimezone"):
-            tz = window.get(key)
-            is_device = key == "timezone" and tz == DEVICE_TIMEZONE
-            if isinstance(tz, str) and not is_device and not _is_zone(tz):
-                near = did_you_mean(tz, _zone_names())
-                yield ((*base, "strategy", "window", key),
-                       f"{tz!r} is not an IANA time zone; use a name like "
-                       "Europe/Berlin, America/New_York or UTC" +
-                       (", or 'device' for each device's own timezone label"
-                        if key == "timezone" else "") + near, "error")
-        duration = window.get("duration")
-        if isinstance(duration, str):
-            try:
-                if parse_duration(duration).total_seconds() <= 0:
-                    yield ((*base, "strategy", "window", "duration"),
-                           "a window must last longer than 0s", "error")
-            except DurationError:
-                pass
+    yield from _window_checks(strategy.get("window"), (*base, "strategy", "window"))
+    yield from _download_checks(spec, strategy, (*base, "strategy"))
     yield from _pacing_checks(strategy, (*base, "strategy"))
     yield from _gate_checks(strategy, (*base, "strategy"))
     yield from _hop_checks(strategy, spec.get("version"), (*base, "strategy"))
@@ -550,6 +524,59 @@ def _is_http_url(url: str) -> bool:
     """An http:// or https:// URL naming a host: what the gate and analysis runners fetch."""
     parts = urllib.parse.urlsplit(url)
     return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+
+
+def _window_checks(window: Any, path: Path_) -> Iterator[tuple[Path_, str, str]]:
+    """A cron window (the install window or the download window): cron, zones, duration."""
+    if not isinstance(window, dict):
+        return
+    cron = window.get("cron")
+    if isinstance(cron, str):
+        cron_error = _cron_error(cron)
+        if cron_error:
+            yield ((*path, "cron"),
+                   f"{cron!r} is not a valid cron expression ({cron_error}); use 5 fields: "
+                   "minute (0-59) hour (0-23) day-of-month (1-31) month (1-12) "
+                   "day-of-week (0-6), e.g. '0 2 * * *' for 2 AM daily", "error")
+    for key in ("timezone", "fallbackTimezone"):
+        tz = window.get(key)
+        is_device = key == "timezone" and tz == DEVICE_TIMEZONE
+        if isinstance(tz, str) and not is_device and not _is_zone(tz):
+            near = did_you_mean(tz, _zone_names())
+            yield ((*path, key),
+                   f"{tz!r} is not an IANA time zone; use a name like "
+                   "Europe/Berlin, America/New_York or UTC" +
+                   (", or 'device' for each device's own timezone label"
+                    if key == "timezone" else "") + near, "error")
+    duration = window.get("duration")
+    if isinstance(duration, str):
+        try:
+            if parse_duration(duration).total_seconds() <= 0:
+                yield ((*path, "duration"),
+                       "a window must last longer than 0s", "error")
+        except DurationError:
+            pass
+
+
+def _download_checks(spec: Mapping[str, Any], strategy: Mapping[str, Any],
+                     base: Path_) -> Iterator[tuple[Path_, str, str]]:
+    """`download`: its own window, and the combinations it needs to mean anything."""
+    download = strategy.get("download")
+    if not isinstance(download, dict):
+        return
+    yield from _window_checks(download.get("window"), (*base, "download", "window"))
+    if not isinstance(strategy.get("window"), dict):
+        yield ((*base, "download"),
+               "download needs strategy.window: without an install window every device "
+               "installs at once and nothing is left to download ahead; add "
+               "`window: {cron: ..., duration: ...}` beside it or remove download", "error")
+    artifact = spec.get("artifact")
+    if base[1:2] == ("template",):
+        return  # a RolloutPolicy's Rollouts get the pushed digest as their artifact
+    if not (isinstance(artifact, dict) and (artifact.get("url") or artifact.get("digest"))):
+        yield ((*base, "download"),
+               "download needs spec.artifact (url and sha256, or digest): there is nothing "
+               "to fetch ahead otherwise", "error")
 
 
 def _analysis_checks(strategy: Mapping[str, Any],

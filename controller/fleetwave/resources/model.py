@@ -161,6 +161,8 @@ class Strategy:
     ramp: Ramp | None = None
     requires: tuple[Hop, ...] = ()
     window: Window | None = None
+    download_window: Window | None = None
+    """`strategy.download.window`: when devices fetch the artifact ahead of `window`."""
     freezes: tuple[Freeze, ...] = ()
     not_before: datetime | None = None
     manual_approval: bool = False
@@ -321,6 +323,12 @@ def _ramp_from(doc: Mapping[str, Any]) -> Ramp:
                 every=parse_duration(doc.get("every", "1m")))
 
 
+def _window_from(doc: Mapping[str, Any]) -> Window:
+    return Window(cron=doc["cron"], duration=parse_duration(doc["duration"]),
+                  timezone=doc.get("timezone", "UTC"),
+                  fallback_timezone=doc.get("fallbackTimezone", "UTC"))
+
+
 def selector_from(doc: Mapping[str, Any]) -> Selector:
     return Selector(
         match_labels=dict(doc.get("matchLabels", {})),
@@ -357,12 +365,9 @@ def rollout_spec_from(spec: Mapping[str, Any]) -> RolloutSpec:
             ramp=_ramp_from(strategy["ramp"]) if "ramp" in strategy else None,
             requires=tuple(Hop(str(h["below"]), str(h["via"]))
                            for h in strategy.get("requires", ())),
-            window=Window(
-                cron=window["cron"],
-                duration=parse_duration(window["duration"]),
-                timezone=window.get("timezone", "UTC"),
-                fallback_timezone=window.get("fallbackTimezone", "UTC"),
-            ) if window else None,
+            window=_window_from(window) if window else None,
+            download_window=(_window_from(strategy["download"]["window"])
+                             if "download" in strategy else None),
             freezes=tuple(Freeze(parse_time(f["start"]), parse_time(f["end"]), f.get("reason"))
                           for f in strategy.get("freezes", ())),
             not_before=parse_time(strategy["notBefore"]) if "notBefore" in strategy else None,

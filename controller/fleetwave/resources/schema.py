@@ -244,6 +244,15 @@ HOP = _obj(
     required=["below", "via"],
 )
 
+DOWNLOAD = _obj(
+    "Download ahead of installing: inside `window` (this one), the devices of the running "
+    "wave are sent `action: download` (fetch and verify the artifact, install nothing); the "
+    "install command follows only inside the strategy's own `window`, at once for a device "
+    "that downloaded. Needs `spec.artifact` and `strategy.window`.",
+    {"window": WINDOW},
+    required=["window"],
+)
+
 STRATEGY = _obj(
     "How fast to get there: waves, pacing, windows and approvals.",
     {
@@ -260,6 +269,7 @@ STRATEGY = _obj(
         "requires": _list("Mandatory intermediate versions (a migration that must run "
                           "first); the lowest applicable `via` is taken first.", HOP),
         "window": WINDOW,
+        "download": DOWNLOAD,
         "freezes": _list("Intervals with no new commands (holidays, events).", FREEZE),
         "notBefore": _str("No command is sent before this instant (RFC 3339).",
                           format="date-time"),

@@ -46,3 +46,16 @@ ControlOp = Literal["pause", "resume", "promote", "abort", "rollback"]
 """What a user may ask of a running rollout (API, CLI, operator annotations)."""
 
 CONTROL_OPS: Final[tuple[ControlOp, ...]] = get_args(ControlOp)
+
+
+class Operation:
+    """`UpdateRecord.action`: what one recorded attempt asks of its device."""
+
+    UPDATE: Final = "update"
+    ROLLBACK: Final = "rollback"
+    """Back to `to_version`, the version the device ran before an update."""
+    DOWNLOAD: Final = "download"
+    """Fetch and verify the artifact ahead of the install window; installs nothing."""
+
+
+OPERATIONS: Final = (Operation.UPDATE, Operation.ROLLBACK, Operation.DOWNLOAD)

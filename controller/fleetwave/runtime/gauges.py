@@ -12,6 +12,7 @@ from typing import Any
 
 from fleetwave.metrics import Metrics, declared_version_counts
 from fleetwave.resources.model import Rollout
+from fleetwave.resources.vocabulary import Operation
 from fleetwave.runtime.desired import is_adhoc
 from fleetwave.runtime.fleet import FleetState
 from fleetwave.updates.model import UpdateRecord
@@ -20,7 +21,13 @@ ADHOC_LABEL = "adhoc"
 
 
 def count_final(metrics: Metrics, record: UpdateRecord) -> None:
-    """A record that just became terminal: count it and its duration once."""
+    """A record that just became terminal: count it and its duration once.
+
+    Downloads (strategy.download) are left out: they fetch, they do not update, and
+    their transfer time is not an update's duration.
+    """
+    if record.action == Operation.DOWNLOAD:
+        return
     metrics.updates.labels(component=record.component, state=record.state.value).inc()
     start = record.sent_at or record.created_at
     end = record.completed_at or record.updated_at

@@ -65,6 +65,7 @@ class Queries:
         for device in uuids:
             latest = records[device][-1]
             out.append({"uuid": device, "state": latest.state.value, "attempt": latest.attempt,
+                        "action": latest.action,
                         "parked": device in parked,
                         "fromVersion": latest.from_version, "toVersion": latest.to_version,
                         "health": latest.health.value, "reason": latest.reason,

@@ -99,6 +99,12 @@ class SimulatedDevice:
         Kept in memory: a simulated device forgets it when the simulator restarts."""
         self.refusals: collections.Counter[str] = collections.Counter()
         """Refused commands by reason."""
+        self.downloaded: set[tuple[str, str, str]] = set()
+        """(component, version, sha256 or digest) of artifacts fetched and verified by
+        `action: download`: a later update to that version skips its fetch."""
+        self.fetches: collections.Counter[str] = collections.Counter()
+        """`downloaded` (by a download), `fetched` (by an update), `cached` (an update that
+        used a downloaded artifact)."""
         self._task: asyncio.Task[None] | None = None
         self._task_cid: str | None = None
         self._offline_task: asyncio.Task[None] | None = None
@@ -229,6 +235,22 @@ class SimulatedDevice:
         self._task_cid = cid
         self._task = asyncio.ensure_future(self._run_update(command))
 
+    async def _download(self, command: Command) -> None:
+        """`action: download`: fetch and verify the artifact, remember it, install nothing."""
+        cid = command.correlation_id
+        mismatch = self.rng.random() < self.behaviour.sha256_mismatch_rate
+        await self._status("update_command_received", cid, version=command.version)
+        expected = self.behaviour.artifact_hashes.get(command.artifact_url or "")
+        if command.artifact_sha256 is not None and (
+                mismatch or (expected is not None and expected != command.artifact_sha256)):
+            await self._finish(cid, "download_failed", reason="checksum",
+                               error="artifact sha256 does not match")
+            return
+        await asyncio.sleep(self._step() * self.rng.uniform(0.5, 1.5))  # the transfer
+        self.downloaded.add(_artifact_key(command))
+        self.fetches["downloaded"] += 1
+        await self._finish(cid, "download_succeeded", version=command.version)
+
     async def _cancel(self, cid: str) -> None:
         if self._task is not None and not self._task.done() and \
                 (not cid or self._task_cid == cid):
@@ -240,7 +262,10 @@ class SimulatedDevice:
 
     async def _run_update(self, command: Command) -> None:
         try:
-            await self._update(command)
+            if command.action == "download":
+                await self._download(command)
+            else:
+                await self._update(command)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -277,13 +302,18 @@ class SimulatedDevice:
             await self._status("update_scheduled", cid, version=command.version,
                                scheduled_time=command.scheduled_time, boot_id=boot)
             await asyncio.sleep(when - time.time())
-        if command.artifact_sha256 is not None:
-            expected = b.artifact_hashes.get(command.artifact_url or "")
-            if sha_mismatch or (expected is not None and expected != command.artifact_sha256):
-                await self._finish(cid, fail_type, reason="checksum_mismatch",
-                                   error="artifact sha256 does not match", exit_code=2)
-                return
-        await asyncio.sleep(self._step() * self.rng.uniform(0.2, 0.6))
+        if not rollback and _artifact_key(command) in self.downloaded:
+            self.fetches["cached"] += 1  # verified when it was downloaded: no fetch
+        else:
+            if command.artifact_sha256 is not None:
+                expected = b.artifact_hashes.get(command.artifact_url or "")
+                if sha_mismatch or (expected is not None
+                                    and expected != command.artifact_sha256):
+                    await self._finish(cid, fail_type, reason="checksum_mismatch",
+                                       error="artifact sha256 does not match", exit_code=2)
+                    return
+            self.fetches["fetched"] += 1
+            await asyncio.sleep(self._step() * self.rng.uniform(0.2, 0.6))
         await self._status("update_started", cid, current_version=current,
                            target_version=command.version,
                            deployment_type=self.profile.deployment_type, boot_id=boot)
@@ -375,6 +405,11 @@ def _parse_time(value: str | None) -> float | None:
         return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
+
+
+def _artifact_key(command: Command) -> tuple[str, str, str]:
+    return (command.component, command.version,
+            command.artifact_sha256 or command.artifact_digest or "")
 
 
 def artifact_sha256(data: bytes) -> str:

@@ -276,6 +276,13 @@ class SimulatedFleet:
             total.update(device.refusals)
         return dict(total)
 
+    def fetches(self) -> dict[str, int]:
+        """Artifacts `downloaded` ahead, `fetched` by updates, and updates served `cached`."""
+        total: collections.Counter[str] = collections.Counter()
+        for device in self.devices.values():
+            total.update(device.fetches)
+        return dict(total)
+
     def online_count(self) -> int:
         return sum(1 for d in self.devices.values() if d.online)
 
@@ -300,5 +307,7 @@ async def run_fleet(config: SimulatorConfig, stop: asyncio.Event,
                 await asyncio.wait_for(stop.wait(), report_every)
             log.info("simulator.fleet", online=fleet.online_count(),
                      versions=fleet.counts(), commands=fleet.commands_received,
-                     refused=fleet.refusals(),
+                     refused=fleet.refusals(), fetches=fleet.fetches(),
                      published=fleet.published, uptime=round(time.monotonic() - started))
+        log.info("simulator.stopping", versions=fleet.counts(), fetches=fleet.fetches(),
+                 commands=fleet.commands_received)

@@ -38,15 +38,20 @@ def command_for(record: UpdateRecord, action: CommandAction, now: float, lifetim
     `downgrade` is set only on an update whose own target, which the Rollout's spec
     declares, is lower than what the device reported when the attempt began; a device
     refuses any other update to a lower version.
+
+    A `download` carries the artifact and nothing to install: the same signature, device,
+    expiry and release rules apply, and the install that follows is a new attempt with a
+    release above the download's (its record is created later: `next_release`).
     """
     update = action == "update"
+    fetches = update or action == "download"
     return Command(
         action=action, component=record.component, version=record.to_version,
         correlation_id=record.correlation_id, timestamp=int(now * 1000),
         force=record.force, scheduled_time=record.scheduled_time if update else None,
-        artifact_url=artifact.url if update and artifact else None,
-        artifact_sha256=artifact.sha256 if update and artifact else None,
-        artifact_digest=artifact.digest if update and artifact else None,
+        artifact_url=artifact.url if fetches and artifact else None,
+        artifact_sha256=artifact.sha256 if fetches and artifact else None,
+        artifact_digest=artifact.digest if fetches and artifact else None,
         device=record.device, release=record.release,
         # Rounded up: `format_time` keeps whole seconds, and a short ackTimeout must not
         # lose most of its second.

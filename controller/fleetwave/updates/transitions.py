@@ -22,7 +22,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fleetwave.protocol.messages import Status, StatusType
+from fleetwave.protocol.messages import DOWNLOAD_STATUSES, Status, StatusType
+from fleetwave.resources.vocabulary import Operation
 from fleetwave.updates.model import (
     RANK,
     Decision,
@@ -50,6 +51,8 @@ class Ignored:
     AMBIGUOUS = "ambiguous"
     NOT_CONFIRMED = "not_confirmed"
     NOT_RESTARTED = "not_restarted"
+    WRONG_OPERATION = "wrong_operation"
+    """A download's status on an update record, or an install's on a download record."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +91,23 @@ STATUS_TARGET: Mapping[StatusType, UpdateState] = {
     StatusType.CANCELLED: UpdateState.CANCELLED,
     StatusType.ROLLBACK_SUCCEEDED: UpdateState.ROLLED_BACK,
     StatusType.ROLLBACK_FAILED: UpdateState.FAILED,
+    StatusType.DOWNLOAD_SUCCEEDED: UpdateState.SUCCEEDED,
+    StatusType.DOWNLOAD_FAILED: UpdateState.FAILED,
 }
-"""The state each status type moves a record to (rollback_failed only on rollback records)."""
+"""The state each status type moves a record to (rollback_failed only on rollback records,
+download_* only on download records)."""
+
+NOT_FOR_DOWNLOADS = frozenset({StatusType.SCHEDULED, StatusType.STARTED, StatusType.SUCCEEDED,
+                               StatusType.ROLLBACK_SUCCEEDED, StatusType.ROLLBACK_FAILED})
+"""Install statuses a download record ignores: a download starts and installs nothing, so
+only its receipt, progress, a refusal (`update_failed`), a cancel and download_* apply."""
+
+
+def fits_operation(record: UpdateRecord, type_: StatusType) -> bool:
+    """Whether a status of `type_` can belong to `record`'s kind of attempt."""
+    if record.action == Operation.DOWNLOAD:
+        return type_ not in NOT_FOR_DOWNLOADS
+    return type_ not in DOWNLOAD_STATUSES
 
 STATE_TIMESTAMP: Mapping[UpdateState, str] = {
     UpdateState.ACKNOWLEDGED: "acknowledged_at",
@@ -136,6 +154,8 @@ def apply_status(record: UpdateRecord, status: Status) -> Transition:
     """The record after a device's status, or why the status changes nothing."""
     if status.device != record.device:
         return _ignore(Ignored.WRONG_DEVICE)
+    if not fits_operation(record, status.type):
+        return _ignore(Ignored.WRONG_OPERATION)
     at = status.received_at
     if status.type == StatusType.ROLLBACK_FAILED:
         return _rollback_failed(record, status)
@@ -294,7 +314,8 @@ def pick_legacy_record(status: Status, candidates: Iterable[UpdateRecord],
     Returns the record chosen, unchanged, or None and why.
     """
     mine = [r for r in candidates if r.device == status.device
-            and (component is None or r.component == component)]
+            and (component is None or r.component == component)
+            and fits_operation(r, status.type)]
     open_ = [r for r in mine if r.is_open]
     if len(open_) > 1:
         version = status.target_version or status.version
