@@ -78,8 +78,14 @@ class Controller:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env,
                                          cwd=self.workdir)
-        wait_until(lambda: self.get("/readyz", ok_only=False) is not None, 30,
-                   f"controller did not answer on {self.url}; log: {self.tail()}")
+        try:
+            wait_until(lambda: self.get("/readyz", ok_only=False) is not None, 30,
+                       lambda: f"controller did not answer on {self.url}; log: {self.tail()}")
+        except BaseException:
+            # A caller that started us outside its try/finally would leak a live
+            # controller, which then loads the machine for every later test.
+            self.kill()
+            raise
 
     def key_args(self) -> list[str]:
         if self.keyless:
