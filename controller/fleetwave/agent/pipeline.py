@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,18 @@ JOURNAL_RETRY = 30.0
 
 class _Stopping(Exception):
     """The agent is shutting down: leave the attempt journalled where it is."""
+
+
+def _progress_reports(agent: Agent, a: Attempt) -> Callable[[int, int | None], None]:
+    """A download's progress callback: `update_progress` at each quarter, not at 100 %."""
+    reported = [0]
+
+    def progress(done: int, total: int | None) -> None:
+        percent = done * 100 // total if total else 0
+        if percent // 25 > reported[0] and percent < 100:
+            reported[0] = percent // 25
+            agent.report(StatusType.PROGRESS, a.correlation_id, percent=reported[0] * 25)
+    return progress
 
 
 class Updater:
@@ -205,14 +218,6 @@ class Updater:
             return
         if not a.sha256:
             raise UpdateFailure(Reason.CHECKSUM, "artifact.url without artifact.sha256")
-        reported = [0]
-
-        def progress(done: int, total: int | None) -> None:
-            percent = done * 100 // total if total else 0
-            if percent // 25 > reported[0] and percent < 100:
-                reported[0] = percent // 25
-                self.agent.report(StatusType.PROGRESS, a.correlation_id,
-                                  percent=reported[0] * 25)
 
         def stop_asked() -> bool:
             if self.agent.stopping.is_set():
@@ -221,7 +226,7 @@ class Updater:
 
         path = fetch(a.artifact_url, a.sha256, config.state_dir / "downloads",
                      max_bytes=config.max_artifact_bytes, timeout=config.download_timeout,
-                     progress=progress, cancelled=stop_asked)
+                     progress=_progress_reports(self.agent, a), cancelled=stop_asked)
         self.journal.step(a, Phase.DOWNLOADED, artifact_path=str(path))
 
     def fetch_ahead(self, a: Attempt) -> None:

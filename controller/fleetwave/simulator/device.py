@@ -161,24 +161,13 @@ class SimulatedDevice:
         payload = reports.encode(body)
         topic = self.topics.status(self.uuid)
         if self.rng.random() < self.behaviour.garbage_rate:
-            await self._garbage()
+            await self._publish(*_garbage_message(self.topics, self.uuid, self.rng), False)
         await self._publish(topic, payload, False)
         if self.rng.random() < self.behaviour.duplicate_rate:
             # sent again a little later: a duplicate that also arrives out of order
             delay = self.rng.uniform(0.2, 1.0) * self._step()
             asyncio.get_running_loop().call_later(
                 delay, lambda: self.spawn(self._publish(topic, payload, False)))
-
-    async def _garbage(self) -> None:
-        kinds = [
-            (self.topics.status(self.uuid), b"\xff\xfe not json {"),
-            (self.topics.status(self.uuid), b'{"type": "update_exploded"}'),
-            (self.topics.status(self.uuid), b'{"type": "update_progress", "percent": "lots"}'),
-            (self.topics.state(self.uuid), b'{"uuid": "someone-else", "versions": {}}'),
-            (self.topics.status(self.uuid), b'{"pad": "' + b"x" * 20000 + b'"}'),
-        ]
-        topic, payload = kinds[self.rng.randrange(len(kinds))]
-        await self._publish(topic, payload, False)
 
     def _step(self) -> float:
         return self.behaviour.update_duration / 4 / max(self.behaviour.speed, 1e-6)
@@ -240,9 +229,7 @@ class SimulatedDevice:
         cid = command.correlation_id
         mismatch = self.rng.random() < self.behaviour.sha256_mismatch_rate
         await self._status("update_command_received", cid, version=command.version)
-        expected = self.behaviour.artifact_hashes.get(command.artifact_url or "")
-        if command.artifact_sha256 is not None and (
-                mismatch or (expected is not None and expected != command.artifact_sha256)):
+        if _checksum_fails(command, self.behaviour, mismatch):
             await self._finish(cid, "download_failed", reason="checksum",
                                error="artifact sha256 does not match")
             return
@@ -305,13 +292,10 @@ class SimulatedDevice:
         if not rollback and _artifact_key(command) in self.downloaded:
             self.fetches["cached"] += 1  # verified when it was downloaded: no fetch
         else:
-            if command.artifact_sha256 is not None:
-                expected = b.artifact_hashes.get(command.artifact_url or "")
-                if sha_mismatch or (expected is not None
-                                    and expected != command.artifact_sha256):
-                    await self._finish(cid, fail_type, reason="checksum_mismatch",
-                                       error="artifact sha256 does not match", exit_code=2)
-                    return
+            if _checksum_fails(command, b, sha_mismatch):
+                await self._finish(cid, fail_type, reason="checksum_mismatch",
+                                   error="artifact sha256 does not match", exit_code=2)
+                return
             self.fetches["fetched"] += 1
             await asyncio.sleep(self._step() * self.rng.uniform(0.2, 0.6))
         await self._status("update_started", cid, current_version=current,
@@ -390,6 +374,27 @@ class SimulatedDevice:
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
+
+
+def _checksum_fails(command: Command, behaviour: Behaviour, mismatch: bool) -> bool:
+    """Whether the fetched artifact fails its sha256: a drawn mismatch, or a command whose
+    sha256 is not the one the simulated server's file has (`Behaviour.artifact_hashes`)."""
+    if command.artifact_sha256 is None:
+        return False
+    expected = behaviour.artifact_hashes.get(command.artifact_url or "")
+    return mismatch or (expected is not None and expected != command.artifact_sha256)
+
+
+def _garbage_message(topics: Topics, uuid: str, rng: random.Random) -> tuple[str, bytes]:
+    """One malformed message of the kinds a broken device sends (Behaviour.garbage_rate)."""
+    kinds = [
+        (topics.status(uuid), b"\xff\xfe not json {"),
+        (topics.status(uuid), b'{"type": "update_exploded"}'),
+        (topics.status(uuid), b'{"type": "update_progress", "percent": "lots"}'),
+        (topics.state(uuid), b'{"uuid": "someone-else", "versions": {}}'),
+        (topics.status(uuid), b'{"pad": "' + b"x" * 20000 + b'"}'),
+    ]
+    return kinds[rng.randrange(len(kinds))]
 
 
 def boot_id_of(uuid: str, boots: int) -> str:
