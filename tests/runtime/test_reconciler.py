@@ -7,6 +7,7 @@ covers the real broker). The test plays the devices by handing the engine their 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,6 +19,7 @@ from fleetwave.protocol.messages import Command, Online, ReportedState, Status, 
 from fleetwave.resources.model import Rollout, SourceRef, resource_from
 from fleetwave.runtime.engine import Engine
 from fleetwave.store import Store, open_store
+from tests.gates.gate_server import GateServer, serving
 
 
 class FakePublisher:
@@ -180,3 +182,34 @@ async def test_equal_version_maps_are_shared_between_devices(store: Store) -> No
     engine, _ = await started(store, 50)
     versions = {id(row.versions) for row in engine.fleet.devices.values()}
     assert len(versions) == 1
+
+
+async def test_a_closed_gate_is_asked_again_when_its_back_off_ends(store: Store) -> None:
+    """A closed gate waited for the resync interval (an hour here), whatever its back-off
+    said: nothing else wakes a rollout that waits on its gate."""
+    async with serving(GateServer("s")) as gate:
+        engine, publisher = await started(store, 10)
+        gates = engine.reconciler.gates
+        gates.first_backoff = 0.5
+        spec = {**rollout().raw_spec, "strategy": {
+            "steps": [{"percent": 100, "gate": {"webhook": {"url": gate.url}}}],
+            "maxInFlight": 1000}}
+        gated = resource_from({"kind": "Rollout", "metadata": {"name": "r1"}, "spec": spec},
+                              SourceRef(kind="folder"))
+        assert isinstance(gated, Rollout)
+        engine.set_source({"r1": gated}, {}, "rev1")
+        stop = asyncio.Event()
+        loop = asyncio.create_task(engine.run(stop))
+        try:
+            await until(lambda: len(gate.requests) == 2)
+            assert publisher.commands == []
+            gate.answer = (200, {"allow": True})  # the third answer opens
+            await until(lambda: len(publisher.commands) == 10)
+            gaps = [b.at - a.at for a, b in itertools.pairwise(gate.requests)]
+            # The back-off counts from the pass that asked, the gaps from the requests'
+            # arrival: the first request (a new connection) may arrive a little later.
+            assert 0.4 <= gaps[0] < 0.5 + 0.5 and 0.9 <= gaps[1] < 1.0 + 0.5, gaps
+            assert len(gate.requests) == 3, "an open gate is not asked again"
+        finally:
+            stop.set()
+            await loop

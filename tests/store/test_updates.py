@@ -154,8 +154,8 @@ async def test_rollout_counts_use_each_devices_latest_attempt(store: Store) -> N
     ])
     counts = await store.updates.rollout_counts("r1")
     assert counts == {"pending": 0, "acknowledged": 0, "scheduled": 0, "in_progress": 1,
-                      "succeeded": 1, "failed": 0, "timeout": 1, "cancelled": 0,
-                      "rolled_back": 0}
+                      "awaiting_restart": 0, "succeeded": 1, "failed": 0, "timeout": 1,
+                      "cancelled": 0, "rolled_back": 0}
     assert sum((await store.updates.rollout_counts("none")).values()) == 0
 
 

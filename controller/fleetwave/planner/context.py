@@ -13,7 +13,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fleetwave.planner.conditions import DecisionReason
-from fleetwave.planner.model import CheckResults, DeviceView, GateResults, RolloutState
+from fleetwave.planner.model import (
+    AnalysisResults,
+    CheckResults,
+    DeviceView,
+    GateResults,
+    RolloutState,
+)
 from fleetwave.protocol.messages import Command, CommandAction
 from fleetwave.protocol.versions import compare, version_key
 from fleetwave.resources.model import (
@@ -35,8 +41,8 @@ TIMEZONE_LABEL = "timezone"
 
 RECORD_NAMESPACE = uuidlib.uuid5(uuidlib.NAMESPACE_URL, "https://fleetwave.io/updates")
 
-FAILURE_REASONS = frozenset({Reason.ACK_TIMEOUT, Reason.UPDATE_TIMEOUT, Reason.UNHEALTHY,
-                             Reason.OFFLINE_AFTER_UPDATE, Reason.CHECK_FAILED,
+FAILURE_REASONS = frozenset({Reason.ACK_TIMEOUT, Reason.UPDATE_TIMEOUT, Reason.NO_RESTART,
+                             Reason.UNHEALTHY, Reason.OFFLINE_AFTER_UPDATE, Reason.CHECK_FAILED,
                              Reason.DEVICE_REPORTED_FAILURE, DecisionReason.VERSION_MISMATCH})
 
 
@@ -117,6 +123,7 @@ class PassContext:
     hops: tuple[Hop, ...] = ()
     """`strategy.requires`, lowest `via` first."""
     gate_results: GateResults = field(default_factory=dict)
+    analysis_results: AnalysisResults = field(default_factory=dict)
 
     def gate_open(self, step: int) -> bool:
         """Whether step `step` may start: it has no gate, or its gate answered open."""
@@ -126,7 +133,8 @@ class PassContext:
     @classmethod
     def build(cls, rollout: Rollout, state: RolloutState, now: float,
               check_results: CheckResults | None,
-              gate_results: GateResults | None = None) -> PassContext:
+              gate_results: GateResults | None = None,
+              analysis_results: AnalysisResults | None = None) -> PassContext:
         spec = rollout.spec
         return cls(
             rollout=rollout, name=rollout.name, now=now, component=spec.component,
@@ -141,6 +149,7 @@ class PassContext:
             hops=tuple(sorted(spec.strategy.requires,
                               key=lambda h: version_key(h.via) or ((0, 0, 0), None))),
             gate_results=gate_results or {},
+            analysis_results=analysis_results or {},
         )
 
     def target_for(self, reported: str | None) -> str:
@@ -174,6 +183,7 @@ class PassContext:
             force=self.force,
             scheduled_time=self.rollout.annotations.get(SCHEDULED_TIME_ANNOTATION),
             release=next_release(self.now),
+            confirm_after_restart=self.health.confirm_after_restart,
         )
 
     def rollback_record(self, record: UpdateRecord) -> UpdateRecord:

@@ -136,7 +136,8 @@ async def confirm(conn: AsyncConnection, states: Mapping[str, ReportedState]
     settled: dict[str, UpdateRecord] = {}
     for record in open_:
         state = states[record.device]
-        after = confirm_by_state(record, state.versions, state.received_at).record
+        after = confirm_by_state(record, state.versions, state.received_at,
+                                 state.boot_id).record
         if after is not None:
             settled[record.id] = after
     await save(conn, settled.values(), {r.id: r for r in open_})
