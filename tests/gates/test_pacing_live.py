@@ -73,7 +73,7 @@ def load_records(store_url: str) -> dict[str, list[UpdateRecord]]:
     async def load() -> dict[str, list[UpdateRecord]]:
         store = open_store(store_url)
         try:
-            return {name: list(await store.rollout_updates(name)) for name in ROLLOUTS}
+            return {name: list(await store.updates.of_rollout(name)) for name in ROLLOUTS}
         finally:
             await store.close()
     return asyncio.run(load())
