@@ -72,8 +72,9 @@ def test_a_rollback_proposes_a_revert_branch_in_the_git_source(
 
     def rolled_back() -> bool:
         rollout = controller.get("/api/v1/rollouts/agent-rollout", ok_only=False)
-        return isinstance(rollout, dict) and rollout.get("status", {}).get(
-            "phase") == "RolledBack"
+        # Before the first sync the answer is a 404, read back as {"status": 404}.
+        status = rollout.get("status") if isinstance(rollout, dict) else None
+        return isinstance(status, dict) and status.get("phase") == "RolledBack"
 
     wait_until(rolled_back, 90, controller.tail)
     branch = "fleetwave/revert-agent-rollout-1.0.6"

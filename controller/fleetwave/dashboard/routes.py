@@ -21,6 +21,7 @@ from aiohttp import web
 
 from fleetwave.api.ports import ControlPlane
 from fleetwave.api.server import ApiError, _int_param, json_response
+from fleetwave.background import wake_or_stop
 from fleetwave.dashboard.live import LiveFeed, TooManyStreams
 from fleetwave.dashboard.views import Views, parse_label
 from fleetwave.resources.schema import PHASES
@@ -180,15 +181,10 @@ async def stream(request: web.Request) -> web.StreamResponse:
         await response.write(f"retry: {RETRY_MS}\n\n".encode()
                              + _sse("hello", {"instance": INSTANCE, "time": time.time()}))
         while not closing.is_set():
-            waiters = [asyncio.ensure_future(subscriber.wake.wait()),
-                       asyncio.ensure_future(closing.wait())]
-            done, pending = await asyncio.wait(waiters, timeout=HEARTBEAT,
-                                               return_when=asyncio.FIRST_COMPLETED)
-            for task in pending:
-                task.cancel()
+            woken = await wake_or_stop(subscriber.wake, closing, HEARTBEAT)
             if closing.is_set():
                 break
-            if not done:
+            if not woken:
                 await response.write(b": keep-alive\n\n")
                 continue
             resync, statuses, events = subscriber.take()

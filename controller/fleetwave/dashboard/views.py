@@ -24,6 +24,7 @@ from typing import Any
 import structlog
 
 from fleetwave.api.ports import JSON, ControlPlane, Key, NotFound, Page
+from fleetwave.background import Background
 from fleetwave.planner.model import DeviceView
 from fleetwave.planner.preview import preview, wave_members
 from fleetwave.planner.selectors import Targets, resolve_targets
@@ -146,7 +147,8 @@ class FleetReads:
         """Seconds after which a fleet read is not shown even once while a new one runs."""
         self._fleet: Fleet | None = None
         self._refreshing = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.background = Background(log, "dashboard.background_failed")
+        """Work beside the requests; a failure is logged, the old answer stays."""
         self._reading: asyncio.Lock = asyncio.Lock()
 
     async def fleet(self) -> Fleet:
@@ -192,7 +194,7 @@ class FleetReads:
             finally:
                 self._refreshing = False
 
-        self.background(refresh(), "dashboard-fleet-read")
+        self.background.run(refresh(), "dashboard-fleet-read")
 
     async def _read(self) -> Fleet:
         """Read the fleet, yielding to the loop between the parts so a request that
@@ -218,17 +220,6 @@ class FleetReads:
             await asyncio.sleep(0)
             fleet.wave_of(name)
         return fleet
-
-    def background(self, work: Awaitable[Any], name: str) -> None:
-        """Run `work` beside the requests; a failure is logged, the old answer stays."""
-        async def guarded() -> None:
-            try:
-                await work
-            except Exception:
-                log.exception("dashboard.background_failed", what=name)
-        task = asyncio.create_task(guarded(), name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
 
 async def every_page(read: Callable[[Key | None], Awaitable[Page]]) -> list[JSON]:
@@ -409,7 +400,7 @@ class Views:
             if age < self.reads.max_stale:
                 if name not in self._planning:
                     self._planning.add(name)
-                    self.reads.background(self._replan(name), f"dashboard-plan-{name}")
+                    self.reads.background.run(self._replan(name), f"dashboard-plan-{name}")
                 return cached[1]
         return await self._replan(name)
 

@@ -22,6 +22,7 @@ from typing import Any
 import structlog
 
 from fleetwave import GROUP_VERSION
+from fleetwave.background import wake_or_stop
 from fleetwave.operator.kube import ApiError, KubeClient, NotFoundError, object_path
 from fleetwave.operator.source import ObjectRef
 
@@ -98,12 +99,7 @@ class StatusWriter:
         while not stop.is_set():
             delay = await self.flush() if self.active else None
             self._wake.clear()
-            waiters = {asyncio.ensure_future(self._wake.wait()),
-                       asyncio.ensure_future(stop.wait())}
-            _, pending = await asyncio.wait(waiters, timeout=delay,
-                                            return_when=asyncio.FIRST_COMPLETED)
-            for task in pending:
-                task.cancel()
+            await wake_or_stop(self._wake, stop, delay)
 
     def submit_ref(self, ref: ObjectRef, status: Mapping[str, Any]) -> None:
         """A status for one CR that the engine does not know (an invalid one)."""

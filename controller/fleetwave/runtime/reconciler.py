@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 
+from fleetwave.background import Background, wake_or_stop
 from fleetwave.metrics import Metrics
 from fleetwave.planner.model import HashCache, Plan
 from fleetwave.planner.plan import plan_deleted, plan_fleet
@@ -99,7 +100,7 @@ class Reconciler:
         """The source's inventory changed: the store's copy is written on the next pass."""
         self.to_clear = to_clear
         """Devices whose update ended by their own status: clear their retained command."""
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._background = Background(log, "engine.background_failed")
 
     def wake(self, component: str | None = None) -> None:
         """Something changed that can change a plan (of `component`'s rollouts, or any)."""
@@ -127,12 +128,7 @@ class Reconciler:
             delay = self.resync_interval
             if next_wake is not None:
                 delay = min(delay, max(0.05, next_wake - self.clock()))
-            waiters = {asyncio.ensure_future(self._wake.wait()),
-                       asyncio.ensure_future(stop.wait())}
-            _, pending = await asyncio.wait(waiters, timeout=delay,
-                                            return_when=asyncio.FIRST_COMPLETED)
-            for task in pending:
-                task.cancel()
+            await wake_or_stop(self._wake, stop, delay)
             # Coalesce a burst of ingest into one pass, and leave the loop to ingest at
             # least as long as the last pass took, so planning does not starve the status
             # it plans on; bounded, so progress stays visible every half second.
@@ -255,7 +251,8 @@ class Reconciler:
             rollout = desired.get(name)
             if rollout is not None and hooks.on_rolled_back is not None:
                 attempts = [r for rs in self.fleet.records.get(name, {}).values() for r in rs]
-                self._background(hooks.on_rolled_back(rollout, attempts), "rolled-back hook")
+                self._background.run(hooks.on_rolled_back(rollout, attempts),
+                                     "rolled-back hook")
         for name, plan in plans.items():
             self.fleet.states[name] = plan.state
         for name, status in built.statuses.items():
@@ -324,14 +321,3 @@ class Reconciler:
         if self.hooks.on_event is not None:
             self.hooks.on_event({"rollout": rollout, "type": type, "reason": reason,
                                  "message": message, "device": device, "time": self.clock()})
-
-    def _background(self, work: Awaitable[None], what: str) -> None:
-        """Run `work` beside the loop; a failure is logged, never raised into a pass."""
-        async def guarded() -> None:
-            try:
-                await work
-            except Exception:
-                log.exception("engine.background_failed", what=what)
-        task = asyncio.create_task(guarded(), name=what)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)

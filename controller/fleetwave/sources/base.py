@@ -36,6 +36,7 @@ from typing import Protocol, runtime_checkable
 
 import structlog
 
+from fleetwave.background import wake_or_stop
 from fleetwave.metrics import Metrics
 from fleetwave.resources.generations import count_generation
 from fleetwave.resources.inventory import merge_inventories
@@ -331,14 +332,5 @@ class PollingSource:
                 outcome = on_snapshot(snapshot)
                 if inspect.isawaitable(outcome):
                     await outcome
-            await _wait_any(self._wake, stop, self.next_delay())
+            await wake_or_stop(self._wake, stop, self.next_delay())
 
-
-async def _wait_any(wake: asyncio.Event, stop: asyncio.Event, seconds: float) -> None:
-    waiters = [asyncio.create_task(wake.wait()), asyncio.create_task(stop.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
-        await asyncio.gather(*waiters, return_exceptions=True)
