@@ -300,6 +300,9 @@ class Plan:
     `unchanged`)."""
     awaiting_gate: int | None = None
     """The 0-based step whose gate must open before it starts (the engine asks it)."""
+    held_back: bool = False
+    """The send limit left devices that could go now for a later pass: the engine plans
+    again when its outbox has room (never settled)."""
 
     def reusable(self, rollout: Rollout, state: RolloutState | None, now: float) -> bool:
         """Whether this plan still stands for `rollout` in `state` at `now`, inputs unchanged."""

@@ -66,6 +66,7 @@ class Reconciler:
         self.store = store
         self.outbox = outbox
         outbox.on_sent = self._store_sent
+        outbox.on_room = self._room
         self.metrics = metrics
         self.fleet = fleet
         self.desired = desired
@@ -90,6 +91,8 @@ class Reconciler:
         self._planned: dict[str, tuple[str, int, str, str]] = {}
         """rollout -> (component, generation, spec hash, source kind) it was planned with."""
         self._dirty_groups: set[str] = set()
+        self._held_back: set[str] = set()
+        """Components whose plans left devices for when the outbox has room."""
         self._last_full = 0.0
         self._gauged_at = 0.0
         self.inventory_dirty = False
@@ -171,10 +174,14 @@ class Reconciler:
         results = {key: verdict[0] for key, verdict in self.checks.results.items()}
         plans = plan_fleet(rollouts, list(fleet.views.values()), fleet.records, fleet.states,
                            now, check_results=results, cache=self._hashes,
-                           gate_results=self.gates.results(desired)).plans if rollouts else {}
+                           gate_results=self.gates.results(desired),
+                           send_limit=self.outbox.free()).plans if rollouts else {}
         for component in chosen:
             self._group_wake[component] = None
         for rollout in rollouts:
+            if plans[rollout.name].held_back:
+                self._held_back.add(rollout.spec.component)
+                self.outbox.want_room()
             wake = plans[rollout.name].next_wake
             held = self._group_wake.get(rollout.spec.component)
             if wake is not None and (held is None or wake < held):
@@ -264,6 +271,12 @@ class Reconciler:
         async with self.lock:
             for record in await self.store.apply_decisions(sent):
                 self.fleet.remember(record)
+
+    def _room(self) -> None:
+        """The outbox has room again: plan the groups that held devices back."""
+        self._dirty_groups |= self._held_back
+        self._held_back.clear()
+        self._wake.set()
 
     def _gate_answered(self) -> None:
         self._gates_answered = True
