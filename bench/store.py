@@ -46,20 +46,20 @@ async def measure(url: str, count: int, single_count: int, batch: int) -> tuple[
     await store.migrate()
     try:
         single = records(single_count, "s")
-        await store.create_updates(single)
+        await store.updates.create(single)
         msgs = statuses(single, 2.0)
         started = time.perf_counter()
         for msg in msgs:
-            await store.apply_statuses([msg])
+            await store.updates.apply_statuses([msg])
         one_rate = len(msgs) / (time.perf_counter() - started)
 
         many = records(count, "b")
         for start in range(0, count, batch):
-            await store.create_updates(many[start:start + batch])
+            await store.updates.create(many[start:start + batch])
         msgs = statuses(many, 2.0)
         started = time.perf_counter()
         for start in range(0, count, batch):
-            outcomes = await store.apply_statuses(msgs[start:start + batch])
+            outcomes = await store.updates.apply_statuses(msgs[start:start + batch])
             assert all(o.after is not None for o in outcomes)
         batch_rate = len(msgs) / (time.perf_counter() - started)
         return one_rate, batch_rate

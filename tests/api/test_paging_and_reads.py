@@ -113,13 +113,13 @@ async def test_a_cursor_the_server_did_not_hand_out_is_400(client: Client, curso
 
 async def test_updates_pages_are_keyset_queries_on_the_store(store: Store) -> None:
     """The engine's query against a real store: 25 stale updates, 3 sharing a timestamp."""
-    await store.create_updates(
+    await store.updates.create(
         [update(f"u{i:02d}", device=f"d{i:02d}", created_at=float(i // 3)) for i in range(25)]
         + [update("done", device="dz", state=UpdateState.SUCCEEDED, created_at=0.0)])
     seen: list[str] = []
     after: tuple[float, str] | None = None
     while True:
-        page = await store.stale_updates(0.0, 1000.0, after=after, limit=10)
+        page = await store.updates.stale(0.0, 1000.0, after=after, limit=10)
         seen += [r.id for r in page]
         if len(page) < 10:
             break

@@ -115,6 +115,13 @@ def test_mandatory_intermediate_version() -> None:
     assert (hop.below, hop.via, rollout.spec.version) == ("2.0.0", "2.0.0", "3.1.0")
 
 
+def test_boot_confirmed_success() -> None:
+    rollout = load("boot-confirmed.yaml")
+    assert isinstance(rollout, Rollout)
+    assert rollout.spec.health.confirm_after_restart is True
+    assert rollout.spec.health.update_timeout == timedelta(minutes=45)
+
+
 def test_webhook_gate_before_the_main_wave() -> None:
     rollout = load("webhook-gate.yaml")
     assert isinstance(rollout, Rollout)
@@ -122,3 +129,14 @@ def test_webhook_gate_before_the_main_wave() -> None:
     assert first.gate is None and main.gate is not None
     assert main.gate.secret_ref == "RELEASE_GATE_SECRET"
     assert main.gate.url.startswith("https://")
+
+
+def test_prometheus_analysis_after_the_canary() -> None:
+    rollout = load("prometheus-analysis.yaml")
+    assert isinstance(rollout, Rollout)
+    canary, main = rollout.spec.strategy.steps
+    assert canary.analysis is not None and main.analysis is None
+    assert (canary.analysis.maximum, canary.analysis.minimum) == (0.02, None)
+    assert canary.analysis.for_.total_seconds() == 600
+    assert canary.analysis.url.startswith("http://")
+    assert rollout.spec.failure_policy.action == "rollback"

@@ -4,50 +4,22 @@ requests, closed then open, back-off between questions, an answer per event."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiohttp import web
 
-from fleetwave.api.notify import SIGNATURE_HEADER, verify
 from fleetwave.runtime.gates import GateRunner
+from tests.gates.gate_server import GateServer, serving
 from tests.planner.fleet import make_rollout
 
 SECRET = "s3cret"
 
 
-class GateServer:
-    """Answers what `answer` says and keeps every request it got."""
-
-    def __init__(self) -> None:
-        self.answer: tuple[int, Any] = (200, {"allow": False})
-        self.requests: list[tuple[dict[str, Any], bool]] = []
-        self.url = ""
-
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        self.requests.append((json.loads(body),
-                              verify(SECRET.encode(), body,
-                                     request.headers.get(SIGNATURE_HEADER, ""))))
-        status, doc = self.answer
-        return web.Response(status=status, text=json.dumps(doc))
-
-
 @pytest.fixture
 async def server() -> AsyncIterator[GateServer]:
-    gate = GateServer()
-    app = web.Application()
-    app.router.add_post("/gate", gate.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    gate.url = f"http://127.0.0.1:{port}/gate"
-    yield gate
-    await runner.cleanup()
+    async with serving(GateServer(SECRET)) as gate:
+        yield gate
 
 
 async def answered(runner: GateRunner, woke: asyncio.Event) -> None:
@@ -64,9 +36,10 @@ async def test_closed_then_open_with_signed_requests_and_back_off(server: GateSe
     gates.ask(r, 1, counts, now=1000.0)
     await answered(gates, woke)
     assert gates.results({r.name: r}) == {(r.name, 1): False}
-    [(body, signed)] = server.requests
-    assert body == {"rollout": r.name, "step": 2, "version": "1.0.6", "counts": counts}
-    assert signed
+    [request] = server.requests
+    assert request.body == {"rollout": r.name, "step": 2, "version": "1.0.6",
+                            "counts": counts}
+    assert request.signed
     gates.ask(r, 1, counts, now=1004.0)  # within the back-off: not asked again
     await asyncio.sleep(0.2)
     assert len(server.requests) == 1
@@ -100,7 +73,7 @@ async def test_anything_but_allow_true_in_a_2xx_is_closed(server: GateServer,
     gates.ask(r, 0, {}, now=0.0)
     await answered(gates, woke)
     assert gates.results({r.name: r}) == {(r.name, 0): False}
-    assert server.requests[0][1] is False  # no secretRef: unsigned
+    assert server.requests[0].signed is False  # no secretRef: unsigned
 
 
 async def test_an_unreachable_gate_is_closed_and_backs_off_doubling() -> None:

@@ -52,7 +52,7 @@ def store_records(store_url: str) -> list[UpdateRecord]:
     async def load() -> list[UpdateRecord]:
         store = open_store(store_url)
         try:
-            return list(await store.rollout_updates(ROLLOUT))
+            return list(await store.updates.of_rollout(ROLLOUT))
         finally:
             await store.close()
     return asyncio.run(load())

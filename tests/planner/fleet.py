@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from fleetwave.planner.model import (
+    AnalysisResult,
     ClearCommand,
     Decide,
     DeviceView,
@@ -92,6 +93,9 @@ class FakeFleet:
         self.log: list[Plan] = []
         self.check_results: Mapping[tuple[str, str], bool | None] = {}
         self.gate_results: Mapping[tuple[str, int], bool | None] = {}
+        self.analysis_results: Mapping[tuple[str, int], AnalysisResult] = {}
+        self.boot_ids: dict[str, str] = {}
+        """uuid -> the boot id its acknowledgements carry (confirmAfterRestart)."""
 
     # -- records ----------------------------------------------------------------------------
 
@@ -123,7 +127,8 @@ class FakeFleet:
     def plan(self, now: float) -> FleetPlan:
         return plan_fleet(self.rollouts, list(self.devices.values()), self.records,
                           self.states, now, check_results=self.check_results,
-                          cache=self.cache, gate_results=self.gate_results)
+                          cache=self.cache, gate_results=self.gate_results,
+                          analysis_results=self.analysis_results)
 
     def step(self, now: float) -> FleetPlan:
         fp = self.plan(now)
@@ -160,7 +165,8 @@ class FakeFleet:
                     outcome = self.behaviour(uuid, r)
                     if outcome == "silent":
                         continue
-                    self._status(r, StatusType.COMMAND_RECEIVED, now)
+                    self._status(r, StatusType.COMMAND_RECEIVED, now,
+                                 boot_id=self.boot_ids.get(uuid))
                     r2 = self._latest(r)
                     self._status(r2, StatusType.STARTED, now)
                     r3 = self._latest(r)

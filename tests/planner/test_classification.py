@@ -97,6 +97,10 @@ TABLE = [
     ([rec(S.ROLLED_BACK)], dict(), 10, {}, (Outcome.ROLLED_BACK, 0)),
     ([rec(S.SUCCEEDED, to_version="1.0.4", completed_at=T0, health=Health.HEALTHY)],
      dict(version="1.0.4"), 10, {}, (Outcome.NEEDS_UPDATE, 2)),
+    ([rec(S.AWAITING_RESTART, started_at=T0, confirm_after_restart=True, boot_id="b1")],
+     dict(version="1.0.6"), 899, {}, (Outcome.AWAITING_RESTART, 0)),
+    ([rec(S.AWAITING_RESTART, started_at=T0, confirm_after_restart=True, boot_id="b1")],
+     dict(version="1.0.6"), 900, {}, (Outcome.TIMED_OUT, 0)),
 ]
 
 

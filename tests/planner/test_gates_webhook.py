@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from fleetwave.planner.model import SendUpdate
+from fleetwave.resources.loading import load_text
 from tests.planner.fleet import T0, FakeFleet, fleet, make_rollout
 
 GATE = {"webhook": {"url": "http://127.0.0.1:1/gate", "secretRef": "GATE_SECRET"}}
@@ -50,3 +51,29 @@ def test_a_gate_on_a_later_step_holds_only_that_step_then_opens() -> None:
     f.run(T0 + 3660, T0 + 3 * 3600, tick=60)
     assert f.log[-1].status.phase == "Completed"
     assert f.log[-1].awaiting_gate is None
+
+
+@pytest.mark.parametrize("url", [
+    pytest.param("file:///etc/passwd", id="file"),
+    pytest.param("ftp://gates.example.com/allow", id="ftp"),
+    pytest.param("gates.example.com/allow", id="no-scheme"),
+    pytest.param("https:///allow", id="no-host"),
+])
+def test_validate_refuses_a_webhook_url_that_is_not_http(url: str) -> None:
+    text = ("apiVersion: fleetwave.io/v1alpha1\nkind: Rollout\nmetadata: {name: r}\n"
+            "spec:\n  component: agent\n  version: '3.0.0'\n  selector: {}\n"
+            "  strategy:\n    steps:\n      - percent: 100\n"
+            f"        gate: {{webhook: {{url: '{url}'}}}}\n")
+    errors = load_text(text, "r.yaml").errors
+    assert [(e.field, e.line) for e in errors] == [
+        ("spec.strategy.steps[0].gate.webhook.url", 11)]
+    assert "is not an http(s) URL" in errors[0].message
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080/gate", "HTTPS://gates.example.com/a"])
+def test_validate_accepts_http_and_https_webhooks(url: str) -> None:
+    text = ("apiVersion: fleetwave.io/v1alpha1\nkind: Rollout\nmetadata: {name: r}\n"
+            "spec:\n  component: agent\n  version: '3.0.0'\n  selector: {}\n"
+            "  strategy:\n    steps:\n      - percent: 100\n"
+            f"        gate: {{webhook: {{url: '{url}'}}}}\n")
+    assert load_text(text, "r.yaml").errors == []

@@ -125,7 +125,7 @@ def load_records(store_url: str) -> list[UpdateRecord]:
     async def load() -> list[UpdateRecord]:
         store = open_store(store_url)
         try:
-            return await store.rollout_updates(ROLLOUT)
+            return await store.updates.of_rollout(ROLLOUT)
         finally:
             await store.close()
     return asyncio.run(load())
@@ -135,7 +135,7 @@ def device_versions(store_url: str) -> dict[str, str | None]:
     async def load() -> dict[str, str | None]:
         store = open_store(store_url)
         try:
-            return {d.uuid: d.versions.get("agent") for d in await store.list_devices()}
+            return {d.uuid: d.versions.get("agent") for d in await store.devices.all()}
         finally:
             await store.close()
     return asyncio.run(load())

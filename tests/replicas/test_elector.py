@@ -53,9 +53,9 @@ async def test_one_leader_and_a_follower_that_knows_its_address(stores: list[Sto
     assert metrics[0].registry.get_sample_value("fleetwave_leader") == 1
     assert metrics[0].registry.get_sample_value("fleetwave_leader_epoch") == 1
     assert metrics[1].registry.get_sample_value("fleetwave_leader") == 0
-    await a.store.append_events([event("the leader writes")])
+    await a.store.events.append([event("the leader writes")])
     with pytest.raises(Fenced):  # a follower's plan writes are refused in the store
-        await b.store.append_events([event("a follower writes")])
+        await b.store.events.append([event("a follower writes")])
 
 
 async def test_a_clean_stop_hands_over_with_a_higher_epoch(stores: list[Store]) -> None:
@@ -87,7 +87,7 @@ async def test_a_paused_leader_steps_down_by_its_own_clock_and_is_fenced(
     clock.now += 1.2  # ...and the paused process wakes up
     assert not a.still_leading() and not a.is_leader
     with pytest.raises(Fenced):
-        await a.store.append_events([event("written after waking up")])
+        await a.store.events.append([event("written after waking up")])
     await a.tick()  # it stays a follower while the new leader renews
     assert not a.is_leader
 

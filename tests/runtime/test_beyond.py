@@ -49,7 +49,7 @@ def records_of(store_url: str, rollout: str) -> list[UpdateRecord]:
     async def load() -> list[UpdateRecord]:
         store = open_store(store_url)
         try:
-            return await store.rollout_updates(rollout)
+            return await store.updates.of_rollout(rollout)
         finally:
             await store.close()
     return asyncio.run(load())

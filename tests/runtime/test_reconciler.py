@@ -7,6 +7,7 @@ covers the real broker). The test plays the devices by handing the engine their 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,6 +19,7 @@ from fleetwave.protocol.messages import Command, Online, ReportedState, Status, 
 from fleetwave.resources.model import Rollout, SourceRef, resource_from
 from fleetwave.runtime.engine import Engine
 from fleetwave.store import Store, open_store
+from tests.gates.gate_server import GateServer, serving
 
 
 class FakePublisher:
@@ -103,7 +105,7 @@ async def test_records_are_stored_before_their_commands_are_published(store: Sto
     engine.set_source({"r1": rollout()}, {}, "rev1")
     await engine.reconcile_once()
     assert len(publisher.commands) == 20
-    stored = {r.correlation_id: r for r in await store.rollout_updates("r1")}
+    stored = {r.correlation_id: r for r in await store.updates.of_rollout("r1")}
     for _device, command in publisher.commands:
         record = stored[command.correlation_id]
         assert record.sent_at is not None, "sent is stored once the command went out"
@@ -152,13 +154,13 @@ async def test_one_transaction_per_pass_for_every_rollout(store: Store) -> None:
     engine.set_source({"a": rollout("a"), "b": rollout("b", component="nodered"),
                        "c": rollout("c", component="other")}, {}, "rev1")
     writes: list[str] = []
-    original = store._write
+    original = store.write
 
     async def counted(work: Any) -> Any:
         writes.append(getattr(work, "__qualname__", "?"))
         return await original(work)
 
-    store._write = counted  # type: ignore[method-assign]
+    store.write = counted  # type: ignore[method-assign]
     await engine.reconcile_once()
     # one for the pass (records, decisions, events, three states), one for `sent`
     assert len(writes) == 2, writes
@@ -172,7 +174,7 @@ async def test_the_merge_rule_keeps_the_newer_report_in_memory_and_store(store: 
     await engine.on_device_messages([newer])
     await engine.on_device_messages([older])  # a late redelivery
     assert engine.fleet.devices["d000"].versions == {"agent": "5.0.0"}
-    row = await store.get_device("d000")
+    row = await store.devices.get("d000")
     assert row is not None and row.versions == {"agent": "5.0.0"}
 
 
@@ -180,6 +182,37 @@ async def test_equal_version_maps_are_shared_between_devices(store: Store) -> No
     engine, _ = await started(store, 50)
     versions = {id(row.versions) for row in engine.fleet.devices.values()}
     assert len(versions) == 1
+
+
+async def test_a_closed_gate_is_asked_again_when_its_back_off_ends(store: Store) -> None:
+    """A closed gate waited for the resync interval (an hour here), whatever its back-off
+    said: nothing else wakes a rollout that waits on its gate."""
+    async with serving(GateServer("s")) as gate:
+        engine, publisher = await started(store, 10)
+        gates = engine.reconciler.gates
+        gates.first_backoff = 0.5
+        spec = {**rollout().raw_spec, "strategy": {
+            "steps": [{"percent": 100, "gate": {"webhook": {"url": gate.url}}}],
+            "maxInFlight": 1000}}
+        gated = resource_from({"kind": "Rollout", "metadata": {"name": "r1"}, "spec": spec},
+                              SourceRef(kind="folder"))
+        assert isinstance(gated, Rollout)
+        engine.set_source({"r1": gated}, {}, "rev1")
+        stop = asyncio.Event()
+        loop = asyncio.create_task(engine.run(stop))
+        try:
+            await until(lambda: len(gate.requests) == 2)
+            assert publisher.commands == []
+            gate.answer = (200, {"allow": True})  # the third answer opens
+            await until(lambda: len(publisher.commands) == 10)
+            gaps = [b.at - a.at for a, b in itertools.pairwise(gate.requests)]
+            # The back-off counts from the pass that asked, the gaps from the requests'
+            # arrival: the first request (a new connection) may arrive a little later.
+            assert 0.4 <= gaps[0] < 0.5 + 0.5 and 0.9 <= gaps[1] < 1.0 + 0.5, gaps
+            assert len(gate.requests) == 3, "an open gate is not asked again"
+        finally:
+            stop.set()
+            await loop
 
 
 async def test_a_wave_waits_for_outbox_room_and_still_goes_out_whole(store: Store) -> None:
@@ -192,7 +225,7 @@ async def test_a_wave_waits_for_outbox_room_and_still_goes_out_whole(store: Stor
     engine.set_source({"r1": rollout()}, {}, "rev1")
     await engine.reconciler.reconcile_once()
     await engine.outbox.flush()
-    assert len(await store.rollout_updates("r1")) == 8, "a pass creates only what fits"
+    assert len(await store.updates.of_rollout("r1")) == 8, "a pass creates only what fits"
     assert len(publisher.commands) == 8
     stop = asyncio.Event()
     loop = asyncio.create_task(engine.run(stop))

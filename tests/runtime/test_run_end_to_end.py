@@ -64,7 +64,7 @@ def records_per_device(store_url: str) -> dict[str, list[dict[str, Any]]]:
     async def load() -> dict[str, list[dict[str, Any]]]:
         store = open_store(store_url)
         try:
-            records = await store.rollout_updates("agent-rollout")
+            records = await store.updates.of_rollout("agent-rollout")
         finally:
             await store.close()
         out: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)

@@ -96,7 +96,7 @@ def stored(store_url: str) -> dict[str, tuple[str, bool, bool]]:
     async def load() -> dict[str, tuple[str, bool, bool]]:
         store = open_store(store_url)
         try:
-            records = await store.rollout_updates("acks")
+            records = await store.updates.of_rollout("acks")
         finally:
             await store.close()
         return {r.device: (r.state.value, r.acknowledged_at is not None,

@@ -27,17 +27,17 @@ async def race(url: str, name: str) -> list[str]:
     inserted: list[str] = []
     for start in range(0, DEVICES, BATCH):
         for chunk in (shared[start:start + BATCH], own[start:start + BATCH]):
-            inserted += [r.id for r in await store.create_updates(chunk)]
+            inserted += [r.id for r in await store.updates.create(chunk)]
     for round_, type_ in enumerate((StatusType.COMMAND_RECEIVED, StatusType.STARTED,
                                     StatusType.SUCCEEDED)):
         for start in range(0, DEVICES, BATCH):
             batch = [status(type_, f"corr-shared-{i}", device=f"dev-{i}")
                      for i in range(start, start + BATCH)]
-            await store.apply_statuses(batch)
+            await store.updates.apply_statuses(batch)
             # the device reports the new version once it runs it (an earlier report of
             # the target version would settle the update: ConfirmedByReportedState)
             version = "1.0.6" if type_ == StatusType.SUCCEEDED else "1.0.5"
-            await store.apply_device_messages(
+            await store.devices.apply_messages(
                 [ReportedState(f"dev-{i}", {"agent": version}, 1000.0 * (round_ + 1) + i)
                  for i in range(start, start + BATCH)])
     await store.close()

@@ -48,10 +48,10 @@ async def test_two_processes_racing_on_the_same_messages(store_url: str) -> None
             ).scalar()
         assert (total, doubled) == (2 * DEVICES, 0)
         # No status was lost: every shared update went all the way.
-        records = [r for r in await store.rollout_updates("r1") if r.id.startswith("shared-")]
+        records = [r for r in await store.updates.of_rollout("r1") if r.id.startswith("shared-")]
         assert {r.state.value for r in records} == {"succeeded"}
         assert all(r.acknowledged_at is not None and r.started_at is not None for r in records)
-        devices = await store.list_devices()
+        devices = await store.devices.all()
         assert len(devices) == DEVICES
         assert {d.versions["agent"] for d in devices} == {"1.0.6"}
     finally:

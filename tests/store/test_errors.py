@@ -49,11 +49,11 @@ async def test_locked_sqlite_is_one_line(tmp_path: Path) -> None:
         holder.execute("BEGIN EXCLUSIVE")
         started = time.monotonic()
         with pytest.raises(StoreError) as caught:
-            await store.create_updates([update()])
+            await store.updates.create([update()])
         assert time.monotonic() - started >= 0.25
         holder.execute("ROLLBACK")
         # Once the other writer is gone the same store works again.
-        assert await store.create_updates([update()]) == [update()]
+        assert await store.updates.create([update()]) == [update()]
     finally:
         holder.close()
         await store.close()

@@ -32,26 +32,26 @@ async def count_events(store: Store) -> int:
 async def test_one_holder_at_a_time_and_the_epoch_increases_on_takeover(store: Store) -> None:
     a, b = new_holder(), new_holder()
     assert a != b
-    first = await store.acquire_leadership(ROLE, a, ttl=0.6, address="http://a:8080")
+    first = await store.leases.acquire(ROLE, a, ttl=0.6, address="http://a:8080")
     assert first is not None and first.epoch == 1
-    assert await store.acquire_leadership(ROLE, b, ttl=0.6) is None
-    renewed = await store.renew_leadership(first, ttl=0.6)
+    assert await store.leases.acquire(ROLE, b, ttl=0.6) is None
+    renewed = await store.leases.renew(first, ttl=0.6)
     assert renewed is not None and renewed.epoch == 1
-    leader = await store.current_leader(ROLE)
+    leader = await store.leases.current(ROLE)
     assert leader is not None and (leader.holder, leader.address) == (a, "http://a:8080")
     await asyncio.sleep(0.8)
-    assert await store.current_leader(ROLE) is None
-    second = await store.acquire_leadership(ROLE, b, ttl=5)
+    assert await store.leases.current(ROLE) is None
+    second = await store.leases.acquire(ROLE, b, ttl=5)
     assert second is not None and second.epoch == 2
-    assert await store.renew_leadership(first, ttl=5) is None  # a is deposed for good
-    assert await store.acquire_leadership(ROLE, a, ttl=5) is None
+    assert await store.leases.renew(first, ttl=5) is None  # a is deposed for good
+    assert await store.leases.acquire(ROLE, a, ttl=5) is None
 
 
 async def test_a_clean_stop_hands_over_at_once_with_a_higher_epoch(store: Store) -> None:
-    a = await store.acquire_leadership(ROLE, new_holder(), ttl=30)
+    a = await store.leases.acquire(ROLE, new_holder(), ttl=30)
     assert a is not None
-    await store.release_leadership(a)
-    b = await store.acquire_leadership(ROLE, new_holder(), ttl=30)
+    await store.leases.release(a)
+    b = await store.leases.acquire(ROLE, new_holder(), ttl=30)
     assert b is not None and b.epoch == a.epoch + 1
 
 
@@ -59,15 +59,15 @@ async def test_a_deposed_leaders_writes_fail_in_the_store(store_url: str) -> Non
     leader, other = open_store(store_url), open_store(store_url)
     try:
         await leader.migrate()
-        lease = await leader.acquire_leadership(ROLE, new_holder(), ttl=0.6)
+        lease = await leader.leases.acquire(ROLE, new_holder(), ttl=0.6)
         assert lease is not None
         leader.set_fence(Fence(ROLE, lease.holder, lease.epoch))
-        await leader.append_events([event("while leading")])
+        await leader.events.append([event("while leading")])
         await asyncio.sleep(0.8)  # the leader is "paused" past its lease...
-        taken = await other.acquire_leadership(ROLE, new_holder(), ttl=30)
+        taken = await other.leases.acquire(ROLE, new_holder(), ttl=30)
         assert taken is not None and taken.epoch == lease.epoch + 1
         with pytest.raises(Fenced, match="no longer leads"):  # ...and wakes up to write
-            await leader.append_events([event("after deposition")])
+            await leader.events.append([event("after deposition")])
         assert await count_events(other) == 1
     finally:
         await leader.close()
@@ -75,13 +75,13 @@ async def test_a_deposed_leaders_writes_fail_in_the_store(store_url: str) -> Non
 
 
 async def test_an_expired_lease_fences_even_before_anyone_takes_over(store: Store) -> None:
-    lease = await store.acquire_leadership(ROLE, new_holder(), ttl=0.3)
+    lease = await store.leases.acquire(ROLE, new_holder(), ttl=0.3)
     assert lease is not None
     store.set_fence(Fence(ROLE, lease.holder, lease.epoch))
     await asyncio.sleep(0.5)
     with pytest.raises(Fenced):
-        await store.append_events([event("late")])
-    again = await store.acquire_leadership(ROLE, lease.holder, ttl=30)
+        await store.events.append([event("late")])
+    again = await store.leases.acquire(ROLE, lease.holder, ttl=30)
     assert again is not None and again.epoch == lease.epoch + 1  # expired: a new term
 
 
@@ -92,7 +92,7 @@ async def test_a_takeover_waits_for_a_write_in_flight(postgres_url: str) -> None
     order: list[str] = []
     try:
         await leader.migrate()
-        lease = await leader.acquire_leadership(ROLE, new_holder(), ttl=1.0)
+        lease = await leader.leases.acquire(ROLE, new_holder(), ttl=1.0)
         assert lease is not None
         leader.set_fence(Fence(ROLE, lease.holder, lease.epoch))
 
@@ -100,9 +100,9 @@ async def test_a_takeover_waits_for_a_write_in_flight(postgres_url: str) -> None
             await asyncio.sleep(1.5)  # the lease expires while this transaction is open
             order.append("write committed")
 
-        writing = asyncio.create_task(leader._write(slow_write))
+        writing = asyncio.create_task(leader.write(slow_write))
         await asyncio.sleep(1.2)
-        taken = await other.acquire_leadership(ROLE, new_holder(), ttl=30)
+        taken = await other.leases.acquire(ROLE, new_holder(), ttl=30)
         order.append("taken over")
         await writing
         assert taken is not None and taken.epoch == lease.epoch + 1

@@ -12,8 +12,8 @@ from alembic.script import ScriptDirectory
 
 from fleetwave.store import Store, open_store
 from fleetwave.store.codec import record_params
+from fleetwave.store.database import MIGRATIONS
 from fleetwave.store.schema import metadata, updates
-from fleetwave.store.store import MIGRATIONS
 from tests.store.records import update
 
 
@@ -59,7 +59,7 @@ async def test_in_memory_sqlite_works_for_trying_things_out() -> None:
     store = open_store("sqlite:///:memory:")
     try:
         await store.migrate()
-        assert await store.create_updates([update()]) == [update()]
-        assert await store.get_update("u1") == update()
+        assert await store.updates.create([update()]) == [update()]
+        assert await store.updates.get("u1") == update()
     finally:
         await store.close()

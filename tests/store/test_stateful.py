@@ -100,7 +100,7 @@ class StoreMachine(RuleBasedStateMachine):
         highest = max((r.release for r in self.model.values()
                        if (r.device, r.component) == (device, component)), default=None)
         record = dataclasses.replace(record, release=next_release(at, highest))
-        created = self.run(self.store.create_updates([record]))
+        created = self.run(self.store.updates.create([record]))
         assert created == ([record] if expected else [])
         self.order.append(record.id)
         if expected:
@@ -125,7 +125,7 @@ class StoreMachine(RuleBasedStateMachine):
 
     def _send(self, batch: list[Status]) -> None:
         before = dict(self.model)
-        outcomes = self.run(self.store.apply_statuses(batch))
+        outcomes = self.run(self.store.updates.apply_statuses(batch))
         assert [o.status for o in outcomes] == batch
         for outcome in outcomes:
             expected = self._model_apply(outcome.status)
@@ -175,7 +175,7 @@ class StoreMachine(RuleBasedStateMachine):
     def decide(self, data: st.DataObject, kind: DecisionKind) -> None:
         record_id = data.draw(st.sampled_from(sorted(self.model)))
         decision = Decision(kind, at=self.tick())
-        changed = self.run(self.store.apply_decisions([(record_id, decision)]))
+        changed = self.run(self.store.updates.apply_decisions([(record_id, decision)]))
         expected = apply_decision(self.model[record_id], decision).record
         assert changed == ([] if expected is None else [expected])
         if expected is not None:

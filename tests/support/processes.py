@@ -14,7 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,8 @@ class Controller:
     """Where the test's signing key lives (default: workdir)."""
     keyless: bool = False
     """Start without --signing-key (on SQLite, `run` then creates one beside the database)."""
+    env: Mapping[str, str] = field(default_factory=dict)
+    """More environment for the process (e.g. a gate's `secretRef`)."""
     log: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -68,7 +70,7 @@ class Controller:
 
     def start(self) -> None:
         env = dict(os.environ, FLEETWAVE_BROKER_USERNAME=self.broker.controller[0],
-                   FLEETWAVE_BROKER_PASSWORD=self.broker.controller[1])
+                   FLEETWAVE_BROKER_PASSWORD=self.broker.controller[1], **self.env)
         args = [*FLEETWAVE, "run", "--broker", self.broker.url, "--store", self.store,
                 "--source", str(self.source), "--listen", f"127.0.0.1:{self.port}",
                 "--token-file", str(self.workdir / "tokens"), "--log-format", "json",
@@ -193,13 +195,15 @@ def controller_factory(tmp_path: Path, broker: RunningBroker) -> Iterator[
     started: list[Controller] = []
 
     def make(source: Path, *, store: str | None = None, extra_args: Sequence[str] = (),
-             port: int | None = None, keyless: bool = False) -> Controller:
+             port: int | None = None, keyless: bool = False,
+             env: Mapping[str, str] | None = None) -> Controller:
         workdir = tmp_path / f"controller-{len(started)}"
         workdir.mkdir()
         controller = Controller(workdir=workdir, broker=broker, port=port or free_port(),
                                 source=source,
                                 store=store or f"sqlite:///{tmp_path / 'fleetwave.db'}",
-                                extra_args=extra_args, key_dir=tmp_path, keyless=keyless)
+                                extra_args=extra_args, key_dir=tmp_path, keyless=keyless,
+                                env=env or {})
         started.append(controller)
         return controller
 

@@ -50,20 +50,20 @@ def test_a_settled_update_can_no_longer_time_out() -> None:
 
 
 async def test_the_store_settles_open_updates_from_reported_state(store: Store) -> None:
-    await store.create_updates([
+    await store.updates.create([
         update("u1", device="dev-a", created_at=100.0),
         update("u2", device="dev-b", created_at=100.0),
         update("u3", device="dev-c", created_at=100.0),
     ])
-    settled = await store.apply_device_messages([
+    settled = await store.devices.apply_messages([
         ReportedState("dev-a", TARGET, 200.0),           # its status was lost
         ReportedState("dev-b", {"agent": "1.0.5"}, 200.0),  # not there yet
         ReportedState("dev-c", TARGET, 90.0),            # before the update was planned
     ])
     assert [(r.id, r.state, r.reason) for r in settled] == [
         ("u1", UpdateState.SUCCEEDED, Reason.CONFIRMED_BY_REPORTED_STATE)]
-    stored = {r.id: r for r in await store.rollout_updates("r1")}
+    stored = {r.id: r for r in await store.updates.of_rollout("r1")}
     assert stored["u1"] == dataclasses.replace(settled[0])
     assert stored["u2"].state == stored["u3"].state == UpdateState.PENDING
     # The retained state arrives again on every resync: nothing changes a second time.
-    assert await store.apply_device_messages([ReportedState("dev-a", TARGET, 300.0)]) == []
+    assert await store.devices.apply_messages([ReportedState("dev-a", TARGET, 300.0)]) == []

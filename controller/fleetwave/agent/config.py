@@ -75,6 +75,9 @@ class AgentConfig:
     """Seconds without a byte from the server before a download attempt is given up."""
     confirm_timeout: float = 300.0
     """Seconds a new agent has to start and confirm before the old one is restored."""
+    boot_id_file: Path = Path("/proc/sys/kernel/random/boot_id")
+    """What names this boot (`bootIdFile`): Linux gives each boot a new random id here.
+    A `confirm_after_restart` update succeeds only under another id than its install's."""
 
 
 class _Reader:
@@ -153,6 +156,8 @@ def load_config(path: str | Path) -> AgentConfig:
                                         DEFAULT_MAX_ARTIFACT_BYTES, "")),
         download_timeout=r.number(body, "downloadTimeout", 30.0, ""),
         confirm_timeout=r.number(body, "confirmTimeout", 300.0, ""),
+        boot_id_file=Path(r.text(body, "bootIdFile", "", required=False)
+                          or AgentConfig.boot_id_file),
     )
 
 

@@ -59,8 +59,17 @@ class Agent:
     def versions(self) -> dict[str, str]:
         return {name: self.version_of(c) for name, c in self.config.components.items()}
 
+    def boot_id(self) -> str | None:
+        """This boot's id (`bootIdFile`), None where the system names none."""
+        try:
+            return self.config.boot_id_file.read_text(encoding="utf-8").strip() or None
+        except OSError:
+            return None
+
     def report(self, type_: StatusType | str, cid: str | None, **fields: Any) -> dict[str, Any]:
-        body = reports.status_body(type_, cid, now_ms(), **fields)
+        """A progress status; it names the boot, which the controller keeps from the ones
+        sent before an install (what `confirmAfterRestart` compares a restart with)."""
+        body = reports.status_body(type_, cid, now_ms(), boot_id=self.boot_id(), **fields)
         self.link.publish(self.topics.status(self.config.device), body)
         return body
 
@@ -74,7 +83,7 @@ class Agent:
                       for c in h.containers(versions[name])]
         body = reports.state_body(self.config.device, versions, now_ms(), labels=labels,
                                   deployment_type=handlers[0].deployment_type,
-                                  containers=containers)
+                                  containers=containers, boot_id=self.boot_id())
         self.link.publish(self.topics.state(self.config.device), body, retain=True)
 
     def announce(self) -> None:
@@ -156,7 +165,8 @@ class Agent:
             action=command.action, version=command.version, release=accepted.executed.release,
             from_version=self.version_of(component), artifact_url=command.artifact_url,
             sha256=command.artifact_sha256, digest=command.artifact_digest,
-            scheduled_time=command.scheduled_time, force=command.force))
+            scheduled_time=command.scheduled_time, force=command.force,
+            confirm_after_restart=command.confirm_after_restart))
         self.journal.save()  # write-ahead: journalled before it is acknowledged
         self.report(StatusType.COMMAND_RECEIVED, command.correlation_id, version=command.version)
         self.wakeup.set()
@@ -210,4 +220,4 @@ class Agent:
 
     def is_installing(self, attempt: Attempt) -> bool:
         return attempt.phase in (Phase.INSTALLING, Phase.INSTALLED,
-                                 Phase.AWAITING_CONFIRMATION)
+                                 Phase.AWAITING_CONFIRMATION, Phase.AWAITING_RESTART)

@@ -37,6 +37,9 @@ class Phase(StrEnum):
     """The handler finished; the health check decides (after a restart too)."""
     AWAITING_CONFIRMATION = "awaiting_confirmation"
     """Self-update: the new agent must start and confirm before `deadline`."""
+    AWAITING_RESTART = "awaiting_restart"
+    """`confirm_after_restart`: installed; success is reported only once the device runs
+    under another boot id than `boot_id` and the health check passes there."""
 
 
 @dataclass
@@ -60,6 +63,9 @@ class Attempt:
     cancel_requested: bool = False
     deadline: float | None = None
     artifact_path: str | None = None
+    confirm_after_restart: bool = False
+    boot_id: str | None = None
+    """The boot the install ran under (`confirm_after_restart`)."""
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> Attempt:

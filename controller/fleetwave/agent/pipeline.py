@@ -3,6 +3,8 @@
     received -> (scheduled) -> downloading -> downloaded -> installing -> installed
              -> health check -> update_succeeded              (or awaiting_confirmation
                                                                 for the agent itself)
+    installed -> awaiting_restart -> (another boot id) -> health check -> update_succeeded
+                                                       (a command with confirm_after_restart)
 
 Resuming after a crash is the same loop: an attempt found before `installing` simply
 continues (the download resumes); one found `installing` may be half done, so the
@@ -68,6 +70,9 @@ class Updater:
             self.rollback(a)
         elif a.phase is Phase.AWAITING_CONFIRMATION:
             self.confirm(a)
+        elif a.phase is Phase.AWAITING_RESTART or (a.phase is Phase.INSTALLED
+                                                   and a.confirm_after_restart):
+            self.await_restart(a)
         elif a.phase is Phase.INSTALLING:
             self.fail(a, UpdateFailure(Reason.INTERRUPTED, "the agent stopped during the "
                                        f"install of {a.version}"), restore=True)
@@ -171,7 +176,7 @@ class Updater:
         if self.cancel_asked(a):
             self.cancelled(a)
             return
-        self.journal.step(a, Phase.INSTALLING)
+        self.journal.step(a, Phase.INSTALLING, boot_id=agent.boot_id())
         try:
             handler.install(self.step(a))
         except UpdateFailure as failure:
@@ -180,6 +185,9 @@ class Updater:
         self.journal.step(a, Phase.INSTALLED)
         if handler.component.self_update:
             self.await_confirmation(a)
+            return
+        if a.confirm_after_restart:
+            self.await_restart(a)
             return
         self.verify(a)
 
@@ -226,6 +234,34 @@ class Updater:
             return
         self.handler(a).finish(self.step(a))
         self.finish(a, StatusType.SUCCEEDED, a.version, version=a.version)
+
+    def await_restart(self, a: Attempt) -> None:
+        """`confirm_after_restart`: nothing is reported until the device has restarted (its
+        boot id changed since the install); then the health check decides, as after any
+        restart. The device's own tooling restarts it (an install hook, an operator, RAUC's
+        reboot); the agent only waits, and a cancel meanwhile puts the old version back."""
+        agent = self.agent
+        if a.phase is not Phase.AWAITING_RESTART:
+            self.journal.step(a, Phase.AWAITING_RESTART)
+            agent.report(StatusType.PROGRESS, a.correlation_id, percent=90)
+            log.info("%s %s installed; waiting for a restart to confirm it", a.component,
+                     a.version)
+        if a.boot_id is None:  # a restart cannot be told apart: never assumed
+            self.fail(a, UpdateFailure(Reason.NOT_CONFIRMED, "confirm_after_restart, but "
+                                       f"{agent.config.boot_id_file} names no boot"),
+                      restore=True)
+            return
+        while True:
+            now = agent.boot_id()
+            if now is not None and now != a.boot_id:
+                self.verify(a)
+                return
+            if a.cancel_requested:
+                version, note = self.put_back(a)
+                self.finish(a, StatusType.CANCELLED, version,
+                            error="cancelled while waiting for the restart" + note)
+                return
+            self.wait(a, 2.0)
 
     # --- the agent itself ---
 

@@ -145,10 +145,10 @@ class ControlPlane(Protocol):
 
 
 class DeliveryLog(Protocol):
-    """Webhook deliveries already handled, persisted (the store implements it)."""
+    """Webhook deliveries already handled, persisted (`store.deliveries` implements it)."""
 
-    async def first_delivery(self, key: str, now: float, expires_at: float) -> bool:
+    async def first(self, key: str, now: float, expires_at: float) -> bool:
         """Remember `key` until `expires_at`; False when it is remembered already."""
         ...
 
-    async def forget_delivery(self, key: str) -> None: ...
+    async def forget(self, key: str) -> None: ...

@@ -552,7 +552,7 @@ async def _first_delivery(request: web.Request, key: tuple[str, float] | None) -
         return None
     name, ttl = key
     now = time.time()
-    if not await request.app[DELIVERIES_KEY].first_delivery(name, now, now + ttl):
+    if not await request.app[DELIVERIES_KEY].first(name, now, now + ttl):
         raise ReplayedDelivery("this delivery was already handled (same delivery id): a "
                                "replay, or a retry of one that succeeded; nothing was done")
     return name
@@ -560,7 +560,7 @@ async def _first_delivery(request: web.Request, key: tuple[str, float] | None) -
 
 async def _forget(request: web.Request, key: str | None) -> None:
     if key is not None:
-        await request.app[DELIVERIES_KEY].forget_delivery(key)
+        await request.app[DELIVERIES_KEY].forget(key)
 
 
 async def git_webhook(request: web.Request) -> web.Response:

@@ -100,6 +100,8 @@ def _rate_option(name: str, help: str) -> Callable[[F], F]:
               help="Share of status messages sent twice (the copy arrives out of order).")
 @_rate_option("--garbage-rate", help="Share of status messages preceded by a malformed message.")
 @_rate_option("--sha256-mismatch-rate", help="Share of updates whose artifact fails its checksum.")
+@_rate_option("--no-restart-rate", help="Share of confirmAfterRestart updates reported "
+              "succeeded without the restart the command asks for.")
 @click.option("--component-version", "components", multiple=True, callback=_components,
               metavar="COMPONENT=VERSION",
               help="Starting version of a component (repeatable; default agent=1.0.5 "
@@ -125,7 +127,8 @@ def simulate(broker: str, broker_username: str | None, broker_password: str | No
              fail_rate: float, rollback_fail_rate: float, hang_rate: float,
              unhealthy_rate: float, offline_rate: float,
              offline_duration: float, legacy_rate: float, duplicate_rate: float,
-             garbage_rate: float, sha256_mismatch_rate: float, components: dict[str, str],
+             garbage_rate: float, sha256_mismatch_rate: float, no_restart_rate: float,
+             components: dict[str, str],
              artifacts: dict[str, str], topic_prefix: str, trust_keys: tuple[str, ...],
              trust_key_files: tuple[str, ...], require_digest: bool,
              device_ids: tuple[str, ...]) -> None:
@@ -144,7 +147,8 @@ def simulate(broker: str, broker_username: str | None, broker_password: str | No
         rollback_fail_rate=rollback_fail_rate, hang_rate=hang_rate,
         unhealthy_rate=unhealthy_rate, offline_rate=offline_rate, legacy_rate=legacy_rate,
         duplicate_rate=duplicate_rate, garbage_rate=garbage_rate,
-        sha256_mismatch_rate=sha256_mismatch_rate, offline_duration=offline_duration,
+        sha256_mismatch_rate=sha256_mismatch_rate, no_restart_rate=no_restart_rate,
+        offline_duration=offline_duration,
         component_versions=components, artifact_hashes=artifacts,
         devices_per_connection=devices_per_connection, topic_prefix=topic_prefix,
         device_ids=list(device_ids) or None, trust_keys=keys, require_digest=require_digest)

@@ -10,7 +10,7 @@ from collections.abc import Set
 from dataclasses import dataclass
 
 from fleetwave.planner.conditions import EventReason
-from fleetwave.planner.model import PlannedEvent, RolloutState
+from fleetwave.planner.model import PlannedEvent, RolloutState, StoppedBy
 from fleetwave.resources.model import FailureAction, FailurePolicy
 from fleetwave.resources.vocabulary import Phase
 
@@ -66,7 +66,7 @@ def enforce_budget(policy: FailurePolicy, state: RolloutState, failures: int, te
     over_floor = failures - state.budget_floor
     state = state.evolve(parked=frozenset(state.parked | newly_parked), failures=failures)
     stopped = state.aborted is not None or state.rolled_back is not None
-    if (stopped or state.paused_by == "failure" or state.phase == Phase.COMPLETED
+    if (stopped or state.paused_by in ("failure", "analysis") or state.phase == Phase.COMPLETED
             or over_floor <= 0 or not budget_exceeded(policy, failures, terminal)):
         return BudgetVerdict(state, tuple(events), False)
     rate = failure_rate(failures, terminal)
@@ -75,11 +75,19 @@ def enforce_budget(policy: FailurePolicy, state: RolloutState, failures: int, te
         "Warning", EventReason.FAILURE_BUDGET_EXCEEDED,
         f"failure rate {rate:.1f}% over {terminal} devices exceeds "
         f"{policy.max_failure_percent:g}%: {action.value}"))
+    state, replan_now = apply_failure_action(action, state, "failure")
+    return BudgetVerdict(state, tuple(events), replan_now)
+
+
+def apply_failure_action(action: FailureAction, state: RolloutState,
+                         by: StoppedBy) -> tuple[RolloutState, bool]:
+    """`failurePolicy.action` applied by `by` (the budget or an analysis); True when a
+    rollback was ordered, which the next pass (at once) sends."""
     if action == FailureAction.PAUSE:
-        return BudgetVerdict(state.evolve(paused_by="failure"), tuple(events), False)
+        return state.evolve(paused_by=by), False
     if action == FailureAction.ABORT:
-        return BudgetVerdict(state.evolve(aborted="failure"), tuple(events), False)
-    return BudgetVerdict(state.evolve(rolled_back="failure"), tuple(events), True)
+        return state.evolve(aborted=by), False
+    return state.evolve(rolled_back=by), True
 
 
 BURST_SECONDS = 3.0

@@ -71,6 +71,8 @@ class Outcome(IntEnum):
     CANCELLED_RETRY = 19
     ROLLED_BACK = 20
     ROLLED_BACK_FAILURE = 21
+    AWAITING_RESTART = 22
+    """Reported success of a confirmAfterRestart update; in flight until a restart shows."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +116,7 @@ EFFECTS: Mapping[Outcome, Effect] = {
     _O.CANCELLED_RETRY: Effect("cancelled", holds_step=True),
     _O.ROLLED_BACK: Effect("rolled_back"),
     _O.ROLLED_BACK_FAILURE: Effect("rolled_back", failure=True, terminal=True),
+    _O.AWAITING_RESTART: Effect("awaiting_restart", holds_step=True, in_flight=True),
 }
 """Data table (exempt from the function-length rule): one row per outcome."""
 del _O
@@ -126,7 +129,8 @@ IN_FLIGHT = tuple(EFFECTS[o].in_flight for o in Outcome)
 _OPEN_OUTCOME = {UpdateState.PENDING: Outcome.PENDING,
                  UpdateState.ACKNOWLEDGED: Outcome.ACKNOWLEDGED,
                  UpdateState.SCHEDULED: Outcome.SCHEDULED,
-                 UpdateState.IN_PROGRESS: Outcome.IN_PROGRESS}
+                 UpdateState.IN_PROGRESS: Outcome.IN_PROGRESS,
+                 UpdateState.AWAITING_RESTART: Outcome.AWAITING_RESTART}
 _ROLLBACK_DONE = frozenset({UpdateState.SUCCEEDED, UpdateState.ROLLED_BACK})
 
 Verdict = tuple[Outcome, int]
@@ -201,11 +205,22 @@ def keep_open(ctx: PassContext, out: Decisions, record: UpdateRecord,
         or record.created_at
     deadline = base + health.update_timeout.total_seconds()
     if now >= deadline:
-        out.decide(record, DecisionKind.TIMEOUT, Reason.UPDATE_TIMEOUT)
+        if record.state == UpdateState.AWAITING_RESTART:
+            out.decide(record, DecisionKind.TIMEOUT, Reason.NO_RESTART, _no_restart(record))
+        else:
+            out.decide(record, DecisionKind.TIMEOUT, Reason.UPDATE_TIMEOUT)
         out.actions.append(ClearCommand(record.device))
         return False
     out.wake_at(deadline)
     return True
+
+
+def _no_restart(record: UpdateRecord) -> str:
+    if record.boot_id is None:
+        return ("confirmAfterRestart: the device reports no boot_id, so a restart on "
+                f"{record.to_version} cannot be confirmed")
+    return (f"confirmAfterRestart: the device reported success but no state on "
+            f"{record.to_version} after a restart within updateTimeout")
 
 
 def orphan(ctx: PassContext, out: Decisions, recs: Sequence[UpdateRecord],
@@ -310,7 +325,12 @@ def fresh(ctx: PassContext, reported: str | None, attempt: int) -> Verdict:
 
 
 def _open(ctx: PassContext, out: Decisions, a: Attempts, latest: UpdateRecord) -> Verdict:
-    want = ctx.target_for(a.reported) if ctx.hops else ctx.version
+    want = ctx.version
+    if ctx.hops:
+        # A device already reporting the attempt's own version (a `via` installed, its
+        # restart still to come) is finishing that attempt, not asking for the next one.
+        want = latest.to_version if a.reported == latest.to_version \
+            else ctx.target_for(a.reported)
     if latest.to_version != want or latest.component != ctx.component:
         out.cancel(ctx, latest, Reason.SUPERSEDED)
         return Outcome.SUPERSEDED, 0

@@ -42,6 +42,9 @@ class ConditionReason:
     OUTSIDE_WINDOW = "OutsideWindow"
     FREEZE = "Freeze"
     GATE_CLOSED = "GateClosed"
+    ANALYSIS_RUNNING = "AnalysisRunning"
+    ANALYSIS_UNAVAILABLE = "AnalysisUnavailable"
+    ANALYSIS_FAILED = "AnalysisFailed"
     # Aborted / RolledBack
     ABORTED_BY_USER = "AbortedByUser"
     ROLLED_BACK_BY_USER = "RolledBackByUser"
@@ -68,6 +71,7 @@ class EventReason:
     ABORTED = "Aborted"
     ROLLBACK_REQUESTED = "RollbackRequested"
     DEVICE_ROLLBACK_REQUESTED = "DeviceRollbackRequested"
+    ANALYSIS_FAILED = "AnalysisFailed"
 
 
 class DecisionReason:

@@ -13,7 +13,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fleetwave.planner.conditions import DecisionReason
-from fleetwave.planner.model import CheckResults, DeviceView, GateResults, RolloutState
+from fleetwave.planner.model import (
+    AnalysisResults,
+    CheckResults,
+    DeviceView,
+    GateResults,
+    RolloutState,
+)
 from fleetwave.protocol.messages import Command, CommandAction
 from fleetwave.protocol.versions import compare, version_key
 from fleetwave.resources.model import (
@@ -35,8 +41,8 @@ TIMEZONE_LABEL = "timezone"
 
 RECORD_NAMESPACE = uuidlib.uuid5(uuidlib.NAMESPACE_URL, "https://fleetwave.io/updates")
 
-FAILURE_REASONS = frozenset({Reason.ACK_TIMEOUT, Reason.UPDATE_TIMEOUT, Reason.UNHEALTHY,
-                             Reason.OFFLINE_AFTER_UPDATE, Reason.CHECK_FAILED,
+FAILURE_REASONS = frozenset({Reason.ACK_TIMEOUT, Reason.UPDATE_TIMEOUT, Reason.NO_RESTART,
+                             Reason.UNHEALTHY, Reason.OFFLINE_AFTER_UPDATE, Reason.CHECK_FAILED,
                              Reason.DEVICE_REPORTED_FAILURE, DecisionReason.VERSION_MISMATCH})
 
 
@@ -117,6 +123,7 @@ class PassContext:
     hops: tuple[Hop, ...] = ()
     """`strategy.requires`, lowest `via` first."""
     gate_results: GateResults = field(default_factory=dict)
+    analysis_results: AnalysisResults = field(default_factory=dict)
     send_limit: int | None = None
     """At most this many new commands in this pass (the engine's outbox room), None: no
     bound. The rest wait for a later pass, so a record is created close to when its
@@ -131,6 +138,7 @@ class PassContext:
     def build(cls, rollout: Rollout, state: RolloutState, now: float,
               check_results: CheckResults | None,
               gate_results: GateResults | None = None,
+              analysis_results: AnalysisResults | None = None,
               send_limit: int | None = None) -> PassContext:
         spec = rollout.spec
         return cls(
@@ -145,7 +153,9 @@ class PassContext:
             rollback_all=state.rolled_back is not None,
             hops=tuple(sorted(spec.strategy.requires,
                               key=lambda h: version_key(h.via) or ((0, 0, 0), None))),
-            gate_results=gate_results or {}, send_limit=send_limit,
+            gate_results=gate_results or {},
+            analysis_results=analysis_results or {},
+            send_limit=send_limit,
         )
 
     def target_for(self, reported: str | None) -> str:
@@ -179,6 +189,7 @@ class PassContext:
             force=self.force,
             scheduled_time=self.rollout.annotations.get(SCHEDULED_TIME_ANNOTATION),
             release=next_release(self.now),
+            confirm_after_restart=self.health.confirm_after_restart,
         )
 
     def rollback_record(self, record: UpdateRecord) -> UpdateRecord:

@@ -17,8 +17,9 @@ from fleetwave.protocol.messages import Command, Container
 from fleetwave.resources.model import Rollout
 from fleetwave.updates.model import Decision, UpdateRecord
 
-PausedBy = Literal["user", "failure"]
-StoppedBy = Literal["user", "failure"]
+PausedBy = Literal["user", "failure", "analysis"]
+StoppedBy = Literal["user", "failure", "analysis"]
+"""Who stopped a rollout: a user, the failure budget, or a step's analysis."""
 
 CheckResults = Mapping[tuple[str, str], bool | None]
 """(rollout name, device uuid) -> result of the HTTP/TCP checks the engine ran
@@ -27,6 +28,26 @@ CheckResults = Mapping[tuple[str, str], bool | None]
 GateResults = Mapping[tuple[str, int], bool | None]
 """(rollout name, 0-based step) -> the step's gate answer (True: open; False: closed;
 None: not answered yet). The engine's gate runner asks; the planner only reads."""
+
+AnalysisOutcome = Literal["in_bounds", "out_of_bounds", "unavailable"]
+
+
+@dataclass(frozen=True, slots=True)
+class AnalysisResult:
+    """The latest answer to a step's analysis query, and since when it has said so."""
+
+    outcome: AnalysisOutcome
+    """`unavailable`: no answer, an error, no data, or not one number (never a pass)."""
+    since: float
+    """When this outcome was first seen in an unbroken run of equal answers."""
+    value: float | None = None
+    detail: str = ""
+    """Why it is unavailable, for the status message."""
+
+
+AnalysisResults = Mapping[tuple[str, int], AnalysisResult]
+"""(rollout name, 0-based step) -> what its analysis query answers. The engine's analysis
+runner queries while the step soaks; the planner only reads."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,9 +264,9 @@ class PlannedEvent:
 
 # -- outputs -------------------------------------------------------------------------------
 
-COUNT_KEYS = ("pending", "acknowledged", "scheduled", "in_progress", "succeeded", "failed",
-              "timeout", "cancelled", "rolled_back", "unhealthy", "unreachable", "parked",
-              "upToDate", "conflicted", "overridden")
+COUNT_KEYS = ("pending", "acknowledged", "scheduled", "in_progress", "awaiting_restart",
+              "succeeded", "failed", "timeout", "cancelled", "rolled_back", "unhealthy",
+              "unreachable", "parked", "upToDate", "conflicted", "overridden")
 """Keys of `status.counts`: each update state, plus what the planner distinguishes
 (unhealthy successes, unreachable timeouts, the penalty box, devices already at the
 version, and devices left to another rollout)."""
@@ -300,6 +321,8 @@ class Plan:
     `unchanged`)."""
     awaiting_gate: int | None = None
     """The 0-based step whose gate must open before it starts (the engine asks it)."""
+    awaiting_analysis: int | None = None
+    """The 0-based step whose analysis runs now (the engine queries it until this changes)."""
     held_back: bool = False
     """The send limit left devices that could go now for a later pass: the engine plans
     again when its outbox has room (never settled)."""

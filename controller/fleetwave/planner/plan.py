@@ -24,6 +24,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterator, Mapping, Sequence
 
+from fleetwave.planner.analysis import enforce_analysis, running_analysis
 from fleetwave.planner.budget import enforce_budget, failure_rate
 from fleetwave.planner.choose import NOTHING, choose, take_tokens
 from fleetwave.planner.classify import walk
@@ -40,6 +41,7 @@ from fleetwave.planner.context import (
 from fleetwave.planner.model import (
     COUNT_KEYS,
     Action,
+    AnalysisResults,
     CheckResults,
     ClearCommand,
     Decide,
@@ -87,7 +89,9 @@ def plan(rollout: Rollout, devices: Sequence[DeviceView],
          *, conflicted: int = 0, overridden: int = 0, conflicts_with: Sequence[str] = (),
          check_results: CheckResults | None = None, cache: HashCache | None = None,
          all_devices: Mapping[str, DeviceView] | None = None,
-         gate_results: GateResults | None = None, send_limit: int | None = None) -> Plan:
+         gate_results: GateResults | None = None,
+         analysis_results: AnalysisResults | None = None,
+         send_limit: int | None = None) -> Plan:
     """Plan one rollout over its targeted `devices` (already filtered by plan_fleet).
 
     `records` maps each device to its attempts for this rollout, old generations
@@ -96,7 +100,8 @@ def plan(rollout: Rollout, devices: Sequence[DeviceView],
     strategy = rollout.spec.strategy
     state_in = state
     state, superseded = start_generation(rollout, state, now)
-    ctx = PassContext.build(rollout, state, now, check_results, gate_results, send_limit)
+    ctx = PassContext.build(rollout, state, now, check_results, gate_results, analysis_results,
+                            send_limit)
     cache = cache or HashCache()
     hashes = cache.wave_hashes(rollout.name, devices)
     seen = walk(ctx, devices, hashes, records, all_devices or {})
@@ -107,18 +112,21 @@ def plan(rollout: Rollout, devices: Sequence[DeviceView],
     gates = PassGates.at(rollout, now)
     budget = enforce_budget(ctx.policy, state, tally.failures, tally.terminal,
                             decided.newly_parked)
-    state = budget.state
+    targeted = len(devices)
+    active = gates.invalid is None and targeted > 0
+    analysis = enforce_analysis(ctx, budget.state, active=active)
+    state = analysis.state
     stopped = state.aborted is not None or state.rolled_back is not None
     paused = rollout.spec.paused or state.paused_by is not None
-    targeted = len(devices)
     move = advance_steps(ctx, state, seen.open_through(limits, ctx.steps),
-                         can_move=not (stopped or paused or gates.invalid) and targeted > 0,
+                         can_move=active and not (stopped or paused),
                          gate_open=gates.gate.open)
     state = move.state
-    verdict = phase_of(rollout, state, gates.gate, gates.invalid, targeted, move.note)
+    verdict = phase_of(rollout, state, gates.gate, gates.invalid, targeted, move.note,
+                       move.detail)
     choice, window_changes = NOTHING, []
-    running = (not stopped and not paused and gates.invalid is None and gates.gate.open
-               and targeted > 0 and state.started_at is not None)
+    running = (active and not stopped and not paused and gates.gate.open
+               and state.started_at is not None)
     state = pace_state(strategy, state, now, running=running, halted=stopped or paused)
     if running:
         choice = choose(ctx, state, seen, limits, tally.in_flight,
@@ -128,11 +136,13 @@ def plan(rollout: Rollout, devices: Sequence[DeviceView],
             if not gates.device_windows.any_open() and verdict.phase == Phase.PROGRESSING:
                 verdict = OUTSIDE_EVERY_WINDOW
     state = take_tokens(ctx, state, len(choice.sends))
-    wake = _earliest(now, decided.wake, now + 0.001 if budget.replan_now else None,
-                     move.wake, choice.wake, *window_changes,
+    wake = _earliest(now, decided.wake,
+                     now + 0.001 if budget.replan_now or analysis.replan_now else None,
+                     move.wake, analysis.wake, choice.wake, *window_changes,
                      gates.gate.next_change if not stopped and not paused else None)
     changed = phase_event(state.phase, verdict)
-    events = (*superseded, *budget.events, *move.events, *((changed,) if changed else ()))
+    events = (*superseded, *budget.events, *analysis.events, *move.events,
+              *((changed,) if changed else ()))
     conditions = rollout_conditions(
         state.conditions, verdict, state.generation, now,
         Conflicts(conflicted, overridden, conflicts_with), gates.invalid)
@@ -151,7 +161,9 @@ def plan(rollout: Rollout, devices: Sequence[DeviceView],
         message=verdict.message, conditions=conditions, steps=ctx.steps,
     )
     return Plan((*decided.actions, *choice.sends), state, status, events, wake, settled,
-                awaiting_gate=move.awaiting_gate, held_back=choice.held_back)
+                awaiting_gate=move.awaiting_gate,
+                awaiting_analysis=running_analysis(ctx, state, active=active),
+                held_back=choice.held_back)
 
 
 # -- the fleet ----------------------------------------------------------------------------
@@ -164,6 +176,7 @@ def plan_fleet(rollouts: Sequence[Rollout], devices: Sequence[DeviceView],
                cache: HashCache | None = None,
                unchanged: Mapping[str, Plan] | None = None,
                gate_results: GateResults | None = None,
+               analysis_results: AnalysisResults | None = None,
                send_limit: int | None = None) -> FleetPlan:
     """Plan every rollout after resolving who may touch which device.
 
@@ -173,8 +186,8 @@ def plan_fleet(rollouts: Sequence[Rollout], devices: Sequence[DeviceView],
 
     Incremental planning: `unchanged` maps a rollout to the plan this function
     returned for it before, when none of that rollout's inputs changed since (its
-    Rollout, its records, the devices it may target and their views, its check
-    results) and `states` holds that plan's state. Such a plan is returned again
+    Rollout, its records, the devices it may target and their views, its check and
+    analysis results) and `states` holds that plan's state. Such a plan is returned again
     without looking at a device while it is `reusable` (settled, before its
     next_wake); since conflicts tie the rollouts of one component together, a
     component is replanned whole as soon as one of its rollouts must be.
@@ -192,6 +205,7 @@ def plan_fleet(rollouts: Sequence[Rollout], devices: Sequence[DeviceView],
         return _plan_fleet(rollouts, devices, records, states, now,
                            check_results=check_results, cache=cache or HashCache(),
                            unchanged=unchanged or {}, gate_results=gate_results,
+                           analysis_results=analysis_results,
                            send_limit=send_limit)
     finally:
         if gc_was_enabled:
@@ -220,6 +234,7 @@ def _plan_fleet(rollouts: Sequence[Rollout], devices: Sequence[DeviceView],
                 check_results: CheckResults | None, cache: HashCache,
                 unchanged: Mapping[str, Plan],
                 gate_results: GateResults | None = None,
+                analysis_results: AnalysisResults | None = None,
                 send_limit: int | None = None) -> FleetPlan:
     plans = _still_standing(rollouts, states, now, unchanged) if unchanged else {}
     todo = [r for r in rollouts if r.name not in plans]
@@ -231,7 +246,8 @@ def _plan_fleet(rollouts: Sequence[Rollout], devices: Sequence[DeviceView],
                              conflicted=len(t.conflicted), overridden=len(t.overridden),
                              conflicts_with=sorted(t.conflicts_with),
                              check_results=check_results, cache=cache, all_devices=index,
-                             gate_results=gate_results, send_limit=send_limit)
+                             gate_results=gate_results, analysis_results=analysis_results,
+                             send_limit=send_limit)
     wakes = [p.next_wake for p in plans.values() if p.next_wake is not None]
     return FleetPlan({r.name: plans[r.name] for r in rollouts}, min(wakes) if wakes else None,
                      frozenset(r.name for r in todo))

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from fleetwave.planner.analysis import bounds
 from fleetwave.planner.budget import TokenBucket
 from fleetwave.planner.context import TIMEZONE_LABEL
 from fleetwave.planner.model import DeviceView
@@ -30,6 +31,7 @@ from fleetwave.planner.pacing import Pace
 from fleetwave.planner.schedule import DeviceWindows, ScheduleError, rollout_gate
 from fleetwave.planner.selectors import Targets, compile_selector, resolve_targets
 from fleetwave.planner.waves import device_hash, step_of, thresholds
+from fleetwave.resources.durations import format_duration
 from fleetwave.resources.inventory import device_labels, merge_inventories
 from fleetwave.resources.model import DeviceInventory, Rollout
 
@@ -317,6 +319,13 @@ def _strategy_notes(rollout: Rollout, waves: Sequence[Sequence[DeviceView]]) -> 
         notes.append(f"ramp: {ramp.start_per_minute}/min, x{ramp.factor:g} every "
                      f"{ramp.every.total_seconds():g}s up to {ramp.max_per_minute}/min "
                      "(times assume no pause, which restarts it)")
+    for i, step in enumerate(strategy.steps):
+        if step.analysis is not None:
+            a = step.analysis
+            notes.append(f"wave {i + 1} waits for its analysis: {a.query} inside {bounds(a)} "
+                         f"for {format_duration(a.for_)} after the wave (Prometheus "
+                         "unreachable or without data holds it; out of bounds as long: "
+                         f"{spec.failure_policy.action.value})")
     if waves[-1]:
         notes.append(f"{len(waves[-1])} targeted device(s) are past the last step "
                      f"({strategy.steps[-1].percent}%) and get no command")
@@ -379,7 +388,8 @@ def _preview_one(rollout: Rollout, target: Targets, excluded: Sequence[str], now
             half_sent=sends[math.ceil(len(sends) / 2) - 1] if sends else None,
             sending_done=sends[-1] if sends and len(sends) == len(todo) else None,
         ))
-        ready = done_at + (pause or 0.0) if done_at is not None else None
+        soak = max(pause or 0.0, step.analysis.for_.total_seconds() if step.analysis else 0.0)
+        ready = done_at + soak if done_at is not None else None
 
     return RolloutPreview(
         name=rollout.name, component=spec.component, version=spec.version, file=file,

@@ -29,26 +29,33 @@ class PhaseVerdict:
     message: str
 
 
+_STOPPED_BY = {"failure": ConditionReason.FAILURE_BUDGET_EXCEEDED,
+               "analysis": ConditionReason.ANALYSIS_FAILED}
+"""The condition reason of a rollout the policy stopped, by what fired it."""
+
+
 def phase_of(rollout: Rollout, state: RolloutState, gate: Gate, invalid: str | None,
-             targeted: int, step_note: str | None) -> PhaseVerdict:
-    """The phase after this pass, most decisive first."""
+             targeted: int, step_note: str | None, detail: str = "") -> PhaseVerdict:
+    """The phase after this pass, most decisive first (`detail`: an analysis's message)."""
     steps = len(rollout.spec.strategy.steps)
     step = f"step {state.current_step + 1}/{steps}"
     if invalid is not None:
         return PhaseVerdict(Phase.FAILED, ConditionReason.INVALID_SPEC, invalid)
     if state.rolled_back is not None:
-        if state.rolled_back == "failure":
-            return PhaseVerdict(Phase.ROLLED_BACK, ConditionReason.FAILURE_BUDGET_EXCEEDED,
+        if state.rolled_back in _STOPPED_BY:
+            return PhaseVerdict(Phase.ROLLED_BACK, _STOPPED_BY[state.rolled_back],
                                 "rolled back; held until the spec changes")
         return PhaseVerdict(Phase.ROLLED_BACK, ConditionReason.ROLLED_BACK_BY_USER,
                             "rolled back by a user; held until the spec changes")
     if state.aborted is not None:
-        who = (ConditionReason.FAILURE_BUDGET_EXCEEDED if state.aborted == "failure"
-               else ConditionReason.ABORTED_BY_USER)
+        who = _STOPPED_BY.get(state.aborted, ConditionReason.ABORTED_BY_USER)
         return PhaseVerdict(Phase.ABORTED, who, "aborted; devices keep what they run")
     if state.paused_by == "failure":
         return PhaseVerdict(Phase.PAUSED, ConditionReason.FAILURE_BUDGET_EXCEEDED,
                             "paused: failure budget exceeded; `resume` to continue")
+    if state.paused_by == "analysis":
+        return PhaseVerdict(Phase.PAUSED, ConditionReason.ANALYSIS_FAILED,
+                            f"paused: {step} analysis failed; `resume` to continue")
     if state.paused_by == "user":
         return PhaseVerdict(Phase.PAUSED, ConditionReason.PAUSED_BY_USER, "paused by a user")
     if rollout.spec.paused:
@@ -69,6 +76,10 @@ def phase_of(rollout: Rollout, state: RolloutState, gate: Gate, invalid: str | N
                             f"step {nxt}/{steps}: waiting for its gate to open")
     if step_note == ConditionReason.STEP_PAUSE:
         return PhaseVerdict(Phase.PAUSED, step_note, f"{step} pause")
+    if step_note == ConditionReason.ANALYSIS_UNAVAILABLE:
+        return PhaseVerdict(Phase.WAITING, step_note, detail)
+    if step_note == ConditionReason.ANALYSIS_RUNNING:
+        return PhaseVerdict(Phase.PROGRESSING, step_note, detail)
     if step_note == ConditionReason.AWAITING_APPROVAL:
         return PhaseVerdict(Phase.PAUSED, step_note, f"{step} finished; waiting for `promote`")
     return PhaseVerdict(Phase.PROGRESSING, ConditionReason.STEP_IN_PROGRESS,

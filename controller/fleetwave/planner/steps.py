@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from fleetwave.planner.analysis import analysis_hold
 from fleetwave.planner.conditions import ConditionReason, EventReason
 from fleetwave.planner.context import PassContext
 from fleetwave.planner.model import PlannedEvent, RolloutState
@@ -80,11 +81,14 @@ class StepMove:
     """When the current pause ends."""
     awaiting_gate: int | None = None
     """The step whose webhook gate keeps it from starting."""
+    detail: str = ""
+    """The status message of an analysis that holds the step."""
 
 
 def advance_steps(ctx: PassContext, state: RolloutState, open_through: Sequence[int], *,
                   can_move: bool, gate_open: bool) -> StepMove:
-    """Start the rollout, finish steps, honour pauses and approvals, start the next step."""
+    """Start the rollout, finish steps, honour pauses, analyses and approvals, start the
+    next step."""
     strategy, now, steps = ctx.rollout.spec.strategy, ctx.now, ctx.steps
     events: list[PlannedEvent] = []
     if can_move and state.started_at is None and gate_open:
@@ -102,6 +106,8 @@ def advance_steps(ctx: PassContext, state: RolloutState, open_through: Sequence[
             events.append(PlannedEvent("Normal", EventReason.STEP_FINISHED,
                                        f"step {i + 1}/{steps} finished"))
         if i == steps - 1:
+            if (held := analysis_hold(ctx, state, i)) is not None:
+                return StepMove(state, tuple(events), held.reason, held.wake, detail=held.message)
             state = state.evolve(completed_at=now)
             break
         step = strategy.steps[i]
@@ -109,6 +115,9 @@ def advance_steps(ctx: PassContext, state: RolloutState, open_through: Sequence[
         pause_end = state.step_finished_at + (step.pause.total_seconds() if step.pause else 0)
         if now < pause_end and state.approved_step <= i:
             return StepMove(state, tuple(events), ConditionReason.STEP_PAUSE, pause_end)
+        if (held := analysis_hold(ctx, state, i)) is not None:
+            # after the pause: its analysis soaks with it, and `promote` skips only the pause
+            return StepMove(state, tuple(events), held.reason, held.wake, detail=held.message)
         if strategy.manual_approval and state.approved_step <= i:
             return StepMove(state, tuple(events), ConditionReason.AWAITING_APPROVAL, None)
         if not ctx.gate_open(i + 1):

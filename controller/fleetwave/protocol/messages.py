@@ -45,6 +45,8 @@ class Status:
     reason: str | None = None
     error: str | None = None
     exit_code: int | None = None
+    boot_id: str | None = None
+    """The device's boot when it sent this: what `confirmAfterRestart` compares against."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +69,8 @@ class ReportedState:
     name: str | None = None
     containers: tuple[Container, ...] = ()
     timestamp: int | None = None
+    boot_id: str | None = None
+    """Changes on every boot (Linux: /proc/sys/kernel/random/boot_id): a restart seen."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +114,9 @@ class Command:
     """RFC 3339 UTC; a device refuses the command after it."""
     downgrade: bool = False
     """Set only where a Rollout itself declares the lower version (a revert, a pin)."""
+    confirm_after_restart: bool = False
+    """`health.confirmAfterRestart`: report success only once the new version runs after a
+    restart (sent only when true, so other commands keep their exact signed bytes)."""
 
     def to_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -137,6 +144,8 @@ class Command:
             body["expires_at"] = self.expires_at
         if self.downgrade:
             body["downgrade"] = True
+        if self.confirm_after_restart:
+            body["confirm_after_restart"] = True
         return body
 
     def to_payload(self) -> bytes:

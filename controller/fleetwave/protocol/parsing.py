@@ -105,6 +105,7 @@ def _status(body: Mapping[str, Any], device: str, received_at: float) -> Status:
         reason=_opt_str(body, "reason"),
         error=_opt_str(body, "error"),
         exit_code=_opt_int(body, "exit_code"),
+        boot_id=_opt_str(body, "boot_id"),
     )
 
 
@@ -156,6 +157,7 @@ def _state(body: Mapping[str, Any], device: str, received_at: float) -> Reported
         name=_opt_str(body, "name"),
         containers=_containers(body),
         timestamp=_opt_int(body, "timestamp"),
+        boot_id=_opt_str(body, "boot_id"),
     )
 
 
@@ -254,12 +256,14 @@ def command_from_body(body: Mapping[str, Any]) -> Command:
         raise CommandError(str(exc)) from exc
     force = body.get("force", False)
     downgrade = body.get("downgrade", False)
-    if type(force) is not bool or type(downgrade) is not bool:
-        raise CommandError("force and downgrade must be booleans")
+    confirm = body.get("confirm_after_restart", False)
+    if type(force) is not bool or type(downgrade) is not bool or type(confirm) is not bool:
+        raise CommandError("force, downgrade and confirm_after_restart must be booleans")
     if action != "cancel" and not version:
         raise CommandError(f"{action} needs a version")
     return Command(action=action, component=component, version=version,
                    correlation_id=correlation_id, timestamp=timestamp,
                    scheduled_time=scheduled_time, force=force, artifact_url=url,
                    artifact_sha256=sha, artifact_digest=digest, device=device,
-                   release=release, expires_at=expires_at, downgrade=downgrade)
+                   release=release, expires_at=expires_at, downgrade=downgrade,
+                   confirm_after_restart=confirm)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -496,7 +497,9 @@ def _spec_checks(spec: Mapping[str, Any], base: Path_) -> Iterator[tuple[Path_, 
             except DurationError:
                 pass
     yield from _pacing_checks(strategy, (*base, "strategy"))
+    yield from _gate_checks(strategy, (*base, "strategy"))
     yield from _hop_checks(strategy, spec.get("version"), (*base, "strategy"))
+    yield from _analysis_checks(strategy, (*base, "strategy"))
     for i, freeze in enumerate(strategy.get("freezes", None) or []):
         if isinstance(freeze, dict):
             start, end = freeze.get("start"), freeze.get("end")
@@ -525,6 +528,52 @@ def _spec_checks(spec: Mapping[str, Any], base: Path_) -> Iterator[tuple[Path_, 
     if typed is not None and isinstance(excluded, list):
         for reason in empty_selector_reasons(typed, [str(d) for d in excluded]):
             yield ((*base, *reason.path), reason.message, "warning")
+
+
+def _gate_checks(strategy: Mapping[str, Any], base: Path_) -> Iterator[tuple[Path_, str, str]]:
+    """`gate.webhook.url`: the gate runner POSTs over HTTP, so nothing else may be named
+    (a `file:` or `ftp:` URL would only ever fail, keeping the step closed for good)."""
+    steps = strategy.get("steps")
+    for i, step in enumerate(steps if isinstance(steps, list) else []):
+        gate = step.get("gate") if isinstance(step, dict) else None
+        webhook = gate.get("webhook") if isinstance(gate, dict) else None
+        url = webhook.get("url") if isinstance(webhook, dict) else None
+        if not isinstance(url, str) or not url:
+            continue
+        if not _is_http_url(url):
+            yield ((*base, "steps", i, "gate", "webhook", "url"),
+                   f"{url[:200]!r} is not an http(s) URL: the gate is asked with an HTTP "
+                   "POST; write one like https://gates.example.com/allow", "error")
+
+
+def _is_http_url(url: str) -> bool:
+    """An http:// or https:// URL naming a host: what the gate and analysis runners fetch."""
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+
+
+def _analysis_checks(strategy: Mapping[str, Any],
+                     base: Path_) -> Iterator[tuple[Path_, str, str]]:
+    """`analysis.prometheus`: bounds that some value can meet, and an http(s) URL."""
+    steps = strategy.get("steps")
+    for i, step in enumerate(steps if isinstance(steps, list) else []):
+        analysis = step.get("analysis") if isinstance(step, dict) else None
+        prom = analysis.get("prometheus") if isinstance(analysis, dict) else None
+        if not isinstance(prom, dict):
+            continue
+        where = (*base, "steps", i, "analysis", "prometheus")
+        low, high, url = prom.get("min"), prom.get("max"), prom.get("url")
+        if low is None and high is None:
+            yield (where, "an analysis needs min, max or both: without bounds no result "
+                          "could pass or fail the step", "error")
+        if (isinstance(low, int | float) and isinstance(high, int | float)
+                and not isinstance(low, bool) and not isinstance(high, bool) and low > high):
+            yield ((*where, "max"), f"max {high} is below min {low}: no result could be "
+                                    "inside the bounds; swap them", "error")
+        if isinstance(url, str) and url and not _is_http_url(url):
+            yield ((*where, "url"), f"{url!r} is not an http:// or https:// URL: write the "
+                                    "Prometheus server's base URL, e.g. "
+                                    "http://prometheus:9090", "error")
 
 
 def _hop_checks(strategy: Mapping[str, Any], version: Any,

@@ -76,10 +76,35 @@ class WebhookGate:
 
 
 @dataclass(frozen=True, slots=True)
+class PrometheusAnalysis:
+    """A step's metric check (`analysis.prometheus`): the instant query `query` against the
+    Prometheus at `url` must stay within [`minimum`, `maximum`] for `for_` while the step
+    soaks; an unset bound is open."""
+
+    url: str
+    query: str
+    minimum: float | None = None
+    maximum: float | None = None
+    for_: timedelta = timedelta(0)
+    """How long a result must stay inside (to pass) or outside (to fail) the bounds."""
+
+    def within(self, value: float) -> bool:
+        """Whether `value` is inside the bounds, both ends included.
+
+        >>> a = PrometheusAnalysis("http://p:9090", "q", minimum=0.0, maximum=1.0)
+        >>> a.within(1.0), a.within(1.5)
+        (True, False)
+        """
+        return ((self.minimum is None or value >= self.minimum)
+                and (self.maximum is None or value <= self.maximum))
+
+
+@dataclass(frozen=True, slots=True)
 class Step:
     percent: int
     pause: timedelta | None = None
     gate: WebhookGate | None = None
+    analysis: PrometheusAnalysis | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +186,8 @@ class Health:
     update_timeout: timedelta = timedelta(minutes=15)
     stable_for: timedelta = timedelta(minutes=5)
     checks: tuple[Check, ...] = ()
+    confirm_after_restart: bool = False
+    """Success counts only once the device reports the new version after a restart."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +300,21 @@ def _opt_duration(value: str | None) -> timedelta | None:
     return parse_duration(value) if value is not None else None
 
 
+def _step_from(doc: Mapping[str, Any]) -> Step:
+    gate = doc.get("gate")
+    analysis = doc.get("analysis")
+    prom = analysis["prometheus"] if analysis else None
+    return Step(
+        doc["percent"], _opt_duration(doc.get("pause")),
+        WebhookGate(gate["webhook"]["url"], gate["webhook"].get("secretRef")) if gate else None,
+        PrometheusAnalysis(
+            prom["url"], prom["query"],
+            float(prom["min"]) if prom.get("min") is not None else None,
+            float(prom["max"]) if prom.get("max") is not None else None,
+            parse_duration(prom.get("for", "0s"))) if prom else None,
+    )
+
+
 def _ramp_from(doc: Mapping[str, Any]) -> Ramp:
     return Ramp(start_per_minute=doc["startPerMinute"], max_per_minute=doc["maxPerMinute"],
                 factor=float(doc.get("factor", 2)),
@@ -307,11 +349,7 @@ def rollout_spec_from(spec: Mapping[str, Any]) -> RolloutSpec:
         component=spec["component"],
         version=str(spec["version"]),
         strategy=Strategy(
-            steps=tuple(Step(s["percent"], _opt_duration(s.get("pause")),
-                             WebhookGate(s["gate"]["webhook"]["url"],
-                                         s["gate"]["webhook"].get("secretRef"))
-                             if "gate" in s else None)
-                        for s in strategy["steps"]),
+            steps=tuple(_step_from(s) for s in strategy["steps"]),
             max_in_flight=strategy["maxInFlight"],
             max_per_minute=strategy.get("maxPerMinute"),
             budgets=tuple(Budget(b["groupBy"], b["maxInFlight"])
@@ -344,6 +382,7 @@ def rollout_spec_from(spec: Mapping[str, Any]) -> RolloutSpec:
                 )
                 for c in health.get("checks", ())
             ),
+            confirm_after_restart=bool(health.get("confirmAfterRestart", False)),
         ),
         failure_policy=FailurePolicy(
             max_failure_percent=float(fp["maxFailurePercent"]),

@@ -117,6 +117,29 @@ ARTIFACT = _obj(
     anyOf=[{"required": ["url"]}, {"required": ["digest"]}],
 )
 
+ANALYSIS = _obj(
+    "Judge this step by a metric while it soaks: the next step starts (or the rollout "
+    "completes) only once the query's result has stayed within the bounds for `for` since "
+    "the wave finished; outside them for `for` is a failure of the rollout "
+    "(failurePolicy.action applies, reason AnalysisFailed). An unreachable Prometheus, no "
+    "data or more than one series keeps the step from finishing and never passes it.",
+    {"prometheus": _obj(
+        "An instant PromQL query against Prometheus's HTTP API (GET {url}/api/v1/query).",
+        {"url": _str("Base URL of the Prometheus server, http:// or https://.", minLength=1),
+         "query": _str("The query, in PromQL; its result must be a scalar or a vector of "
+                       "exactly one sample.",
+                       minLength=1),
+         "min": {"type": "number", "description": "Lowest value inside the bounds "
+                                                  "(inclusive); at least one of min/max."},
+         "max": {"type": "number", "description": "Highest value inside the bounds "
+                                                  "(inclusive); at least one of min/max."},
+         "for": _duration("How long the result must stay inside the bounds to pass the "
+                          "step, or outside them to fail the rollout; without it one sample "
+                          "decides.")},
+        required=["url", "query"])},
+    required=["prometheus"],
+)
+
 STEP = _obj(
     "One wave: the cumulative share of targeted devices that runs the new version once the "
     "wave is done.",
@@ -140,6 +163,7 @@ STEP = _obj(
                                    minLength=1)},
                 required=["url"])},
             required=["webhook"]),
+        "analysis": ANALYSIS,
     },
     required=["percent"],
 )
@@ -279,6 +303,11 @@ HEALTH = _obj(
         "stableFor": _duration("After success, the device must keep the new version and "
                                "pass its checks this long to count as healthy.", default="5m"),
         "checks": _list("HTTP, TCP and container checks, all of which must pass.", CHECK),
+        "confirmAfterRestart": {"type": "boolean", "default": False,
+                                "description": "A device's success counts only once it "
+                                "reports the new version after a restart (a new boot id); "
+                                "no restart within updateTimeout is a timeout, reason "
+                                "NoRestart."},
     },
     default={},
 )

@@ -59,7 +59,7 @@ class Control:
             new_state, events = apply_control(state, op, self.clock(), device=device)
             self.fleet.states[name] = new_state
             now = self.clock()
-            await self.store.append_events([
+            await self.store.events.append([
                 Event(time=now, rollout=name, type=e.type, reason=e.reason, message=e.message,
                       device=e.device, actor=actor) for e in events])
             for e in events:
@@ -71,7 +71,7 @@ class Control:
 
     async def _save(self, rollout: Rollout, state: RolloutState) -> None:
         generation, digest = self.desired.generation_of(rollout)
-        await self.store.save_rollout(rollout.name, generation, digest,
+        await self.store.rollouts.save(rollout.name, generation, digest,
                                       stored_state(rollout, state),
                                       self.fleet.status.get(rollout.name, {}))
 
@@ -87,7 +87,7 @@ class Control:
         if rollout.source.kind not in ("api", "policy"):
             raise Conflict(f"rollout {name!r} comes from {rollout.source.kind}: delete it there")
         self.desired.api.pop(name, None)
-        await self.store.append_events([Event(time=self.clock(), rollout=name, type="Normal",
+        await self.store.events.append([Event(time=self.clock(), rollout=name, type="Normal",
                                               reason="Deleted", message=f"deleted by {actor}",
                                               actor=actor)])
         self.reconciler.wake(rollout.spec.component)
@@ -105,7 +105,7 @@ class Control:
             annotations[SCHEDULED_TIME_ANNOTATION] = scheduled_time
         self.desired.add_api(api_rollout(
             {"name": name, "kind": "api", "spec": spec, "annotations": annotations}, 1))
-        await self.store.append_events([Event(time=self.clock(), rollout=name, type="Normal",
+        await self.store.events.append([Event(time=self.clock(), rollout=name, type="Normal",
                                               reason="Created",
                                               message=f"ad-hoc update of {uuid} to {component} "
                                                       f"{version} by {actor}", actor=actor)])
@@ -113,7 +113,7 @@ class Control:
         return self.queries.rollout_json(self.queries.require(name))
 
     async def cancel_update(self, uuid: str, update_id: str, *, actor: str) -> dict[str, Any]:
-        record = self.fleet.by_id.get(update_id) or await self.store.get_update(update_id)
+        record = self.fleet.by_id.get(update_id) or await self.store.updates.get(update_id)
         if record is None or record.device != uuid:
             raise NotFound(f"no update {update_id!r} for device {uuid!r}")
         if not record.is_open:
@@ -121,7 +121,7 @@ class Control:
         command = command_for(record, "cancel", self.clock(), CANCEL_LIFETIME)
         await self.outbox.publish(uuid, command)
         async with self.lock:
-            changed = await self.store.apply_decisions([(record.id, Decision(
+            changed = await self.store.updates.apply_decisions([(record.id, Decision(
                 DecisionKind.CANCEL, self.clock(), reason="CancelledByUser",
                 message=f"cancelled by {actor}"))])
             for r in changed:

@@ -255,8 +255,8 @@ async def run_controller(settings: Settings, *, stop: asyncio.Event | None = Non
         await engine.start()
         secrets = WebhookSecrets.of(settings.webhook_secret)
         app = build_app(engine, core.metrics, core.tokens, webhook_secrets=secrets,
-                        read_tokens=core.read_tokens, deliveries=core.store, live=core.live,
-                        leadership=core.elector, checks=core.readiness)
+                        read_tokens=core.read_tokens, deliveries=core.store.deliveries,
+                        live=core.live, leadership=core.elector, checks=core.readiness)
         runner = await serve(app, settings.listen)
         tasks = [
             asyncio.create_task(source.run(on_snapshot, stop), name="source"),

@@ -147,9 +147,9 @@ class Engine:
 
     async def _load(self) -> None:
         fleet = self.fleet
-        for row in await self.store.list_devices():
+        for row in await self.store.devices.all():
             fleet.put_device(row)
-        rows = await self.store.load_rollouts()
+        rows = await self.store.rollouts.load()
         for name, rollout_row in rows.items():
             self.desired.generations[name] = (rollout_row.generation, rollout_row.spec_hash)
             state = dict(rollout_row.state)
@@ -159,9 +159,9 @@ class Engine:
                 self.desired.api[name] = api_rollout(state["definition"],
                                                      rollout_row.generation)
             fleet.status[name] = dict(rollout_row.status)
-            for record in await self.store.rollout_updates(name):
+            for record in await self.store.updates.of_rollout(name):
                 fleet.remember(record)
-        for record in await self.store.open_updates():
+        for record in await self.store.updates.open():
             fleet.remember(record)
         self._started = True
         self.observed.ingest.counting = True
@@ -177,8 +177,8 @@ class Engine:
         fleet = self.fleet
         async with self.observed.lock:
             held = {i for ids in fleet.open.values() for i in ids}
-            fresh = await self.store.open_updates()
-            changed = await self.store.updates_by_id(sorted(held - {r.id for r in fresh}))
+            fresh = await self.store.updates.open()
+            changed = await self.store.updates.by_ids(sorted(held - {r.id for r in fresh}))
             for record in [*fresh, *changed]:
                 if fleet.remember(record):
                     count_final(self.metrics, record)

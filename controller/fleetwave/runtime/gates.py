@@ -25,6 +25,7 @@ from fleetwave import __version__
 from fleetwave.api.notify import SIGNATURE_HEADER, sign
 from fleetwave.planner.model import GateResults, PlannedEvent
 from fleetwave.resources.model import Rollout
+from fleetwave.runtime.answers import read_json
 
 log = structlog.get_logger("fleetwave.gates")
 
@@ -65,6 +66,15 @@ class GateRunner:
         """(rollout, event) of every answer since the last call, for the event store."""
         events, self._events = self._events, []
         return events
+
+    def retry_at(self, rollout: Rollout, step: int) -> float | None:
+        """When step `step`'s closed gate is next asked (None: open, being asked, not asked
+        yet): the loop wakes then, or a closed gate would wait for the resync interval."""
+        asked = self._asked.get((rollout.name, step))
+        if (asked is None or asked.version != rollout.spec.version or asked.answer is not False
+                or (asked.task is not None and not asked.task.done())):
+            return None
+        return asked.next_ask
 
     def ask(self, rollout: Rollout, step: int, counts: Mapping[str, int], now: float) -> None:
         """Ask step `step`'s gate unless it is open, being asked, or backing off."""
@@ -108,22 +118,17 @@ class GateRunner:
                    "User-Agent": f"fleetwave/{__version__}"}
         if secret:
             headers[SIGNATURE_HEADER] = sign(secret.encode(), body)
-        try:
-            timeout = aiohttp.ClientTimeout(total=self.timeout)
-            async with aiohttp.ClientSession(timeout=timeout) as session, \
-                    session.post(url, data=body, headers=headers,
-                                 allow_redirects=False) as response:
-                raw = await response.content.read(MAX_ANSWER_BYTES + 1)
-                if not 200 <= response.status < 300:
-                    return False, f"HTTP {response.status}"
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            return False, f"unreachable ({type(exc).__name__})"
-        if len(raw) > MAX_ANSWER_BYTES:
-            return False, "answer too long"
-        try:
-            doc = json.loads(raw)
-        except ValueError:
-            return False, "answer is not JSON"
+        timeout = aiohttp.ClientTimeout(total=self.timeout)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            answer = await read_json(session.post(url, data=body, headers=headers,
+                                                  allow_redirects=False), MAX_ANSWER_BYTES)
+        if answer.status is None:
+            return False, answer.problem
+        if not 200 <= answer.status < 300:
+            return False, f"HTTP {answer.status}"
+        if answer.problem:
+            return False, answer.problem
+        doc = answer.doc
         if isinstance(doc, dict) and doc.get("allow") is True:
             return True, "allow: true"
         return False, "allow is not true"

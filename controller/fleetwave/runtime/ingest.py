@@ -53,7 +53,7 @@ class Ingest:
             device_msgs = [m for m in batch if isinstance(m, ReportedState | Online)]
             finished: set[str] = set()
             if statuses:  # before the reports: a status in hand settles its own update
-                for outcome in await self.store.apply_statuses(statuses):
+                for outcome in await self.store.updates.apply_statuses(statuses):
                     after = outcome.after
                     if after is None:
                         continue
@@ -63,7 +63,7 @@ class Ingest:
                         finished.add(after.device)
             if device_msgs:
                 # An update whose status was lost is settled by the reported version.
-                for settled in await self.store.apply_device_messages(device_msgs):
+                for settled in await self.store.devices.apply_messages(device_msgs):
                     if self.fleet.remember(settled) and self.counting:
                         count_final(self.metrics, settled)
                     finished.add(settled.device)

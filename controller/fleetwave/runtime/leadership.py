@@ -107,18 +107,18 @@ class Elector:
         started = self.clock()
         try:
             if self.lease is not None:
-                renewed = await self.store.renew_leadership(self.lease, self.ttl)
+                renewed = await self.store.leases.renew(self.lease, self.ttl)
                 if renewed is None:
                     self.step_down("another replica took the lease")
                     return
                 self._lead(renewed, started)
                 return
-            got = await self.store.acquire_leadership(self.name, self.holder, self.ttl,
+            got = await self.store.leases.acquire(self.name, self.holder, self.ttl,
                                                       self.address)
             if got is not None:
                 self._lead(got, started)
                 return
-            current = await self.store.current_leader(self.name)
+            current = await self.store.leases.current(self.name)
             self.leader_address = current.address if current is not None else None
             self.last_error = None
         except StoreError as exc:
@@ -167,7 +167,7 @@ class Elector:
         self._metrics(False)
         self._notify(False)
         with contextlib.suppress(StoreError):
-            await self.store.release_leadership(lease)
+            await self.store.leases.release(lease)
             log.info("leadership.released", holder=self.holder, epoch=lease.epoch)
 
     def _notify(self, leading: bool) -> None:

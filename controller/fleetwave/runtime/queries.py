@@ -75,7 +75,7 @@ class Queries:
                              ) -> tuple[list[dict[str, Any]], int]:
         self.require(name)
         # SQL offsets are 64-bit: a larger one (any client may send it) means "past the end".
-        page = await self.store.list_events(name, offset=min(offset, 2**63 - 1), limit=limit)
+        page = await self.store.events.page(name, offset=min(offset, 2**63 - 1), limit=limit)
         return [event_json(e) for e in page.items], page.total
 
     async def list_devices(self, after: Key | None = None, limit: int = 100) -> Page:
@@ -90,7 +90,7 @@ class Queries:
     async def device_updates(self, uuid: str, limit: int = 100) -> list[dict[str, Any]]:
         if uuid not in self.fleet.devices:
             raise NotFound(f"no device {uuid!r}")
-        return [record_json(r) for r in await self.store.device_history(uuid, limit=limit)]
+        return [record_json(r) for r in await self.store.updates.of_device(uuid, limit=limit)]
 
     async def list_updates(self, state: str | None, older_than: float | None,
                            after: Key | None = None, limit: int = 100) -> Page:
@@ -98,7 +98,7 @@ class Queries:
                                       and isinstance(after[1], str)):
             raise InvalidCursor("cursor does not belong to this list: start again without it")
         states = [UpdateState(state)] if state else None
-        records = await self.store.stale_updates(
+        records = await self.store.updates.stale(
             older_than or 0.0, self.clock(), states,
             after=(float(after[0]), after[1]) if after is not None else None, limit=limit + 1)
         page = records[:limit]

@@ -26,6 +26,7 @@ from fleetwave.metrics import Metrics
 from fleetwave.planner.model import HashCache, Plan
 from fleetwave.planner.plan import plan_deleted, plan_fleet
 from fleetwave.resources.model import Rollout
+from fleetwave.runtime.analysis import AnalysisRunner
 from fleetwave.runtime.checks import CheckRunner
 from fleetwave.runtime.desired import DesiredState
 from fleetwave.runtime.fleet import FleetState
@@ -79,6 +80,8 @@ class Reconciler:
         self.gates = GateRunner(self._gate_answered)
         """Step webhook gates, asked in the background; an answer replans every group."""
         self._gates_answered = False
+        self.analysis = AnalysisRunner(self.wake, queries=metrics.analysis_queries, clock=clock)
+        """Step analyses, queried in the background; a changed outcome replans its group."""
         self._checked_at: dict[tuple[str, str], float] = {}
         self._check_task: asyncio.Task[None] | None = None
         self._wake = wakeup
@@ -138,6 +141,7 @@ class Reconciler:
             # does not starve the status it plans on: a pass over 100,000 devices plans on
             # the statuses of the whole pause. Bounded, so progress shows every second.
             await asyncio.sleep(min(1.0, max(0.02, 2 * took)))
+        await self.analysis.close()
 
     async def reconcile_once(self, *, full: bool = False, wait_sent: bool = False
                              ) -> float | None:
@@ -165,7 +169,7 @@ class Reconciler:
         """Plan what changed, store it in one transaction; return what to publish."""
         fleet = self.fleet
         if self.inventory_dirty:
-            await self.store.set_inventory_labels(fleet.inventory)
+            await self.store.devices.set_inventory_labels(fleet.inventory)
             self.inventory_dirty = False
         now = self.clock()
         desired = self.desired.with_generations()
@@ -176,6 +180,7 @@ class Reconciler:
         plans = plan_fleet(rollouts, list(fleet.views.values()), fleet.records, fleet.states,
                            now, check_results=results, cache=self._hashes,
                            gate_results=self.gates.results(desired),
+                           analysis_results=self.analysis.results(desired),
                            send_limit=self.outbox.free()).plans if rollouts else {}
         for component in chosen:
             self._group_wake[component] = None
@@ -195,6 +200,7 @@ class Reconciler:
             built.add(name, plan, desired.get(name))
         built.delete(deleted)
         self._ask_gates(desired, plans, now, built)
+        self._follow_analyses(desired, plans, now, built)
         result = await self.store.write_pass(built.write())
         for record in [*result.created, *result.changed]:
             if fleet.remember(record):
@@ -270,7 +276,7 @@ class Reconciler:
     async def _store_sent(self, sent: list[tuple[str, Decision]]) -> None:
         """The outbox published these records' commands: store `sent` (one transaction)."""
         async with self.lock:
-            for record in await self.store.apply_decisions(sent):
+            for record in await self.store.updates.apply_decisions(sent):
                 self.fleet.remember(record)
 
     def _room(self) -> None:
@@ -285,14 +291,30 @@ class Reconciler:
 
     def _ask_gates(self, desired: Mapping[str, Rollout], plans: Mapping[str, Plan],
                    now: float, built: PassBuilder) -> None:
-        """Ask the webhook gates the plans wait for (in the background); the answers that
-        arrived since the last pass go into this pass's audit trail."""
+        """Ask the webhook gates the plans wait for (in the background), and plan their
+        group again when a closed one is due to be asked again; the answers that arrived
+        since the last pass go into this pass's audit trail."""
         for name, plan in plans.items():
             if plan.awaiting_gate is not None and name in desired:
-                self.gates.ask(desired[name], plan.awaiting_gate, plan.status.counts, now)
+                rollout = desired[name]
+                self.gates.ask(rollout, plan.awaiting_gate, plan.status.counts, now)
+                retry = self.gates.retry_at(rollout, plan.awaiting_gate)
+                held = self._group_wake.get(rollout.spec.component)
+                if retry is not None and (held is None or retry < held):
+                    self._group_wake[rollout.spec.component] = retry
         built.events += [Event(time=now, rollout=name, type=e.type, reason=e.reason,
                                message=e.message, device=e.device, actor="gate")
                          for name, e in self.gates.drain_events()]
+
+    def _follow_analyses(self, desired: Mapping[str, Rollout], plans: Mapping[str, Plan],
+                         now: float, built: PassBuilder) -> None:
+        """Query the analyses the new plans await (plans not made again keep theirs); the
+        outcomes that changed since the last pass go into this pass's audit trail."""
+        for name, plan in plans.items():
+            self.analysis.follow(name, desired.get(name), plan.awaiting_analysis)
+        built.events += [Event(time=now, rollout=name, type=e.type, reason=e.reason,
+                               message=e.message, device=e.device, actor="analysis")
+                         for name, e in self.analysis.drain_events()]
 
     def _start_checks(self, desired: Mapping[str, Rollout], now: float) -> None:
         """HTTP and TCP checks in the background: their results reach a later pass."""

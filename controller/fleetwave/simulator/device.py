@@ -57,6 +57,9 @@ class Behaviour:
     """Artifact URL -> the sha256 its download really has; a command naming another fails."""
     require_digest: bool = False
     """Docker devices refuse an update that names no image digest."""
+    no_restart_rate: float = 0.0
+    """Share of `confirm_after_restart` updates reported succeeded without the restart (a
+    device that ignores the flag): what the controller must not count as success."""
 
 
 @dataclass
@@ -102,6 +105,12 @@ class SimulatedDevice:
         self._background: set[asyncio.Future[Any]] = set()
         self.resubscribe: Callable[[str], None] | None = None
         """Set by the fleet: ask the broker for this device's retained command again."""
+        self.boots = 0
+        """Simulated reboots so far: each gives the device a new `boot_id`."""
+
+    @property
+    def boot_id(self) -> str:
+        return boot_id_of(self.uuid, self.boots)
 
     def spawn(self, coro: Awaitable[Any]) -> asyncio.Future[Any]:
         """Run `coro` in the background, holding a reference until it is done."""
@@ -120,7 +129,8 @@ class SimulatedDevice:
                           for name, version in sorted(self.versions.items())]
         return reports.state_body(self.uuid, self.versions, _now_ms(), labels=self.profile.labels,
                                   deployment_type=self.profile.deployment_type,
-                                  ip=self.profile.ip, containers=containers)
+                                  ip=self.profile.ip, containers=containers,
+                                  boot_id=None if self.profile.legacy else self.boot_id)
 
     async def announce(self) -> None:
         """What a device does on (re)connect: retained state, then online."""
@@ -256,14 +266,16 @@ class SimulatedDevice:
         goes_offline = self.rng.random() < b.offline_rate and not rollback
         sha_mismatch = self.rng.random() < b.sha256_mismatch_rate
 
-        await self._status("update_command_received", cid, version=command.version)
+        boot = None if self.profile.legacy else self.boot_id  # what a restart changes
+        await self._status("update_command_received", cid, version=command.version,
+                           boot_id=boot)
         if current == command.version and not command.force and not rollback:
             await self._finish(cid, ok_type, version=current, reason="already_at_version")
             return
         when = _parse_time(command.scheduled_time)
         if when is not None and when > time.time():
             await self._status("update_scheduled", cid, version=command.version,
-                               scheduled_time=command.scheduled_time)
+                               scheduled_time=command.scheduled_time, boot_id=boot)
             await asyncio.sleep(when - time.time())
         if command.artifact_sha256 is not None:
             expected = b.artifact_hashes.get(command.artifact_url or "")
@@ -274,7 +286,7 @@ class SimulatedDevice:
         await asyncio.sleep(self._step() * self.rng.uniform(0.2, 0.6))
         await self._status("update_started", cid, current_version=current,
                            target_version=command.version,
-                           deployment_type=self.profile.deployment_type)
+                           deployment_type=self.profile.deployment_type, boot_id=boot)
         if goes_offline:
             self.go_offline(b.offline_duration / max(b.speed, 1e-6))
             return
@@ -293,7 +305,17 @@ class SimulatedDevice:
             self.crash_looping.add(component)
         else:
             self.crash_looping.discard(component)
+        # Drawn only for such commands, so seeded runs without them repeat as before.
+        if command.confirm_after_restart and not rollback \
+                and self.rng.random() >= b.no_restart_rate:
+            await self.reboot()
         await self._finish(cid, ok_type, version=command.version)
+        await self.publish_state()
+
+    async def reboot(self) -> None:
+        """A simulated restart onto the installed version: a new boot id, and the retained
+        state a booting device publishes (before it reports the update's success)."""
+        self.boots += 1
         await self.publish_state()
 
     # --- connectivity ---
@@ -338,6 +360,12 @@ class SimulatedDevice:
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
+
+
+def boot_id_of(uuid: str, boots: int) -> str:
+    """A simulated device's boot id after `boots` reboots: derived, so a seeded run repeats."""
+    digest = hashlib.sha256(f"{uuid}/boot/{boots}".encode()).hexdigest()
+    return f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
 
 
 def _parse_time(value: str | None) -> float | None:

@@ -67,6 +67,7 @@ class SimulatorConfig:
     duplicate_rate: float = 0.0
     garbage_rate: float = 0.0
     sha256_mismatch_rate: float = 0.0
+    no_restart_rate: float = 0.0
     offline_duration: float = 60.0
     update_duration: float = 8.0
     component_versions: Mapping[str, str] = field(
@@ -203,7 +204,8 @@ class SimulatedFleet:
             duplicate_rate=config.duplicate_rate, garbage_rate=config.garbage_rate,
             sha256_mismatch_rate=config.sha256_mismatch_rate,
             offline_duration=config.offline_duration, update_duration=config.update_duration,
-            artifact_hashes=dict(config.artifact_hashes), require_digest=config.require_digest)
+            artifact_hashes=dict(config.artifact_hashes), require_digest=config.require_digest,
+            no_restart_rate=config.no_restart_rate)
         self.devices: dict[str, SimulatedDevice] = {}
         self._groups: list[_Group] = []
         per = max(1, config.devices_per_connection)

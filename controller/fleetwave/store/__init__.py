@@ -2,7 +2,7 @@
 
     store = open_store("sqlite:///fleetwave.db")
     await store.migrate()
-    outcomes = await store.apply_statuses(batch)
+    outcomes = await store.updates.apply_statuses(batch)
 """
 
 from fleetwave.store.codec import device_json, event_json, record_json

@@ -21,7 +21,7 @@ RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(UpdateRecord))
 MUTABLE_FIELDS = (
     "state", "updated_at", "from_version", "reason", "error", "exit_code", "progress", "health",
     "sent_at", "acknowledged_at", "scheduled_at", "started_at", "completed_at", "health_at",
-    "rolled_back_at",
+    "rolled_back_at", "boot_id",
 )
 """What the state machine may change; the rest of a record is fixed at creation."""
 
@@ -44,6 +44,7 @@ def record_from_row(row: Mapping[Any, Any]) -> UpdateRecord:
     values["state"] = UpdateState(values["state"])
     values["health"] = Health(values["health"])
     values["force"] = bool(values["force"])
+    values["confirm_after_restart"] = bool(values["confirm_after_restart"])
     return UpdateRecord(**values)
 
 

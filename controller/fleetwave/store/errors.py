@@ -29,6 +29,10 @@ class StoreFull(StoreError):
     instead of failing every write (SQLite rolls the transaction back: nothing is corrupt)."""
 
 
+class Fenced(StoreError):
+    """A write from a leader that no longer holds its lease; it must stop leading."""
+
+
 def one_line(text: str) -> str:
     """`text` squeezed onto one line, so logs and terminals show it whole."""
     return re.sub(r"\s+", " ", text).strip()

@@ -18,15 +18,13 @@ import uuid
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from fleetwave.store.errors import StoreError
+from fleetwave.store.database import Database, insert
+from fleetwave.store.errors import Fenced
 from fleetwave.store.schema import leadership
 
-
-class Fenced(StoreError):
-    """A write from a leader that no longer holds its lease; it must stop leading."""
+__all__ = ["Fence", "Fenced", "Lease", "Leases", "new_holder"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,9 +79,8 @@ async def try_acquire(conn: AsyncConnection, name: str, holder: str, ttl: float,
         sa.select(t.holder, t.epoch, t.expires_at > now).where(t.name == name)
         .with_for_update())).first()
     if row is None:
-        insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)
         got = (await conn.execute(
-            insert(leadership).values(name=name, holder=holder, epoch=1, address=address,
+            insert(conn, leadership).values(name=name, holder=holder, epoch=1, address=address,
                                       expires_at=now + ttl)
             .on_conflict_do_nothing().returning(t.expires_at))).first()
         # None: another replica inserted the first lease in the same instant; it leads.
@@ -132,3 +129,31 @@ async def current(conn: AsyncConnection, name: str) -> Lease | None:
     if row is None:
         return None
     return Lease(name, row[0], int(row[1]), float(row[2]), row[3])
+
+
+class Leases:
+    """The leader lease, each call its own unfenced transaction: `store.leases`."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def acquire(self, name: str, holder: str, ttl: float,
+                      address: str | None = None) -> Lease | None:
+        async def work(conn: AsyncConnection) -> Lease | None:
+            return await try_acquire(conn, name, holder, ttl, address)
+        return await self._db.write(work, fenced=False)
+
+    async def renew(self, lease: Lease, ttl: float) -> Lease | None:
+        async def work(conn: AsyncConnection) -> Lease | None:
+            return await renew(conn, lease, ttl)
+        return await self._db.write(work, fenced=False)
+
+    async def release(self, lease: Lease) -> None:
+        async def work(conn: AsyncConnection) -> None:
+            await release(conn, lease)
+        await self._db.write(work, fenced=False)
+
+    async def current(self, name: str) -> Lease | None:
+        async def work(conn: AsyncConnection) -> Lease | None:
+            return await current(conn, name)
+        return await self._db.read(work)

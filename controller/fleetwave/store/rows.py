@@ -138,7 +138,7 @@ class UpdateStats:
 
 @dataclass(frozen=True, slots=True)
 class RolloutSave:
-    """One rollout's engine state and status to store (`Store.save_rollout`'s arguments)."""
+    """One rollout's engine state and status to store (`store.rollouts.save`'s arguments)."""
 
     name: str
     generation: int

@@ -69,6 +69,8 @@ updates = sa.Table(
     sa.Column("scheduled_time", sa.Text),
     sa.Column("force", sa.Boolean, nullable=False),
     sa.Column("release", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("confirm_after_restart", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("boot_id", sa.Text),
     sa.Index("ix_updates_one_open_per_device_component", "device", "component", unique=True,
              sqlite_where=sa.text(OPEN_STATES_SQL), postgresql_where=sa.text(OPEN_STATES_SQL)),
     sa.Index("ix_updates_device_created", "device", "created_at"),

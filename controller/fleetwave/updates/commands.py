@@ -53,4 +53,5 @@ def command_for(record: UpdateRecord, action: CommandAction, now: float, lifetim
         expires_at=format_time(math.ceil(now + lifetime)),
         downgrade=(update and record.from_version is not None
                    and is_lower(record.to_version, record.from_version)),
+        confirm_after_restart=update and record.confirm_after_restart,
     )

@@ -11,6 +11,9 @@ class UpdateState(StrEnum):
     ACKNOWLEDGED = "acknowledged"
     SCHEDULED = "scheduled"
     IN_PROGRESS = "in_progress"
+    AWAITING_RESTART = "awaiting_restart"
+    """The device reported success of a `confirmAfterRestart` update: it counts once a
+    state shows the new version under another boot id (RAUC's mark-good after boot)."""
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     TIMEOUT = "timeout"
@@ -19,7 +22,7 @@ class UpdateState(StrEnum):
 
 
 OPEN_STATES = frozenset({UpdateState.PENDING, UpdateState.ACKNOWLEDGED, UpdateState.SCHEDULED,
-                         UpdateState.IN_PROGRESS})
+                         UpdateState.IN_PROGRESS, UpdateState.AWAITING_RESTART})
 TERMINAL_STATES = frozenset({UpdateState.SUCCEEDED, UpdateState.FAILED, UpdateState.TIMEOUT,
                              UpdateState.CANCELLED, UpdateState.ROLLED_BACK})
 
@@ -28,11 +31,12 @@ RANK = {
     UpdateState.ACKNOWLEDGED: 1,
     UpdateState.SCHEDULED: 2,
     UpdateState.IN_PROGRESS: 3,
-    UpdateState.SUCCEEDED: 4,
-    UpdateState.FAILED: 4,
-    UpdateState.TIMEOUT: 4,
-    UpdateState.CANCELLED: 4,
-    UpdateState.ROLLED_BACK: 5,
+    UpdateState.AWAITING_RESTART: 4,
+    UpdateState.SUCCEEDED: 5,
+    UpdateState.FAILED: 5,
+    UpdateState.TIMEOUT: 5,
+    UpdateState.CANCELLED: 5,
+    UpdateState.ROLLED_BACK: 6,
 }
 """Records only move to a higher rank; equal ranks only within the same state."""
 
@@ -60,6 +64,11 @@ class Reason:
     DEVICE_REPORTED_FAILURE = "DeviceReportedFailure"
     CONFIRMED_BY_REPORTED_STATE = "ConfirmedByReportedState"
     """Succeeded without its status: the device's retained state shows the target version."""
+    CONFIRMED_AFTER_RESTART = "ConfirmedAfterRestart"
+    """`confirmAfterRestart`: a state showed the target version under a new boot id."""
+    NO_RESTART = "NoRestart"
+    """`confirmAfterRestart`: no state showed the target version after a restart within
+    updateTimeout (or the device reports no boot id, so a restart cannot be told)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +110,11 @@ class UpdateRecord:
     release: int = 0
     """The `release` every command of this attempt carries (DESIGN.md 9.1): fixed when the
     record is created (`next_release`), so a re-publish, even after a restart, keeps it."""
+    confirm_after_restart: bool = False
+    """The rollout's `health.confirmAfterRestart`, fixed at creation: success counts only
+    from a state under another boot id than `boot_id`."""
+    boot_id: str | None = None
+    """The device's boot id when it acknowledged (or started) this attempt."""
 
     @property
     def is_open(self) -> bool:

@@ -7,6 +7,7 @@ exhaustively. A transition either returns the new record or says, as a short
 stable token, why the input changed nothing.
 
     pending -> acknowledged -> scheduled -> in_progress -> succeeded | failed | timeout | cancelled
+    in_progress -> awaiting_restart -> succeeded          (health.confirmAfterRestart)
     any terminal state (and succeeded in particular) -> rolled_back
 
 Records only move to a higher `RANK`; intermediate states may be skipped (a
@@ -48,6 +49,7 @@ class Ignored:
     NO_OPEN_UPDATE = "no_open_update"
     AMBIGUOUS = "ambiguous"
     NOT_CONFIRMED = "not_confirmed"
+    NOT_RESTARTED = "not_restarted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +103,11 @@ STATE_TIMESTAMP: Mapping[UpdateState, str] = {
 }
 """The field stamped when a record first reaches each state (pending has created_at)."""
 
+BOOT_MARKS: frozenset[StatusType] = frozenset({StatusType.COMMAND_RECEIVED,
+                                               StatusType.SCHEDULED, StatusType.STARTED})
+"""Statuses sent before the install: the boot id they carry is the one a restart changes.
+A later status (success after the reboot) must not be taken for it."""
+
 
 def _move(record: UpdateRecord, state: UpdateState, at: float,
           **changes: Any) -> UpdateRecord:
@@ -139,16 +146,21 @@ def apply_status(record: UpdateRecord, status: Status) -> Transition:
         return Transition(_evolve(record, progress=_percent(status.percent),
                                               updated_at=max(record.updated_at, at)))
     target = STATUS_TARGET[status.type]
+    if target == UpdateState.SUCCEEDED and record.confirm_after_restart \
+            and record.action == "update":
+        target = UpdateState.AWAITING_RESTART  # a state under a new boot id settles it
     refused = _check_rank(record, target)
     if refused is not None:
         return _ignore(refused)
     changes: dict[str, Any] = {}
+    if status.boot_id is not None and record.boot_id is None and status.type in BOOT_MARKS:
+        changes["boot_id"] = status.boot_id
     if status.type == StatusType.STARTED and record.from_version is None \
             and status.current_version is not None:
         changes["from_version"] = status.current_version
     if status.type == StatusType.PROGRESS and status.percent is not None:
         changes["progress"] = _percent(status.percent)
-    if target == UpdateState.SUCCEEDED:
+    if target in (UpdateState.SUCCEEDED, UpdateState.AWAITING_RESTART):
         changes["progress"] = 100
     if target == UpdateState.FAILED:
         changes.update(reason=status.reason or Reason.DEVICE_REPORTED_FAILURE,
@@ -157,7 +169,7 @@ def apply_status(record: UpdateRecord, status: Status) -> Transition:
 
 
 def confirm_by_state(record: UpdateRecord, versions: Mapping[str, str],
-                     received_at: float) -> Transition:
+                     received_at: float, boot_id: str | None = None) -> Transition:
     """An open update settled `succeeded` because the device's reported state, received
     after the record was created, shows the target version.
 
@@ -168,12 +180,23 @@ def confirm_by_state(record: UpdateRecord, versions: Mapping[str, str],
     `sent_at`, is the bound: a command published just before a crash has no `sent_at`, and
     the planner only creates an update for a device it saw on another version. Forced
     updates (the device was on that version already) and rollbacks wait for their status.
+
+    With `confirm_after_restart` the state is the only confirmation, forced or not: it
+    must also carry a boot id other than the one the device acknowledged under. A device
+    that never said its boot id cannot show a restart, and times out (`Reason.NO_RESTART`).
     """
     if not record.is_open:
         return _ignore(Ignored.TERMINAL)
-    if record.action != "update" or record.force:
+    if record.action != "update":
         return _ignore(Ignored.NOT_CONFIRMED)
     if versions.get(record.component) != record.to_version or received_at <= record.created_at:
+        return _ignore(Ignored.NOT_CONFIRMED)
+    if record.confirm_after_restart:
+        if record.boot_id is None or boot_id is None or boot_id == record.boot_id:
+            return _ignore(Ignored.NOT_RESTARTED)
+        return Transition(_move(record, UpdateState.SUCCEEDED, received_at, progress=100,
+                                reason=Reason.CONFIRMED_AFTER_RESTART))
+    if record.force:
         return _ignore(Ignored.NOT_CONFIRMED)
     return Transition(_move(record, UpdateState.SUCCEEDED, received_at, progress=100,
                             reason=Reason.CONFIRMED_BY_REPORTED_STATE))

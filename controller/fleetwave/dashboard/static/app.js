@@ -9,7 +9,8 @@ const GROUPS = [
   ["done", "done"], ["inFlight", "in flight"], ["failed", "failed"],
   ["unreachable", "unreachable"], ["parked", "parked"], ["waiting", "waiting"],
 ];
-const UPDATE_STATES = ["pending", "acknowledged", "scheduled", "in_progress", "succeeded",
+const UPDATE_STATES = ["pending", "acknowledged", "scheduled", "in_progress", "awaiting_restart",
+  "succeeded",
   "failed", "timeout", "cancelled", "rolled_back", "upToDate", "waiting"];
 const OPS = {
   pause: "Pause", resume: "Resume", promote: "Promote", abort: "Abort", rollback: "Roll back",
