@@ -255,7 +255,8 @@ def signing_key(tmp: Path) -> Path:
 
 def child(role: str, args: argparse.Namespace, port: int, log: Path) -> subprocess.Popen[str]:
     argv = [sys.executable, __file__, "--role", role, "--port", str(port),
-            "--devices", str(args.devices), "--seed", str(args.seed)]
+            "--devices", str(args.devices), "--seed", str(args.seed),
+            "--signing-key", str(signing_key(log.parent))]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log.open("ab"), text=True)
 
 
@@ -376,7 +377,8 @@ def measure_fleetwave(args: argparse.Namespace, tmp: Path) -> Figures:
                 "--signing-key", str(signing_key(tmp))]
         if args.profile:
             argv = [str(ROOT / ".venv/bin/py-spy"), "record", "-o", args.profile, "-r", "50",
-                    "-f", args.profile_format, "--", *argv]
+                    "-f", args.profile_format,
+                    *(["--gil"] if args.profile_gil else []), "--", *argv]
         log = tmp / "controller.log"
         started = time.perf_counter()
         with log.open("ab") as out:
@@ -485,6 +487,8 @@ def main() -> None:
     parser.add_argument("--profile", metavar="FILE",
                         help="run `fleetwave run` under py-spy record, writing FILE")
     parser.add_argument("--profile-format", default="raw", help="py-spy -f (raw, speedscope)")
+    parser.add_argument("--profile-gil", action="store_true",
+                        help="sample only the thread holding the GIL (where CPU goes)")
     parser.add_argument("--role", choices=("baseline",), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--signing-key", help=argparse.SUPPRESS)

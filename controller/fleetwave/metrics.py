@@ -35,28 +35,31 @@ OTHER = "other"
 """The label value for every device-reported component or version no Rollout declares."""
 
 
-def declared_version_counts(reported: Iterable[Mapping[str, str]],
+def declared_version_counts(reported: Iterable[tuple[Mapping[str, str], int]],
                             declared: Mapping[str, Set[str]]) -> dict[tuple[str, str], int]:
     """Devices per (component, version), with undeclared values folded into `other`.
+
+    `reported` holds each reported versions mapping with the number of devices that
+    report it (a fleet holds few distinct ones: `FleetState` shares equal mappings).
 
     Devices choose what they report, so a reported value only becomes a label value
     when some Rollout declares it (`declared`: component -> versions); anything else
     counts as `other`, which bounds the series by what operators committed, not by
     what a hostile or buggy fleet sends. A component no Rollout names is `other` too.
 
-    >>> declared_version_counts([{"agent": "1.0.6"}, {"agent": "x"}, {"junk": "1"}],
-    ...                         {"agent": {"1.0.6"}})
-    {('agent', '1.0.6'): 1, ('agent', 'other'): 1, ('other', 'other'): 1}
+    >>> declared_version_counts([({"agent": "1.0.6"}, 3), ({"agent": "x"}, 1),
+    ...                          ({"junk": "1"}, 1)], {"agent": {"1.0.6"}})
+    {('agent', '1.0.6'): 3, ('agent', 'other'): 1, ('other', 'other'): 1}
     """
     counts: dict[tuple[str, str], int] = {}
-    for versions in reported:
+    for versions, devices in reported:
         for component, version in versions.items():
             known = declared.get(component)
             if known is None:
                 key = (OTHER, OTHER)
             else:
                 key = (component, version if version in known else OTHER)
-            counts[key] = counts.get(key, 0) + 1
+            counts[key] = counts.get(key, 0) + devices
     return counts
 
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleetwave.planner.model import DeviceView, HashCache, SendUpdate
+from fleetwave.planner.model import DeviceView, HashCache, Plan, SendUpdate
 from fleetwave.planner.plan import plan, plan_fleet
 from fleetwave.planner.selectors import compile_selector
 from fleetwave.planner.waves import device_hash, step_of, step_size, thresholds
@@ -136,3 +136,23 @@ class TestConflicts:
         fp = plan_fleet([a, b], [device("x")], {}, {}, T0)
         assert fp.plans["a"].status.counts["conflicted"] == 0
         assert len(fp.plans["b"].actions) == 1
+
+
+def test_send_limit_spreads_a_wave_over_passes_in_wave_order() -> None:
+    """The engine bounds a pass's new commands by its outbox's room: the same devices go,
+    lowest wave hash first, over more passes, and the plan says it held some back."""
+    r = make_rollout(strategy={"steps": [{"percent": 100}], "maxInFlight": 1000})
+    devices = fleet(20)
+
+    def sent(p: Plan) -> list[str]:
+        return [a.record.device for a in p.actions if isinstance(a, SendUpdate)]
+
+    whole = plan(r, devices, {}, None, T0)
+    assert len(sent(whole)) == 20 and not whole.held_back
+    first = plan(r, devices, {}, None, T0, send_limit=8)
+    assert sent(first) == sent(whole)[:8]
+    assert first.held_back and not first.settled
+    full = plan(r, devices, {}, first.state, T0, send_limit=0)
+    assert sent(full) == [] and full.held_back and not full.settled
+    roomy = plan(r, devices, {}, None, T0, send_limit=20)
+    assert sent(roomy) == sent(whole) and not roomy.held_back

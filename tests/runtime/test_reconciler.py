@@ -213,3 +213,27 @@ async def test_a_closed_gate_is_asked_again_when_its_back_off_ends(store: Store)
         finally:
             stop.set()
             await loop
+
+
+async def test_a_wave_waits_for_outbox_room_and_still_goes_out_whole(store: Store) -> None:
+    """A pass queues at most the outbox's room: a 30-device wave through a room of 8 is
+    planned in several passes (records created when there is room to publish them, so
+    none waits in the queue long enough to time out), and every device gets its command
+    once, without a resync."""
+    engine, publisher = await started(store, 30)
+    engine.outbox.room = 8
+    engine.set_source({"r1": rollout()}, {}, "rev1")
+    await engine.reconciler.reconcile_once()
+    await engine.outbox.flush()
+    assert len(await store.updates.of_rollout("r1")) == 8, "a pass creates only what fits"
+    assert len(publisher.commands) == 8
+    stop = asyncio.Event()
+    loop = asyncio.create_task(engine.run(stop))
+    try:
+        await until(lambda: len(publisher.commands) == 30)
+        assert len({c.correlation_id for _, c in publisher.commands}) == 30
+        await answer(engine, publisher)
+        await until(lambda: phase(engine) == "Completed")
+    finally:
+        stop.set()
+        await loop

@@ -26,6 +26,8 @@ class Choice:
     sends: tuple[SendUpdate, ...]
     wake: float | None
     """When the token bucket holds enough for the devices left waiting (None: not needed)."""
+    held_back: bool = False
+    """Devices that could go now were left for a later pass by `PassContext.send_limit`."""
 
 
 NOTHING = Choice((), None)
@@ -54,8 +56,11 @@ def choose(ctx: PassContext, state: RolloutState, seen: Walk, limits: Sequence[i
             # (after this pass's sends empty the bucket).
             wake = pace.ready_at(bucket.take(bucket.available), 1)
         capacity = min(capacity, bucket.available)
+    held_back = ctx.send_limit is not None and min(capacity, len(eligible)) > ctx.send_limit
+    if held_back:
+        capacity = ctx.send_limit or 0
     if capacity <= 0:
-        return Choice((), wake)
+        return Choice((), wake, held_back)
     if strategy.budgets:
         chosen = _within_budgets(ctx, seen, eligible, capacity)
     else:
@@ -64,7 +69,7 @@ def choose(ctx: PassContext, state: RolloutState, seen: Walk, limits: Sequence[i
     for _, device, attempt in chosen:
         record = ctx.update_record(device, attempt)
         sends.append(SendUpdate(record, ctx.command(record)))
-    return Choice(tuple(sends), wake)
+    return Choice(tuple(sends), wake, held_back)
 
 
 def _within_budgets(ctx: PassContext, seen: Walk, eligible: list[Candidate],

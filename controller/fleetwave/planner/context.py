@@ -124,6 +124,10 @@ class PassContext:
     """`strategy.requires`, lowest `via` first."""
     gate_results: GateResults = field(default_factory=dict)
     analysis_results: AnalysisResults = field(default_factory=dict)
+    send_limit: int | None = None
+    """At most this many new commands in this pass (the engine's outbox room), None: no
+    bound. The rest wait for a later pass, so a record is created close to when its
+    command is published and no pass stores a whole 50,000-device wave at once."""
 
     def gate_open(self, step: int) -> bool:
         """Whether step `step` may start: it has no gate, or its gate answered open."""
@@ -134,7 +138,8 @@ class PassContext:
     def build(cls, rollout: Rollout, state: RolloutState, now: float,
               check_results: CheckResults | None,
               gate_results: GateResults | None = None,
-              analysis_results: AnalysisResults | None = None) -> PassContext:
+              analysis_results: AnalysisResults | None = None,
+              send_limit: int | None = None) -> PassContext:
         spec = rollout.spec
         return cls(
             rollout=rollout, name=rollout.name, now=now, component=spec.component,
@@ -150,6 +155,7 @@ class PassContext:
                               key=lambda h: version_key(h.via) or ((0, 0, 0), None))),
             gate_results=gate_results or {},
             analysis_results=analysis_results or {},
+            send_limit=send_limit,
         )
 
     def target_for(self, reported: str | None) -> str:

@@ -325,6 +325,9 @@ class Plan:
     """The 0-based step whose gate must open before it starts (the engine asks it)."""
     awaiting_analysis: int | None = None
     """The 0-based step whose analysis runs now (the engine queries it until this changes)."""
+    held_back: bool = False
+    """The send limit left devices that could go now for a later pass: the engine plans
+    again when its outbox has room (never settled)."""
 
     def reusable(self, rollout: Rollout, state: RolloutState | None, now: float) -> bool:
         """Whether this plan still stands for `rollout` in `state` at `now`, inputs unchanged."""

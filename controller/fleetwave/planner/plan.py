@@ -91,7 +91,8 @@ def plan(rollout: Rollout, devices: Sequence[DeviceView],
          check_results: CheckResults | None = None, cache: HashCache | None = None,
          all_devices: Mapping[str, DeviceView] | None = None,
          gate_results: GateResults | None = None,
-         analysis_results: AnalysisResults | None = None) -> Plan:
+         analysis_results: AnalysisResults | None = None,
+         send_limit: int | None = None) -> Plan:
     """Plan one rollout over its targeted `devices` (already filtered by plan_fleet).
 
     `records` maps each device to its attempts for this rollout, old generations
@@ -100,7 +101,8 @@ def plan(rollout: Rollout, devices: Sequence[DeviceView],
     strategy = rollout.spec.strategy
     state_in = state
     state, superseded = start_generation(rollout, state, now)
-    ctx = PassContext.build(rollout, state, now, check_results, gate_results, analysis_results)
+    ctx = PassContext.build(rollout, state, now, check_results, gate_results, analysis_results,
+                            send_limit)
     cache = cache or HashCache()
     hashes = cache.wave_hashes(rollout.name, devices)
     seen = walk(ctx, devices, hashes, records, all_devices or {})
@@ -149,7 +151,7 @@ def plan(rollout: Rollout, devices: Sequence[DeviceView],
         Conflicts(conflicted, overridden, conflicts_with), gates.invalid)
     state = state.evolve(phase=verdict.phase, conditions=conditions)
     settled = (state_in is not None and not events and not decided.actions
-               and not choice.sends and not downloads.sends
+               and not choice.sends and not downloads.sends and not choice.held_back
                and state.evolve(tokens=state_in.tokens, tokens_at=state_in.tokens_at)
                == state_in
                and move.awaiting_gate is None)  # a gate's answer is input the engine
@@ -163,7 +165,8 @@ def plan(rollout: Rollout, devices: Sequence[DeviceView],
     )
     return Plan((*decided.actions, *choice.sends, *downloads.sends), state, status, events,
                 wake, settled, awaiting_gate=move.awaiting_gate,
-                awaiting_analysis=running_analysis(ctx, state, active=active))
+                awaiting_analysis=running_analysis(ctx, state, active=active),
+                held_back=choice.held_back)
 
 
 # -- the fleet ----------------------------------------------------------------------------
@@ -176,7 +179,8 @@ def plan_fleet(rollouts: Sequence[Rollout], devices: Sequence[DeviceView],
                cache: HashCache | None = None,
                unchanged: Mapping[str, Plan] | None = None,
                gate_results: GateResults | None = None,
-               analysis_results: AnalysisResults | None = None) -> FleetPlan:
+               analysis_results: AnalysisResults | None = None,
+               send_limit: int | None = None) -> FleetPlan:
     """Plan every rollout after resolving who may touch which device.
 
     Two rollouts targeting the same device and component conflict: both report
@@ -191,6 +195,9 @@ def plan_fleet(rollouts: Sequence[Rollout], devices: Sequence[DeviceView],
     next_wake); since conflicts tie the rollouts of one component together, a
     component is replanned whole as soon as one of its rollouts must be.
     `FleetPlan.replanned` names the rollouts actually planned.
+
+    `send_limit` bounds each rollout's new commands in this call (`Plan.held_back` says
+    when it left devices waiting).
     """
     # A pass allocates one small tuple per candidate device; with a million live
     # devices the cyclic GC would rescan the whole fleet many times over for nothing
@@ -201,7 +208,8 @@ def plan_fleet(rollouts: Sequence[Rollout], devices: Sequence[DeviceView],
         return _plan_fleet(rollouts, devices, records, states, now,
                            check_results=check_results, cache=cache or HashCache(),
                            unchanged=unchanged or {}, gate_results=gate_results,
-                           analysis_results=analysis_results)
+                           analysis_results=analysis_results,
+                           send_limit=send_limit)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -229,7 +237,8 @@ def _plan_fleet(rollouts: Sequence[Rollout], devices: Sequence[DeviceView],
                 check_results: CheckResults | None, cache: HashCache,
                 unchanged: Mapping[str, Plan],
                 gate_results: GateResults | None = None,
-                analysis_results: AnalysisResults | None = None) -> FleetPlan:
+                analysis_results: AnalysisResults | None = None,
+                send_limit: int | None = None) -> FleetPlan:
     plans = _still_standing(rollouts, states, now, unchanged) if unchanged else {}
     todo = [r for r in rollouts if r.name not in plans]
     targets = resolve_targets(todo, devices) if todo else {}
@@ -240,7 +249,8 @@ def _plan_fleet(rollouts: Sequence[Rollout], devices: Sequence[DeviceView],
                              conflicted=len(t.conflicted), overridden=len(t.overridden),
                              conflicts_with=sorted(t.conflicts_with),
                              check_results=check_results, cache=cache, all_devices=index,
-                             gate_results=gate_results, analysis_results=analysis_results)
+                             gate_results=gate_results, analysis_results=analysis_results,
+                             send_limit=send_limit)
     wakes = [p.next_wake for p in plans.values() if p.next_wake is not None]
     return FleetPlan({r.name: plans[r.name] for r in rollouts}, min(wakes) if wakes else None,
                      frozenset(r.name for r in todo))

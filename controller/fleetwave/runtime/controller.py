@@ -14,7 +14,7 @@ import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -38,13 +38,15 @@ from fleetwave.runtime.settings import Settings
 from fleetwave.sources.base import Source, SourceSnapshot
 from fleetwave.sources.credentials import redact_url
 from fleetwave.sources.folder import FolderSource
-from fleetwave.sources.git import GitCommitter, GitCredentials, GitSource
 from fleetwave.sources.policies import PolicyRollouts
 from fleetwave.sources.registry import RegistryPushHandler
 from fleetwave.sources.reverts import previous_version, propose_revert
 from fleetwave.store import Store, StoreError, open_store
 from fleetwave.store.errors import StoreFull
 from fleetwave.updates.model import UpdateRecord
+
+if TYPE_CHECKING:
+    from fleetwave.sources.git import GitCommitter
 
 log = structlog.get_logger("fleetwave.controller")
 
@@ -60,6 +62,9 @@ def mqtt_settings(settings: Settings) -> MqttSettings:
 
 def build_source(settings: Settings, metrics: Metrics) -> Source:
     if settings.source_is_git:
+        # pygit2 (~11 MiB resident) only in a process that has a git source
+        from fleetwave.sources.git import GitCredentials, GitSource
+
         credentials = GitCredentials(token_file=settings.git_token_file,
                                      ssh_key_file=settings.git_ssh_key_file,
                                      known_hosts_file=settings.git_known_hosts_file)
@@ -285,6 +290,8 @@ def git_committer(settings: Settings) -> GitCommitter | None:
     """Writes to the git source (policy rollouts with commitTo, revert proposals)."""
     if not settings.source_is_git:
         return None
+    from fleetwave.sources.git import GitCommitter, GitCredentials
+
     return GitCommitter(
         settings.source, branch=settings.branch,
         workdir=str(Path(settings.workdir) / "git-commit"),

@@ -51,12 +51,18 @@ class Outbox:
     """
 
     def __init__(self, publisher: CommandPublisher, *, clock: Callable[[], float],
-                 batch: int = 500) -> None:
+                 batch: int = 500, room: int = 5000) -> None:
         self.publisher = publisher
         self.clock = clock
         self.batch = batch
+        self.room = room
+        """Commands a pass may queue beyond those already waiting (`free()`): planning
+        runs ahead of publishing by at most this many, about a second of commands."""
         self.on_sent: SentSink | None = None
         """Stores the `sent` decisions (set once by the reconciler that owns this outbox)."""
+        self.on_room: Callable[[], None] | None = None
+        """Called once, after `want_room()`, when the queue is down to half of `room`."""
+        self._room_wanted = False
         self._queue: collections.deque[Outgoing] = collections.deque()
         self._queued: set[str] = set()
         self._task: asyncio.Task[None] | None = None
@@ -65,6 +71,21 @@ class Outbox:
 
     def __len__(self) -> int:
         return len(self._queue)
+
+    def free(self) -> int:
+        """How many more commands may be queued now."""
+        return max(0, self.room - len(self._queue))
+
+    def want_room(self) -> None:
+        """A pass held devices back for lack of room: call `on_room` when there is."""
+        self._room_wanted = True
+        self._check_room()
+
+    def _check_room(self) -> None:
+        if self._room_wanted and len(self._queue) <= self.room // 2:
+            self._room_wanted = False
+            if self.on_room is not None:
+                self.on_room()
 
     async def publish(self, device: str, command: Command) -> None:
         """The one place a command leaves the engine."""
@@ -93,6 +114,7 @@ class Outbox:
         try:
             while self._queue:
                 item = self._queue.popleft()
+                self._check_room()
                 try:
                     if item.command is None:
                         await self.clear(item.device)

@@ -68,6 +68,7 @@ class Reconciler:
         self.store = store
         self.outbox = outbox
         outbox.on_sent = self._store_sent
+        outbox.on_room = self._room
         self.metrics = metrics
         self.fleet = fleet
         self.desired = desired
@@ -94,6 +95,8 @@ class Reconciler:
         self._planned: dict[str, tuple[str, int, str, str]] = {}
         """rollout -> (component, generation, spec hash, source kind) it was planned with."""
         self._dirty_groups: set[str] = set()
+        self._held_back: set[str] = set()
+        """Components whose plans left devices for when the outbox has room."""
         self._last_full = 0.0
         self._gauged_at = 0.0
         self.inventory_dirty = False
@@ -129,10 +132,11 @@ class Reconciler:
             if next_wake is not None:
                 delay = min(delay, max(0.05, next_wake - self.clock()))
             await wake_or_stop(self._wake, stop, delay)
-            # Coalesce a burst of ingest into one pass, and leave the loop to ingest at
-            # least as long as the last pass took, so planning does not starve the status
-            # it plans on; bounded, so progress stays visible every half second.
-            await asyncio.sleep(min(0.5, max(0.02, took)))
+            # Coalesce a burst of ingest into one pass, and leave the loop to ingest twice
+            # as long as the last pass took (planning at most a third of the time), so it
+            # does not starve the status it plans on: a pass over 100,000 devices plans on
+            # the statuses of the whole pause. Bounded, so progress shows every second.
+            await asyncio.sleep(min(1.0, max(0.02, 2 * took)))
         await self.analysis.close()
 
     async def reconcile_once(self, *, full: bool = False, wait_sent: bool = False
@@ -173,10 +177,13 @@ class Reconciler:
                            now, check_results=results, cache=self._hashes,
                            gate_results=self.gates.results(desired),
                            analysis_results=self.analysis.results(desired),
-                           ).plans if rollouts else {}
+                           send_limit=self.outbox.free()).plans if rollouts else {}
         for component in chosen:
             self._group_wake[component] = None
         for rollout in rollouts:
+            if plans[rollout.name].held_back:
+                self._held_back.add(rollout.spec.component)
+                self.outbox.want_room()
             wake = plans[rollout.name].next_wake
             held = self._group_wake.get(rollout.spec.component)
             if wake is not None and (held is None or wake < held):
@@ -268,6 +275,12 @@ class Reconciler:
         async with self.lock:
             for record in await self.store.updates.apply_decisions(sent):
                 self.fleet.remember(record)
+
+    def _room(self) -> None:
+        """The outbox has room again: plan the groups that held devices back."""
+        self._dirty_groups |= self._held_back
+        self._held_back.clear()
+        self._wake.set()
 
     def _gate_answered(self) -> None:
         self._gates_answered = True

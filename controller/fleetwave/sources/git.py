@@ -15,14 +15,17 @@ from __future__ import annotations
 import asyncio
 import os
 import posixpath
+import shutil
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pygit2
 import structlog
-from pygit2.enums import FetchPrune, FileMode
+from pygit2.enums import CredentialType, FetchPrune, FileMode
 
 from fleetwave.metrics import Metrics
 from fleetwave.resources.loading import (
@@ -35,13 +38,7 @@ from fleetwave.resources.loading import (
 )
 from fleetwave.resources.model import SourceRef
 from fleetwave.sources.base import Backoff, Generations, PollingSource, SourceError
-from fleetwave.sources.credentials import (
-    Callbacks,
-    GitCredentials,
-    Redactor,
-    known_hosts_home,
-    redact_url,
-)
+from fleetwave.sources.credentials import GitCredentials, Redactor, redact_url
 from fleetwave.sources.policies import GeneratedRollout
 from fleetwave.sources.pushes import GitPush
 
@@ -54,6 +51,9 @@ log = structlog.get_logger("fleetwave.sources.git")
 CONNECT_TIMEOUT_MS = 10_000
 IO_TIMEOUT_MS = 60_000
 """libgit2 waits forever on a silent server by default; a sync must fail and back off instead."""
+
+_HOMEDIR_LOCK = threading.Lock()
+"""libgit2 reads known_hosts from one process-wide home directory: swap it under this lock."""
 
 _configured: list[bool] = []
 _configure_lock = threading.Lock()
@@ -348,3 +348,91 @@ def _tree_with(repo: pygit2.Repository, tree: pygit2.Tree | None, parts: list[st
     builder.insert(head, _tree_with(repo, sub, rest, blob), FileMode.TREE)
     return builder.write()
 
+
+class Callbacks(pygit2.RemoteCallbacks):
+    """Answers libgit2's credential and certificate questions from `GitCredentials`.
+
+    libgit2 asks again after a refused credential; answering the same thing would
+    loop, so the second request for one kind fails with a message users can act on.
+    """
+
+    def __init__(self, credentials: GitCredentials | None, shown_url: str) -> None:
+        super().__init__()
+        self._credentials = credentials or GitCredentials()
+        self._shown_url = shown_url
+        self._asked: set[str] = set()
+        self.rejected: list[tuple[str, str]] = []
+        """(ref, message) for each reference the remote refused during a push."""
+
+    def credentials(self, url: str, username_from_url: str | None,
+                    allowed_types: CredentialType) -> Any:
+        creds = self._credentials
+        if allowed_types & CredentialType.USERPASS_PLAINTEXT:
+            token = creds.token()
+            if token:
+                return self._once("token", pygit2.UserPass(creds.username, token),
+                                  "the server refused the token from the token file")
+            if username_from_url is not None:
+                # libgit2 already tried the user:password in the URL before asking us.
+                raise SourceError(f"authentication to {self._shown_url} failed: the server "
+                                  "refused the credentials in the URL; check the token")
+        if allowed_types & CredentialType.SSH_KEY and creds.ssh_key_file:
+            key = str(creds.ssh_key_file)
+            pub = creds.ssh_public_key_file or (key + ".pub" if Path(key + ".pub").exists()
+                                                 else None)
+            passphrase = creds.passphrase()
+            return self._once("ssh", pygit2.Keypair(username_from_url or "git",
+                                                    str(pub) if pub else None, key, passphrase),
+                              "the server refused the SSH key")
+        raise SourceError(f"{self._shown_url} asks for credentials: give a token file "
+                          "(HTTPS) or an SSH key file (ssh://)")
+
+    def _once(self, kind: str, credential: Any, refused: str) -> Any:
+        if kind in self._asked:
+            raise SourceError(f"authentication to {self._shown_url} failed: {refused}; "
+                              "check that it is current and allowed to read the repository")
+        self._asked.add(kind)
+        return credential
+
+    def certificate_check(self, certificate: None, valid: bool, host: bytes) -> bool:
+        """Accept only what TLS verified, or (SSH) a host key listed in known_hosts.
+
+        pygit2 would otherwise let any SSH host key through; libgit2 already checked
+        the key against known_hosts (see `known_hosts_home`) and tells us in `valid`.
+        """
+        if not valid:
+            raise SourceError(f"the identity of {host.decode(errors='replace')} could not be "
+                              "verified: for ssh add its key to the known_hosts file, for "
+                              "https make sure its certificate is trusted")
+        return True
+
+    def push_update_reference(self, refname: str, message: str | None) -> None:
+        if message:
+            self.rejected.append((refname, message))
+
+
+@contextmanager
+def known_hosts_home(credentials: GitCredentials | None, workdir: Path) -> Iterator[None]:
+    """Point libgit2's home at a private folder holding our known_hosts, for one operation.
+
+    libgit2 (libssh2 backend) reads `<home>/.ssh/known_hosts` and only tells the
+    certificate callback whether the key matched. The home directory is process-wide,
+    so it is swapped under a lock and restored afterwards.
+    """
+    if credentials is None or not credentials.known_hosts_file:
+        yield
+        return
+    home = workdir / ".fleetwave-ssh-home"
+    (home / ".ssh").mkdir(parents=True, exist_ok=True)
+    try:
+        shutil.copyfile(credentials.known_hosts_file, home / ".ssh" / "known_hosts")
+    except OSError as exc:
+        raise SourceError(f"cannot read known_hosts file {credentials.known_hosts_file}: "
+                          f"{exc.strerror}") from None
+    with _HOMEDIR_LOCK:
+        before = pygit2.settings.homedir
+        pygit2.settings.homedir = str(home)
+        try:
+            yield
+        finally:
+            pygit2.settings.homedir = before or str(Path.home())

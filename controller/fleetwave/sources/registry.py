@@ -11,15 +11,17 @@ seen only after its effects succeeded, so a redelivery retries a failed commit.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from fleetwave.resources.model import Rollout, RolloutPolicy
 from fleetwave.sources.base import Source, SourceError
-from fleetwave.sources.git import GitCommitter
 from fleetwave.sources.policies import PolicyRollouts, evaluate_push
 from fleetwave.sources.pushes import ImagePush
+
+if TYPE_CHECKING:  # pygit2 is loaded only by a process with a git source
+    from fleetwave.sources.git import GitCommitter
 
 log = structlog.get_logger("fleetwave.sources.registry")
 

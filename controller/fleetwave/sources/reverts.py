@@ -11,15 +11,17 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import yaml
 
 from fleetwave.resources.model import Rollout
 from fleetwave.sources.base import SourceError
-from fleetwave.sources.git import CommitResult, GitCommitter
 from fleetwave.updates.model import UpdateRecord
+
+if TYPE_CHECKING:  # pygit2 is loaded only by a process with a git source
+    from fleetwave.sources.git import CommitResult, GitCommitter
 
 log = structlog.get_logger("fleetwave.reverts")
 
