@@ -62,6 +62,7 @@ from fleetwave.planner.selectors import resolve_targets
 from fleetwave.planner.status import (
     OUTSIDE_EVERY_WINDOW,
     Conflicts,
+    PhaseVerdict,
     phase_event,
     phase_of,
     rollout_conditions,
@@ -156,13 +157,7 @@ def plan(rollout: Rollout, devices: Sequence[DeviceView],
                == state_in
                and move.awaiting_gate is None)  # a gate's answer is input the engine
     # does not diff: a rollout waiting for one is planned every pass
-    status = RolloutStatus(
-        phase=verdict.phase, current_step=state.current_step,
-        observed_generation=rollout.generation, revision=rollout.source.revision,
-        targeted=targeted, counts=tally.counts,
-        failure_rate=failure_rate(tally.failures, tally.terminal), done=tally.done,
-        message=verdict.message, conditions=conditions, steps=ctx.steps,
-    )
+    status = _status(ctx, state, verdict, tally, targeted)
     return Plan((*decided.actions, *choice.sends, *downloads.sends), state, status, events,
                 wake, settled, awaiting_gate=move.awaiting_gate,
                 awaiting_analysis=running_analysis(ctx, state, active=active),
@@ -170,6 +165,19 @@ def plan(rollout: Rollout, devices: Sequence[DeviceView],
 
 
 # -- the fleet ----------------------------------------------------------------------------
+
+
+def _status(ctx: PassContext, state: RolloutState, verdict: PhaseVerdict, tally: Tally,
+            targeted: int) -> RolloutStatus:
+    """The rollout's `status` of this pass (its conditions already evolved into `state`)."""
+    rollout = ctx.rollout
+    return RolloutStatus(
+        phase=verdict.phase, current_step=state.current_step,
+        observed_generation=rollout.generation, revision=rollout.source.revision,
+        targeted=targeted, counts=tally.counts,
+        failure_rate=failure_rate(tally.failures, tally.terminal), done=tally.done,
+        message=verdict.message, conditions=state.conditions, steps=ctx.steps,
+    )
 
 
 def plan_fleet(rollouts: Sequence[Rollout], devices: Sequence[DeviceView],
