@@ -13,7 +13,6 @@ only decides when to read them.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import time
 from collections.abc import Iterator
@@ -23,10 +22,10 @@ from typing import Any
 import pytest
 
 from fleetwave.mqtt.broker import free_port
-from fleetwave.store import open_store
 from fleetwave.updates.model import UpdateRecord, UpdateState
 from tests.support.broker import start_broker
 from tests.support.processes import Controller, Simulator, wait_until
+from tests.support.records import stored_attempts
 from tests.support.rollouts import rollout_yaml
 
 pytestmark = pytest.mark.slow
@@ -70,13 +69,7 @@ class Outcome:
 
 
 def load_records(store_url: str) -> dict[str, list[UpdateRecord]]:
-    async def load() -> dict[str, list[UpdateRecord]]:
-        store = open_store(store_url)
-        try:
-            return {name: list(await store.updates.of_rollout(name)) for name in ROLLOUTS}
-        finally:
-            await store.close()
-    return asyncio.run(load())
+    return {name: stored_attempts(store_url, name) for name in ROLLOUTS}
 
 
 def status_of(controller: Controller, name: str) -> dict[str, Any]:

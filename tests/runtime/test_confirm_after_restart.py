@@ -8,7 +8,6 @@ A real reboot cannot run here; the simulator's boot id stands in for
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,9 @@ from typing import Any
 import pytest
 
 from fleetwave.simulator.device import boot_id_of
-from fleetwave.store import open_store
 from fleetwave.updates.model import Reason, UpdateRecord, UpdateState
 from tests.support.processes import Controller, Simulator, wait_until
+from tests.support.records import stored_attempts
 
 pytestmark = pytest.mark.slow
 
@@ -40,14 +39,7 @@ spec:
 
 
 def records(store_url: str) -> list[UpdateRecord]:
-    async def load() -> list[UpdateRecord]:
-        store = open_store(store_url)
-        try:
-            return [r for r in await store.updates.of_rollout("agent-rollout")
-                    if r.action == "update"]
-        finally:
-            await store.close()
-    return asyncio.run(load())
+    return [r for r in stored_attempts(store_url, "agent-rollout") if r.action == "update"]
 
 
 def test_success_counts_only_after_a_restart(

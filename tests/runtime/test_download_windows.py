@@ -9,7 +9,6 @@ only once the install window is open, and its install uses the downloaded artifa
 from __future__ import annotations
 
 import ast
-import asyncio
 import math
 import re
 import time
@@ -19,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from fleetwave.store import open_store
 from fleetwave.updates.model import UpdateRecord
 from tests.runtime.test_run_end_to_end import phase_of, write_rollout
 from tests.support.processes import Controller, Simulator, wait_until
+from tests.support.records import stored_attempts
 
 pytestmark = pytest.mark.slow
 
@@ -54,16 +53,6 @@ spec:
       window: {{cron: "{cron_at(download_opens)}", duration: {lasts}}}
   health: {{ackTimeout: 30s, updateTimeout: 30s, stableFor: 1s}}
 """
-
-
-def records(store_url: str) -> list[UpdateRecord]:
-    async def load() -> list[UpdateRecord]:
-        store = open_store(store_url)
-        try:
-            return await store.updates.of_rollout("agent-rollout")
-        finally:
-            await store.close()
-    return asyncio.run(load())
 
 
 def simulator_fetches(simulator: Simulator) -> dict[str, int]:
@@ -98,13 +87,13 @@ def test_devices_download_in_one_window_and_install_in_the_next(
                 f"{phase_of(controller)()}\n{controller.tail()}")
     assert time.time() < install_opens
     assert status["phase"] == "Waiting"
-    assert all(r.action == "download" for r in records(controller.store))
+    assert all(r.action == "download" for r in stored_attempts(controller.store, "agent-rollout"))
 
     wait_until(lambda: phase_of(controller)().get("phase") == "Completed",
                install_opens - time.time() + 30,
                lambda: f"not completed: {phase_of(controller)()}\n{controller.tail()}")
     by_device: dict[str, dict[str, UpdateRecord]] = {}
-    for r in records(controller.store):
+    for r in stored_attempts(controller.store, "agent-rollout"):
         assert r.action not in by_device.setdefault(r.device, {}), f"two {r.action}s: {r}"
         by_device[r.device][r.action] = r
     assert len(by_device) == DEVICES

@@ -6,16 +6,15 @@ list (its latest attempt, the second) and in the store."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from fleetwave.store import open_store
-from fleetwave.updates.model import UpdateRecord, UpdateState
+from fleetwave.updates.model import UpdateState
 from tests.support.processes import Controller, Simulator, wait_until
+from tests.support.records import stored_attempts
 
 pytestmark = pytest.mark.slow
 
@@ -36,16 +35,6 @@ spec:
   health: {ackTimeout: 15s, updateTimeout: 20s, stableFor: 1s}
   failurePolicy: {retries: 0}
 """
-
-
-def stored(store_url: str) -> list[UpdateRecord]:
-    async def load() -> list[UpdateRecord]:
-        store = open_store(store_url)
-        try:
-            return await store.updates.of_rollout("agent-3")
-        finally:
-            await store.close()
-    return asyncio.run(load())
 
 
 def test_a_device_below_goes_through_via_then_to_the_target(
@@ -70,7 +59,7 @@ def test_a_device_below_goes_through_via_then_to_the_target(
     assert status["done"] == DEVICES and status["counts"]["failed"] == 0
     assert {d["versions"]["agent"] for d in controller.devices()} == {"3.0.0"}
 
-    records = [r for r in stored(controller.store) if r.action == "update"]
+    records = [r for r in stored_attempts(controller.store, "agent-3") if r.action == "update"]
     per_device: dict[str, list[tuple[int, str, UpdateState]]] = {}
     for r in sorted(records, key=lambda r: r.attempt):
         per_device.setdefault(r.device, []).append((r.attempt, r.to_version, r.state))
