@@ -8,7 +8,6 @@ simulator announced them, so the tests need not know how the seed names them.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import json
 import time
@@ -20,10 +19,9 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from fleetwave.protocol.topics import Topics
-from fleetwave.store import open_store
-from fleetwave.updates.model import UpdateRecord
 from tests.support.broker import RunningBroker
 from tests.support.processes import Controller, Simulator, wait_until
+from tests.support.records import stored_attempts
 
 pytestmark = pytest.mark.slow
 
@@ -43,16 +41,6 @@ spec:
   health: {health}
   failurePolicy: {failure}
 """
-
-
-def records_of(store_url: str, rollout: str) -> list[UpdateRecord]:
-    async def load() -> list[UpdateRecord]:
-        store = open_store(store_url)
-        try:
-            return await store.updates.of_rollout(rollout)
-        finally:
-            await store.close()
-    return asyncio.run(load())
 
 
 def status_of(controller: Controller, name: str) -> dict[str, Any]:
@@ -99,10 +87,10 @@ def test_max_per_minute_is_respected_within_five_percent_over_a_minute(
     (source / "paced.yaml").write_text(rollout_yaml(
         "paced", strategy="{steps: [{percent: 100}], maxInFlight: 1000, maxPerMinute: 120}",
         failure="{maxFailurePercent: 50, minSample: 10, retries: 0}"))
-    first = wait_until(lambda: records_of(controller.store, "paced"), 30,
+    first = wait_until(lambda: stored_attempts(controller.store, "paced"), 30,
                        lambda: f"no command sent\n{controller.tail()}")[0].created_at
     time.sleep(max(0.0, first + 62 - time.time()))
-    created = sorted(r.created_at for r in records_of(controller.store, "paced")
+    created = sorted(r.created_at for r in stored_attempts(controller.store, "paced")
                      if r.action == "update")
     minute = [t for t in created if first <= t < first + 60]
     assert 120 * 0.95 <= len(minute) <= 120 * 1.05, (len(minute), created[:10])
@@ -112,7 +100,7 @@ def test_max_per_minute_is_respected_within_five_percent_over_a_minute(
         if start + 60 > created[-1]:
             break
         assert sum(1 for t in created if start <= t < start + 60) <= 120 * 1.05
-    sent = [r.sent_at for r in records_of(controller.store, "paced") if r.sent_at is not None]
+    sent = [r.sent_at for r in stored_attempts(controller.store, "paced") if r.sent_at is not None]
     published = sum(1 for t in sent if first <= t < first + 60)
     assert published <= 120 * 1.05, published
 
@@ -133,11 +121,11 @@ def test_a_device_that_always_fails_is_parked_after_retries_plus_one_and_not_ret
                         lambda: f"not parked: {status_of(controller, 'boxed')}\n"
                                 f"{controller.tail()}")
     assert status["failureRate"] == 100.0
-    attempts = collections.Counter(r.device for r in records_of(controller.store, "boxed"))
+    attempts = collections.Counter(r.device for r in stored_attempts(controller.store, "boxed"))
     assert attempts == dict.fromkeys(boxed, 2)  # retries + 1
     time.sleep(6)  # several retry back-offs: nothing new for parked devices
     assert collections.Counter(
-        r.device for r in records_of(controller.store, "boxed")) == attempts
+        r.device for r in stored_attempts(controller.store, "boxed")) == attempts
     per_device = {d["uuid"]: d for d in devices_of(controller, "boxed")}
     assert {u: (per_device[u]["state"], per_device[u]["attempt"]) for u in boxed} == \
         dict.fromkeys(boxed, ("failed", 2))
@@ -147,9 +135,9 @@ def test_a_device_that_always_fails_is_parked_after_retries_plus_one_and_not_ret
     # `promote --device` releases one device: it alone gets retries + 1 fresh attempts.
     controller.post("/api/v1/rollouts/boxed/promote", {"device": boxed[0]})
     wait_until(lambda: collections.Counter(
-        r.device for r in records_of(controller.store, "boxed"))[boxed[0]] == 4, 30,
+        r.device for r in stored_attempts(controller.store, "boxed"))[boxed[0]] == 4, 30,
         lambda: f"released device not retried: {status_of(controller, 'boxed')}")
-    after = collections.Counter(r.device for r in records_of(controller.store, "boxed"))
+    after = collections.Counter(r.device for r in stored_attempts(controller.store, "boxed"))
     assert (after[boxed[1]], after[boxed[2]]) == (2, 2)
 
 
@@ -216,12 +204,12 @@ def test_a_new_version_mid_rollout_restarts_at_the_first_step(
     path.write_text(rollout_yaml("agent", strategy=strategy, failure=failure))
     wait_until(lambda: status_of(controller, "agent").get("message", "").startswith(
         "step 1/3 pause"), 60, lambda: f"canary never paused: {status_of(controller, 'agent')}")
-    canary = {r.device for r in records_of(controller.store, "agent")}
+    canary = {r.device for r in stored_attempts(controller.store, "agent")}
     controller.post("/api/v1/rollouts/agent/promote")
     wait_until(lambda: (s := status_of(controller, "agent")).get("currentStep") == 1
                and s.get("message", "").startswith("step 2/3 pause"), 60,
                lambda: f"step 2 never finished: {status_of(controller, 'agent')}")
-    assert len({r.device for r in records_of(controller.store, "agent")}) == 100
+    assert len({r.device for r in stored_attempts(controller.store, "agent")}) == 100
 
     path.write_text(rollout_yaml("agent", version="1.0.7", strategy=strategy,
                                  failure=failure))
@@ -230,7 +218,7 @@ def test_a_new_version_mid_rollout_restarts_at_the_first_step(
                         lambda: f"no restart: {status_of(controller, 'agent')}\n"
                                 f"{controller.tail()}")
     assert status["currentStep"] == 0
-    new = {r.device for r in records_of(controller.store, "agent") if r.to_version == "1.0.7"}
+    new = {r.device for r in stored_attempts(controller.store, "agent") if r.to_version == "1.0.7"}
     assert new == canary and len(new) == 20  # the same canary, nothing further
     reasons = [e["reason"] for e in events_of(controller, "agent")]
     assert "Superseded" in reasons and "RestartedAtFirstStep" in reasons
