@@ -80,7 +80,9 @@ def rolled_out_page(workdir: Path, source: Path, devices: int, deadline: float
 
 
 def test_series_count_is_the_same_for_1000_and_10000_devices(tmp_path: Path) -> None:
-    deadline = time.monotonic() + 170
+    # Generous: the simulator (not the controller) sets the pace, and on two shared
+    # cores beside another worker's replicas 10,000 simulated devices took over 170 s.
+    deadline = time.monotonic() + 420
     source = tmp_path / "rollouts"
     source.mkdir()
     (source / "agent.yaml").write_text(ROLLOUT_YAML)

@@ -24,6 +24,7 @@ from fleetwave.runtime.checks import (
     parse_host,
 )
 from tests.runtime.checkservers import HostileServer, Sentinel
+from tests.support.processes import wait_until
 
 LOOPBACK = AddressPolicy.of(["127.0.0.0/8"], environ={})
 BOUND = 15.0
@@ -144,6 +145,8 @@ def test_the_same_loopback_checks_pass_once_allowed(sentinel: Sentinel) -> None:
     assert set(results) == {"loopback", "mapped", "named-loopback", "tcp-loopback",
                             "tcp-mapped", "tcp-named-loopback"}
     assert all(verdict == (True, "ok") for verdict in results.values()), results
+    # A TCP check succeeds at the handshake, before the sentinel's thread accept()s it.
+    wait_until(lambda: sentinel.accepted >= 9, 10, lambda: f"{sentinel.accepted} accepted")
     assert sentinel.accepted == 9  # three devices with two checks, three with one
     assert sum(refused(metrics).values()) == 0
 
