@@ -28,6 +28,8 @@ from tests.support.processes import Controller, Simulator, wait_until
 pytestmark = pytest.mark.slow
 
 ROLLOUT = "agent-rollout"
+# Long timeouts and retries: this test counts series, and 10,000 simulated devices beside
+# another worker's tests acknowledge late (ack timeouts with no retry left 1,273 behind).
 ROLLOUT_YAML = f"""\
 apiVersion: fleetwave.io/v1alpha1
 kind: Rollout
@@ -39,8 +41,8 @@ spec:
   strategy:
     steps: [{{percent: 100}}]
     maxInFlight: 10000
-  health: {{ackTimeout: 60s, updateTimeout: 120s, stableFor: 1s}}
-  failurePolicy: {{maxFailurePercent: 100, retries: 0}}
+  health: {{ackTimeout: 300s, updateTimeout: 600s, stableFor: 1s}}
+  failurePolicy: {{maxFailurePercent: 100, retries: 3}}
 """
 
 
