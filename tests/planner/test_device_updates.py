@@ -227,13 +227,13 @@ def test_health_waits_for_a_state_report_that_lags_behind_the_success_status() -
     offlineAfterUpdate; a state received after the success is judged at once."""
     rollout = make_rollout(**ALL)
     success = rec(UpdateState.SUCCEEDED, completed_at=T0)
-    stale = dataclasses.replace(device("d1", version="1.0.5"), state_at=T0 - 1)
+    stale = dataclasses.replace(device("d1", version="1.0.5"), state_received_at=T0 - 1)
     waiting = plan(rollout, [stale], {"d1": [success]}, None, T0 + 300)
     assert kinds(waiting.actions) == []
     assert waiting.next_wake is not None and waiting.next_wake <= T0 + 600
     late = plan(rollout, [stale], {"d1": [success]}, None, T0 + 601)
     assert "Decide:unhealthy:VersionMismatch" in kinds(late.actions)
-    fresh = dataclasses.replace(device("d1", version="1.0.5"), state_at=T0 + 1)
+    fresh = dataclasses.replace(device("d1", version="1.0.5"), state_received_at=T0 + 1)
     judged = plan(rollout, [fresh], {"d1": [success]}, None, T0 + 300)
     assert "Decide:unhealthy:VersionMismatch" in kinds(judged.actions)
 

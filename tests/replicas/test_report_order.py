@@ -16,10 +16,10 @@ def test_a_report_published_before_a_success_reads_as_older_than_it() -> None:
     fleet.merge_device_message(ReportedState("d", {"agent": "1.0"}, 100.0, timestamp=90_000))
     late = ReportedState("d", {"agent": "1.0"}, 200.0, timestamp=150_000)
     assert fleet.merge_device_message(late)
-    assert fleet.views["d"].state_at == 150.0
+    assert fleet.devices["d"].state_received_at == 150.0
     ahead = ReportedState("d", {"agent": "2.0"}, 210.0, timestamp=900_000)  # clock ahead
     assert fleet.merge_device_message(ahead)
-    assert fleet.views["d"].state_at == 210.0
+    assert fleet.devices["d"].state_received_at == 210.0
     stale = ReportedState("d", {"agent": "1.0"}, 300.0, timestamp=160_000)  # backlog
     assert not fleet.merge_device_message(stale)
-    assert fleet.views["d"].versions == {"agent": "2.0"}
+    assert fleet.devices["d"].versions == {"agent": "2.0"}

@@ -467,7 +467,8 @@ def _judge(ctx: PassContext, out: Decisions, record: UpdateRecord, a: Attempts,
         out.wake_at(stable_at)
         return None
     if reported != ctx.version:
-        if device.state_at is not None and device.state_at < done_at and now < offline_window:
+        state_at = device.state_received_at
+        if state_at is not None and state_at < done_at and now < offline_window:
             # The success status outran the device's new retained state (they are
             # separate messages): wait for the state, up to offlineAfterUpdate.
             out.wake_at(offline_window)

@@ -63,7 +63,7 @@ class DeviceView:
     ip: str | None = None
     name: str | None = None
     containers: tuple[Container, ...] = ()
-    state_at: float | None = None
+    state_received_at: float | None = None
     """When the device's reported state last arrived (None: unknown). A success status
     can arrive before the state showing the new version; health waits for the state."""
 

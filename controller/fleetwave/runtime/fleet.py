@@ -6,8 +6,8 @@ store committed the same change), queries read it. The merge rule is the store's
 `store.rows.supersedes` for records), so memory and the store agree whatever order a
 batch and a load interleave in.
 
-Compact, because it holds every device: one slotted row and one slotted planner view per
-device, sharing their mappings; versions, labels and components are interned and equal
+Compact, because it holds every device: one slotted row per device, which is the
+planner's view of it too; versions, labels and components are interned and equal
 mappings are shared (100,000 devices on one version hold one `versions` dict between them).
 """
 
@@ -17,7 +17,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from fleetwave.planner.model import DeviceView, RolloutState
+from fleetwave.planner.model import RolloutState
 from fleetwave.protocol.messages import Container, Online, ReportedState
 from fleetwave.resources.inventory import device_labels
 from fleetwave.store import DeviceRow, is_newer, report_is_newer, supersedes
@@ -61,7 +61,7 @@ class FleetState:
 
     def __init__(self) -> None:
         self.devices: dict[str, DeviceRow] = {}
-        self.views: dict[str, DeviceView] = {}
+        """uuid -> the device, which is also the planner's view of it (`DeviceView`)."""
         self.inventory: dict[str, dict[str, str]] = {}
         self.records: dict[str, dict[str, list[UpdateRecord]]] = {}
         """rollout -> device -> attempts, oldest first."""
@@ -76,42 +76,33 @@ class FleetState:
         self.devices_changed = True
         self._sorted: list[str] | None = None
         """The uuids in order, for paging; rebuilt only after a device joins."""
-        self._online_at: dict[str, float] = {}
-        """device -> when its `online` report arrived (the store's `online_at`)."""
-        self._state_ts: dict[str, int] = {}
-        """device -> the device's clock on its state report held (the store's
-        `state_timestamp`), when it sent one."""
         self._shared = _Shared()
 
     # -- devices ---------------------------------------------------------------------
 
     def put_device(self, row: DeviceRow) -> None:
-        """Store `row` with the inventory's labels merged over the reported ones."""
-        if row.state_timestamp is not None:
-            self._state_ts[row.uuid] = row.state_timestamp
+        """Hold `row` (from the store) with the inventory's labels merged over the reported
+        ones."""
         self._put(row.uuid, row.versions, row.reported_labels, row.deployment_type, row.ip,
-                  row.name, row.containers, row.online, row.last_seen, row.state_received_at,
-                  row.inventory_labels)
+                  row.name, row.containers, row.state_received_at, row.state_timestamp,
+                  row.online, row.online_at, row.last_seen, row.inventory_labels)
 
     def _put(self, uuid: str, versions: Mapping[str, str], reported: Mapping[str, str],
              deployment_type: str | None, ip: str | None, name: str | None,
-             containers: tuple[Container, ...], online: bool | None, last_seen: float | None,
-             state_at: float | None, inventory: Mapping[str, str] = _EMPTY) -> None:
+             containers: tuple[Container, ...], state_at: float | None,
+             state_ts: int | None, online: bool | None, online_at: float | None,
+             last_seen: float | None, inventory: Mapping[str, str] = _EMPTY) -> None:
         shared = self._shared
         inventory = shared(self.inventory.get(uuid, inventory))
         reported = shared(reported)
         labels = shared(device_labels(reported, inventory)) if inventory else reported
-        versions = shared(versions)
         if uuid not in self.devices:
             self._sorted = None
         self.devices[uuid] = DeviceRow(
-            uuid=uuid, versions=versions, reported_labels=reported, inventory_labels=inventory,
-            labels=labels, deployment_type=_intern(deployment_type), ip=ip, name=name,
-            containers=containers, online=online, last_seen=last_seen,
-            state_received_at=state_at)
-        self.views[uuid] = DeviceView(
-            uuid=uuid, versions=versions, labels=labels, online=online, last_seen=last_seen,
-            ip=ip, name=name, containers=containers, state_at=state_at)
+            uuid=uuid, versions=shared(versions), reported_labels=reported,
+            inventory_labels=inventory, labels=labels, deployment_type=_intern(deployment_type),
+            ip=ip, name=name, containers=containers, online=online, online_at=online_at,
+            last_seen=last_seen, state_received_at=state_at, state_timestamp=state_ts)
         self.devices_changed = True
 
     def merge_device_message(self, msg: ReportedState | Online) -> bool:
@@ -120,32 +111,36 @@ class FleetState:
         at = msg.received_at
         if isinstance(msg, ReportedState):
             if row is None:
-                if msg.timestamp is not None:
-                    self._state_ts[msg.device] = msg.timestamp
                 self._put(sys.intern(msg.device), msg.versions, msg.labels, msg.deployment_type,
-                          msg.ip, msg.name, msg.containers, None, at, reported_at(msg))
+                          msg.ip, msg.name, msg.containers, reported_at(msg), msg.timestamp,
+                          None, None, at)
                 return True
-            if not report_is_newer(msg.timestamp, at, self._state_ts.get(msg.device),
+            if not report_is_newer(msg.timestamp, at, row.state_timestamp,
                                    row.state_received_at):
                 return False
-            if msg.timestamp is not None:
-                self._state_ts[msg.device] = msg.timestamp
             self._put(row.uuid, msg.versions, msg.labels,
                       msg.deployment_type or row.deployment_type, msg.ip or row.ip,
-                      msg.name or row.name, msg.containers, row.online,
-                      max(row.last_seen or 0.0, at), reported_at(msg), row.inventory_labels)
-            return True
-        if not is_newer(at, self._online_at.get(msg.device)):
-            return False
-        self._online_at[msg.device] = at
-        if row is None:
-            self._put(sys.intern(msg.device), _EMPTY, _EMPTY, None, None, None, (), msg.online,
-                      at, None)
-        else:
-            self._put(row.uuid, row.versions, row.reported_labels, row.deployment_type,
-                      row.ip, row.name, row.containers, msg.online,
-                      max(row.last_seen or 0.0, at), row.state_received_at,
+                      msg.name or row.name, msg.containers, reported_at(msg),
+                      msg.timestamp if msg.timestamp is not None else row.state_timestamp,
+                      row.online, row.online_at, max(row.last_seen or 0.0, at),
                       row.inventory_labels)
+            return True
+        if row is None:
+            self._put(sys.intern(msg.device), _EMPTY, _EMPTY, None, None, None, (), None, None,
+                      msg.online, at, at)
+            return True
+        if not is_newer(at, row.online_at):
+            return False
+        # Liveness alone changed: the row's mappings are already shared, so they are kept
+        # as they are (a 100,000-device start-up sends one of these per device).
+        self.devices[row.uuid] = DeviceRow(
+            uuid=row.uuid, versions=row.versions, reported_labels=row.reported_labels,
+            inventory_labels=row.inventory_labels, labels=row.labels,
+            deployment_type=row.deployment_type, ip=row.ip, name=row.name,
+            containers=row.containers, online=msg.online, online_at=at,
+            last_seen=max(row.last_seen or 0.0, at), state_received_at=row.state_received_at,
+            state_timestamp=row.state_timestamp)
+        self.devices_changed = True
         return True
 
     def sorted_uuids(self) -> list[str]:

@@ -119,7 +119,7 @@ def start_checks(fleet: FleetState, desired: Mapping[str, Rollout], now: float,
                     or now - checked_at.get(key, 0.0) < every):
                 continue
             checked_at[key] = now
-            view = fleet.views.get(device)
+            view = fleet.devices.get(device)
             targets.append(CheckTarget(name, device, view.ip if view else None,
                                        view.name if view else None, checks))
     return targets

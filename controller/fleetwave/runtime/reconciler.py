@@ -173,7 +173,7 @@ class Reconciler:
         chosen = self._groups_to_plan(desired, now, full)
         rollouts = [r for r in desired.values() if r.spec.component in chosen]
         results = {key: verdict[0] for key, verdict in self.checks.results.items()}
-        plans = plan_fleet(rollouts, list(fleet.views.values()), fleet.records, fleet.states,
+        plans = plan_fleet(rollouts, list(fleet.devices.values()), fleet.records, fleet.states,
                            now, check_results=results, cache=self._hashes,
                            gate_results=self.gates.results(desired),
                            analysis_results=self.analysis.results(desired),

@@ -93,7 +93,7 @@ def device_from_row(row: Mapping[Any, Any]) -> DeviceRow:
         deployment_type=row["deployment_type"], ip=row["ip"], name=row["name"],
         containers=containers, online=None if online is None else bool(online),
         last_seen=row["last_seen"], state_received_at=row["state_received_at"],
-        state_timestamp=row["state_timestamp"])
+        state_timestamp=row["state_timestamp"], online_at=row["online_at"])
 
 
 def containers_json(containers: tuple[Container, ...]) -> list[dict[str, Any]]:

@@ -6,7 +6,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fleetwave.protocol.messages import Container, Status
+from fleetwave.planner.model import DeviceView
+from fleetwave.protocol.messages import Status
 from fleetwave.updates.model import RANK, Decision, UpdateRecord
 
 
@@ -37,30 +38,24 @@ def supersedes(incoming: UpdateRecord, held: UpdateRecord | None) -> bool:
     return held is None or RANK[incoming.state] >= RANK[held.state]
 
 
-@dataclass(frozen=True, slots=True)
-class DeviceRow:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceRow(DeviceView):
     """What the controller knows of a device: its last report, liveness and labels.
 
-    `online` is None for devices that never published an `online` topic (older
-    agents): liveness is then judged from `last_seen`. A device known only
-    from the inventory has `state_received_at` None.
+    It is the planner's `DeviceView` too (`labels` are the reported ones with the
+    inventory's merged over them, inventory winning), so the engine holds one object per
+    device, not a row and a view of it. `online` is None for devices that never published
+    an `online` topic (older agents): liveness is then judged from `last_seen`. A device
+    known only from the inventory has `state_received_at` None.
     """
 
-    uuid: str
-    versions: Mapping[str, str]
     reported_labels: Mapping[str, str]
     inventory_labels: Mapping[str, str]
-    labels: Mapping[str, str]
-    """Reported labels with inventory labels merged over them (inventory wins)."""
     deployment_type: str | None
-    ip: str | None
-    name: str | None
-    containers: tuple[Container, ...]
-    online: bool | None
-    last_seen: float | None
-    state_received_at: float | None
     state_timestamp: int | None = None
     """The device's own clock (ms) on that report, when it sent one."""
+    online_at: float | None = None
+    """When its last `online` report arrived (the merge rule of liveness: `is_newer`)."""
 
 
 @dataclass(frozen=True, slots=True)
