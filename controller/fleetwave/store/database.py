@@ -11,9 +11,10 @@ span parts.
 from __future__ import annotations
 
 import asyncio
+import operator
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -27,6 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from fleetwave.store.errors import Fenced, StoreError, StoreFull, translate
 
@@ -121,6 +123,34 @@ def insert(conn: AsyncConnection, table: sa.Table) -> Any:
     """The dialect's INSERT for `table`, which has `on_conflict_do_*` on both backends."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     return dialect.insert(table)
+
+
+_COMPILED: dict[tuple[str, str, tuple[str, ...]], tuple[str, Callable[[Any], Any]]] = {}
+
+
+async def execute_many(conn: AsyncConnection, name: str,
+                       build: Callable[[AsyncConnection], sa.ClauseElement],
+                       rows: Sequence[Mapping[str, Any]]) -> None:
+    """`conn.execute(build(conn), rows)` through the driver's executemany, compiled once
+    per `name`, dialect and set of keys. SQLAlchemy's per-row parameter processing (type
+    coercion, JSON encoding) cost as much as SQLite's own work on the ingest path, so the
+    rows hold what the driver takes as it is: JSON columns as encoded text."""
+    if not rows:
+        return
+    keys = tuple(rows[0])
+    held = _COMPILED.get((name, conn.dialect.name, keys))
+    if held is None:
+        compiled = build(conn).compile(dialect=conn.dialect, column_keys=list(keys))
+        assert isinstance(compiled, SQLCompiler)
+        order = compiled.positiontup
+        if not order:  # a named paramstyle (psycopg): the rows go as they are
+            held = (str(compiled), dict)
+        else:
+            pick = operator.itemgetter(*order)
+            held = (str(compiled), pick if len(order) > 1 else lambda row: (pick(row),))
+        _COMPILED[(name, conn.dialect.name, keys)] = held
+    sql, values = held
+    await conn.exec_driver_sql(sql, list(map(values, rows)))
 
 
 def chunks(items: Sequence[T], size: int = CHUNK) -> Iterable[Sequence[T]]:

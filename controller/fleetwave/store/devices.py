@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from fleetwave.protocol.messages import Online, ReportedState
+from fleetwave.protocol.messages import Container, Online, ReportedState
 from fleetwave.store import codec, records
-from fleetwave.store.database import Database, insert
+from fleetwave.store.database import Database, execute_many, insert
 from fleetwave.store.rows import DeviceRow, is_newer, report_is_newer
 from fleetwave.store.schema import devices
 from fleetwave.updates.model import UpdateRecord
@@ -33,46 +34,21 @@ class Devices:
         states, onlines = _newest(msgs)
         if not states and not onlines:
             return []
-        state_params = [{
-            "uuid": m.device, "versions": dict(m.versions), "reported_labels": dict(m.labels),
-            "inventory_labels": {}, "deployment_type": m.deployment_type, "ip": m.ip,
-            "name": m.name, "containers": codec.containers_json(m.containers),
+        state_rows = [{
+            "uuid": m.device, "versions": _json(m.versions), "reported_labels": _json(m.labels),
+            "inventory_labels": "{}", "deployment_type": m.deployment_type, "ip": m.ip,
+            "name": m.name, "containers": _containers(m.containers),
             "last_seen": m.received_at, "state_received_at": m.received_at,
             "state_timestamp": m.timestamp,
         } for m in states.values()]
-        online_params: list[dict[str, Any]] = [{
+        online_rows = [{
             "uuid": m.device, "online": m.online, "online_at": m.received_at,
             "last_seen": m.received_at if m.online else None,
         } for m in onlines.values()]
 
         async def work(conn: AsyncConnection) -> list[UpdateRecord]:
-            if state_params:
-                stmt = insert(conn, devices)
-                ex = stmt.excluded
-                await conn.execute(stmt.on_conflict_do_update(
-                    index_elements=[devices.c.uuid],
-                    set_={"versions": ex.versions, "reported_labels": ex.reported_labels,
-                          "deployment_type": ex.deployment_type, "ip": ex.ip, "name": ex.name,
-                          "containers": ex.containers, "last_seen": _later(ex.last_seen),
-                          "state_received_at": ex.state_received_at,
-                          "state_timestamp": ex.state_timestamp},
-                    where=_newer_report(ex)),
-                    state_params)
-            if online_params:
-                # A device first known by its `online` flag has empty JSON columns: SQL
-                # literals, not four JSON encodings per row of a 100,000-device start-up.
-                empty: dict[str, Any] = {name: sa.literal_column(text) for name, text in (
-                    ("versions", "'{}'"), ("reported_labels", "'{}'"),
-                    ("inventory_labels", "'{}'"), ("containers", "'[]'"))}
-                stmt = insert(conn, devices).values(empty)
-                ex = stmt.excluded
-                await conn.execute(stmt.on_conflict_do_update(
-                    index_elements=[devices.c.uuid],
-                    set_={"online": ex.online, "online_at": ex.online_at,
-                          "last_seen": _later(ex.last_seen)},
-                    where=sa.or_(devices.c.online_at.is_(None),
-                                 devices.c.online_at < ex.online_at)),
-                    online_params)
+            await execute_many(conn, "devices.state", _upsert_state, state_rows)
+            await execute_many(conn, "devices.online", _upsert_online, online_rows)
             return await records.confirm(conn, states)
 
         # What a device reports: whichever replica receives it stores it.
@@ -136,6 +112,44 @@ def _newest(msgs: Sequence[ReportedState | Online]
             if is_newer(msg.received_at, seen.received_at if seen else None):
                 onlines[msg.device] = msg
     return states, onlines
+
+
+def _upsert_state(conn: AsyncConnection) -> Any:
+    stmt = insert(conn, devices)
+    ex = stmt.excluded
+    return stmt.on_conflict_do_update(
+        index_elements=[devices.c.uuid],
+        set_={"versions": ex.versions, "reported_labels": ex.reported_labels,
+              "deployment_type": ex.deployment_type, "ip": ex.ip, "name": ex.name,
+              "containers": ex.containers, "last_seen": _later(ex.last_seen),
+              "state_received_at": ex.state_received_at,
+              "state_timestamp": ex.state_timestamp},
+        where=_newer_report(ex))
+
+
+def _upsert_online(conn: AsyncConnection) -> Any:
+    # A device first known by its `online` flag has empty JSON columns.
+    empty: dict[str, Any] = {name: sa.literal_column(text) for name, text in (
+        ("versions", "'{}'"), ("reported_labels", "'{}'"), ("inventory_labels", "'{}'"),
+        ("containers", "'[]'"))}
+    stmt = insert(conn, devices).values(empty)
+    ex = stmt.excluded
+    return stmt.on_conflict_do_update(
+        index_elements=[devices.c.uuid],
+        set_={"online": ex.online, "online_at": ex.online_at,
+              "last_seen": _later(ex.last_seen)},
+        where=sa.or_(devices.c.online_at.is_(None), devices.c.online_at < ex.online_at))
+
+
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _json(mapping: Mapping[str, str]) -> str:
+    return _encode(mapping) if mapping else "{}"
+
+
+def _containers(containers: tuple[Container, ...]) -> str:
+    return _encode(codec.containers_json(containers)) if containers else "[]"
 
 
 def _newer_report(ex: Any) -> sa.ColumnElement[bool]:
