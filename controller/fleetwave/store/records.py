@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fleetwave.protocol.messages import ReportedState
 from fleetwave.store import codec
-from fleetwave.store.database import chunks, insert
+from fleetwave.store.database import chunks, execute_many, insert
 from fleetwave.store.schema import updates
 from fleetwave.updates.model import (
     OPEN_STATES,
@@ -65,9 +65,11 @@ async def save(conn: AsyncConnection, records: Iterable[UpdateRecord],
         if fields:
             groups[fields].append({"_id": record.id, **codec.record_params(record, fields)})
     for fields, params in groups.items():
-        await conn.execute(
-            updates.update().where(updates.c.id == sa.bindparam("_id"))
-            .values({name: sa.bindparam(name) for name in fields}), params)
+        def build(conn: AsyncConnection, fields: tuple[str, ...] = fields) -> Any:
+            return (updates.update().where(updates.c.id == sa.bindparam("_id"))
+                    .values({name: sa.bindparam(name) for name in fields}))
+
+        await execute_many(conn, "updates.save", build, params)
 
 
 async def insert_new(conn: AsyncConnection, records: Sequence[UpdateRecord]
