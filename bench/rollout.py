@@ -350,6 +350,17 @@ def http_get(url: str) -> bytes | None:
         return None
 
 
+def metric_values(api: str, name: str) -> dict[str, float]:
+    """The samples of one labelled counter on /metrics, by their first label's value."""
+    body = http_get(api + "/metrics")
+    values: dict[str, float] = {}
+    for line in (body or b"").decode().splitlines():
+        if line.startswith(name + "{"):
+            label = line.split('"')[1]
+            values[label] = values.get(label, 0.0) + float(line.split()[-1])
+    return values
+
+
 def devices_online(api: str) -> float:
     body = http_get(api + "/metrics")
     for line in (body or b"").decode().splitlines():
@@ -422,6 +433,7 @@ def measure_fleetwave(args: argparse.Namespace, tmp: Path) -> Figures:
                         f"inspect with: py-spy dump --pid {pid}")
                 time.sleep(0.5)
             finished = time.perf_counter()
+            published = metric_values(api, "fleetwave_mqtt_messages_published_total")
             rss = peak_rss_mib(pid)
             cpu = cpu_seconds(pid) - cpu_known[0], fleet_cpu(sim) - cpu_known[1]
         finally:
@@ -439,7 +451,8 @@ def measure_fleetwave(args: argparse.Namespace, tmp: Path) -> Figures:
     startup = known_wall - subscribed if subscribed is not None else known - started
     return Figures(startup, finished - known, rss,
                    f"CPU s: controller {cpu[0]:.1f}, fleet {cpu[1]:.1f}; longest without "
-                   f"progress {longest:.1f} s; {shown}")
+                   f"progress {longest:.1f} s; {shown}; published "
+                   + ", ".join(f"{int(n)} {kind}" for kind, n in sorted(published.items())))
 
 
 def subscribed_at(log: Path) -> float | None:
