@@ -13,6 +13,7 @@ mappings are shared (100,000 devices on one version hold one `versions` dict bet
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -84,12 +85,13 @@ class FleetState:
         """Hold `row` (from the store) with the inventory's labels merged over the reported
         ones."""
         self._put(row.uuid, row.versions, row.reported_labels, row.deployment_type, row.ip,
-                  row.name, row.containers, row.state_received_at, row.state_timestamp,
-                  row.online, row.online_at, row.last_seen, row.inventory_labels)
+                  row.name, row.containers, state_at=row.state_received_at,
+                  state_ts=row.state_timestamp, online=row.online, online_at=row.online_at,
+                  last_seen=row.last_seen, inventory=row.inventory_labels)
 
     def _put(self, uuid: str, versions: Mapping[str, str], reported: Mapping[str, str],
              deployment_type: str | None, ip: str | None, name: str | None,
-             containers: tuple[Container, ...], state_at: float | None,
+             containers: tuple[Container, ...], *, state_at: float | None,
              state_ts: int | None, online: bool | None, online_at: float | None,
              last_seen: float | None, inventory: Mapping[str, str] = _EMPTY) -> None:
         shared = self._shared
@@ -112,34 +114,30 @@ class FleetState:
         if isinstance(msg, ReportedState):
             if row is None:
                 self._put(sys.intern(msg.device), msg.versions, msg.labels, msg.deployment_type,
-                          msg.ip, msg.name, msg.containers, reported_at(msg), msg.timestamp,
-                          None, None, at)
+                          msg.ip, msg.name, msg.containers, state_at=reported_at(msg),
+                          state_ts=msg.timestamp, online=None, online_at=None, last_seen=at)
                 return True
             if not report_is_newer(msg.timestamp, at, row.state_timestamp,
                                    row.state_received_at):
                 return False
             self._put(row.uuid, msg.versions, msg.labels,
                       msg.deployment_type or row.deployment_type, msg.ip or row.ip,
-                      msg.name or row.name, msg.containers, reported_at(msg),
-                      msg.timestamp if msg.timestamp is not None else row.state_timestamp,
-                      row.online, row.online_at, max(row.last_seen or 0.0, at),
-                      row.inventory_labels)
+                      msg.name or row.name, msg.containers, state_at=reported_at(msg),
+                      state_ts=msg.timestamp if msg.timestamp is not None else row.state_timestamp,
+                      online=row.online, online_at=row.online_at,
+                      last_seen=max(row.last_seen or 0.0, at), inventory=row.inventory_labels)
             return True
         if row is None:
-            self._put(sys.intern(msg.device), _EMPTY, _EMPTY, None, None, None, (), None, None,
-                      msg.online, at, at)
+            self._put(sys.intern(msg.device), _EMPTY, _EMPTY, None, None, None, (),
+                      state_at=None, state_ts=None, online=msg.online, online_at=at,
+                      last_seen=at)
             return True
         if not is_newer(at, row.online_at):
             return False
         # Liveness alone changed: the row's mappings are already shared, so they are kept
         # as they are (a 100,000-device start-up sends one of these per device).
-        self.devices[row.uuid] = DeviceRow(
-            uuid=row.uuid, versions=row.versions, reported_labels=row.reported_labels,
-            inventory_labels=row.inventory_labels, labels=row.labels,
-            deployment_type=row.deployment_type, ip=row.ip, name=row.name,
-            containers=row.containers, online=msg.online, online_at=at,
-            last_seen=max(row.last_seen or 0.0, at), state_received_at=row.state_received_at,
-            state_timestamp=row.state_timestamp)
+        self.devices[row.uuid] = dataclasses.replace(
+            row, online=msg.online, online_at=at, last_seen=max(row.last_seen or 0.0, at))
         self.devices_changed = True
         return True
 
