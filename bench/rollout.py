@@ -351,22 +351,19 @@ def http_get(url: str) -> bytes | None:
 
 
 def metric_values(api: str, name: str) -> dict[str, float]:
-    """The samples of one labelled counter on /metrics, by their first label's value."""
+    """The samples of one metric on /metrics, by their first label's value ("" for a
+    metric without labels)."""
     body = http_get(api + "/metrics")
     values: dict[str, float] = {}
     for line in (body or b"").decode().splitlines():
-        if line.startswith(name + "{"):
-            label = line.split('"')[1]
+        if line.startswith((name + "{", name + " ")):
+            label = line.split('"')[1] if line[len(name)] == "{" else ""
             values[label] = values.get(label, 0.0) + float(line.split()[-1])
     return values
 
 
 def devices_online(api: str) -> float:
-    body = http_get(api + "/metrics")
-    for line in (body or b"").decode().splitlines():
-        if line.startswith("fleetwave_devices_online "):
-            return float(line.split()[1])
-    return 0.0
+    return metric_values(api, "fleetwave_devices_online").get("", 0.0)
 
 
 def measure_fleetwave(args: argparse.Namespace, tmp: Path) -> Figures:
