@@ -6,7 +6,8 @@ its planner all share one thread, message by message. Measured with `bench/mqtt.
 its own thread with one hand-off per *batch* keeps ingest close to a bare paho subscriber,
 which is what a fleet's status burst needs. The event loop still owns all decisions: this
 class only moves bytes and wakes the loop with `call_soon_threadsafe` once per batch or per
-burst of acknowledgements, never per message.
+burst of acknowledgements, never per message. Reads are buffered and a batch's PUBACKs go out
+in one write (`reader.py`).
 
 Used by the controller (`MqttLink`) and by the simulator (one per group of devices).
 """
@@ -28,6 +29,8 @@ import structlog
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from fleetwave.mqtt.reader import Client
 
 log = structlog.get_logger(__name__)
 
@@ -101,8 +104,8 @@ class PahoConnection:
         self._window_waiting = False
         self._window_waiters: list[asyncio.Future[None]] = []
 
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=options.client_id,
-                             protocol=MQTTProtocolVersion.MQTTv5, manual_ack=options.manual_ack)
+        client = Client(CallbackAPIVersion.VERSION2, client_id=options.client_id,
+                        protocol=MQTTProtocolVersion.MQTTv5, manual_ack=options.manual_ack)
         self.session = 0
         """Counts connections (network thread); a message id means something only on the
         connection that delivered it."""
@@ -237,9 +240,13 @@ class PahoConnection:
         """Acknowledge inbound messages, given as (message id, qos, session, …), in the
         order they arrived. Those of an earlier connection are skipped: the broker sends
         them again on this one, and their ids may name other messages now."""
-        for mid, qos, session, _ in acks:
-            if qos > 0 and session == self.session:
+        current = [(mid, qos) for mid, qos, session, _ in acks
+                   if qos > 0 and session == self.session]
+        if any(qos == 2 for _, qos in current):  # never subscribed so: paho's own path
+            for mid, qos in current:
                 self.client.ack(mid, qos)
+        else:
+            self.client.ack_many(mid for mid, _ in current)
 
     # --- network thread callbacks ---
 

@@ -1,0 +1,100 @@
+"""paho with buffered reads and batched PUBACKs (`mqtt/reader.py`): on a socket pair, and
+against a real Mosquitto with the shipped configuration."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from fleetwave.mqtt.reader import BufferedSocket, Client
+from tests.support.broker import RunningBroker
+
+
+def test_small_reads_are_served_from_one_large_read_in_order() -> None:
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    reader = BufferedSocket(a)
+    b.sendall(b"\x30\x05hello\x30\x03abc")
+    assert reader.recv(1) == b"\x30"
+    assert reader.pending() == 11  # the rest is held here, not in the kernel
+    assert reader.recv(1) == b"\x05"
+    assert reader.recv(5) == b"hello"
+    assert reader.recv(10) == b"\x30\x03abc"  # never more than asked, never past the end
+    assert reader.pending() == 0
+    with pytest.raises(BlockingIOError):
+        reader.recv(1)
+    b.close()
+    assert reader.recv(1) == b""  # end of stream reaches paho as it would
+    reader.close()
+
+
+def client(broker: RunningBroker, client_id: str, cls: type[paho.Client] = Client,
+           account: tuple[str, str] | None = None, **kwargs: bool) -> paho.Client:
+    c = cls(CallbackAPIVersion.VERSION2, client_id=client_id,
+            protocol=MQTTProtocolVersion.MQTTv5, **kwargs)
+    user, password = account or broker.controller
+    c.username_pw_set(user, password)
+    return c
+
+
+def test_a_burst_arrives_whole_and_its_batched_acks_end_the_redelivery(
+        broker: RunningBroker) -> None:
+    """The last messages of a burst sit in the buffer, not the kernel: they must arrive
+    without more traffic (the keep-alive is 60 s). Then one `ack_many` for all of them: the
+    broker must not send them again to the same persistent session."""
+    n = 3000
+    publisher = client(broker, "reader-pub", paho.Client, broker.simulator)
+    publisher.connect("127.0.0.1", broker.port)
+    publisher.loop_start()
+    for i in range(n):
+        publisher.publish(f"iot/device/d{i:05d}/agent/state", b'{"versions":{}}', qos=1,
+                          retain=True).wait_for_publish(10)
+    publisher.disconnect()
+    publisher.loop_stop()
+
+    got: list[int] = []
+    done = threading.Event()
+    sub = client(broker, "reader-sub", manual_ack=True)
+    assert isinstance(sub, Client)
+
+    def on_message(cl: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+        got.append(msg.mid)
+        if len(got) % 250 == 0:  # the broker sends 1,000 at most before their PUBACKs
+            sub.ack_many(got[-250:])
+        if len(got) == n:
+            done.set()
+
+    sub.on_message = on_message
+    sub.connect("127.0.0.1", broker.port, keepalive=60, clean_start=False,
+                properties=_expiry())
+    sub.subscribe("iot/device/+/agent/state", qos=1)
+    sub.loop_start()
+    assert done.wait(15), f"{len(got)} of {n}: the end of a burst waited for more traffic"
+    sub.ack_many(got[n - n % 250:])
+    time.sleep(0.5)  # paho's thread writes them
+    sub.disconnect()
+    sub.loop_stop()
+
+    # The same session again, without subscribing: whatever was not acknowledged is sent
+    # again now (flagged dup); what was acknowledged is not.
+    again: list[int] = []
+    sub = client(broker, "reader-sub", manual_ack=True)
+    sub.on_message = lambda cl, u, msg: again.append(msg.mid)
+    sub.connect("127.0.0.1", broker.port, clean_start=False, properties=_expiry())
+    sub.loop_start()
+    time.sleep(1.0)
+    sub.disconnect()
+    sub.loop_stop()
+    assert again == []
+
+
+def _expiry() -> paho.Properties:
+    from paho.mqtt.packettypes import PacketTypes
+    props = paho.Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = 300
+    return props
