@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,7 +17,7 @@ from fleetwave.metrics import build_metrics
 from fleetwave.protocol.messages import Command, Online, ReportedState, Status, StatusType
 from fleetwave.resources.model import Rollout, SourceRef, resource_from
 from fleetwave.runtime.engine import Engine
-from fleetwave.store import Store, open_store
+from fleetwave.store import Store
 from tests.gates.gate_server import GateServer, serving
 
 
@@ -50,14 +49,6 @@ def rollout(name: str = "r1", version: str = "2.0.0", steps: list[int] | None = 
     return resource
 
 
-@pytest.fixture
-async def store() -> AsyncIterator[Store]:
-    store = open_store("sqlite:///:memory:")
-    await store.migrate()
-    yield store
-    await store.close()
-
-
 async def started(store: Store, devices: int) -> tuple[Engine, FakePublisher]:
     publisher = FakePublisher()
     engine = Engine(store, publisher, build_metrics(), resync_interval=3600.0)
@@ -67,6 +58,7 @@ async def started(store: Store, devices: int) -> tuple[Engine, FakePublisher]:
         [ReportedState(device=f"d{i:03d}", versions={"agent": "1.0.0"}, received_at=now)
          for i in range(devices)]
         + [Online(device=f"d{i:03d}", online=True, received_at=now) for i in range(devices)])
+    await engine.observed.ingest.reports.flush()
     return engine, publisher
 
 
@@ -174,6 +166,7 @@ async def test_the_merge_rule_keeps_the_newer_report_in_memory_and_store(store: 
     await engine.on_device_messages([newer])
     await engine.on_device_messages([older])  # a late redelivery
     assert engine.fleet.devices["d000"].versions == {"agent": "5.0.0"}
+    await engine.observed.ingest.reports.flush()
     row = await store.devices.get("d000")
     assert row is not None and row.versions == {"agent": "5.0.0"}
 

@@ -170,6 +170,12 @@ async def controller_core(settings: Settings, hooks: EngineHooks | None = None, 
             yield core
         finally:
             await link.stop()  # the persistent session stays on the broker
+            try:
+                async with asyncio.timeout(10):
+                    await observed.ingest.reports.flush()
+            except TimeoutError:  # retained on the broker: the next start receives them
+                log.warning("ingest.reports_unstored_at_stop",
+                            devices=observed.ingest.reports.pending)
             if notifier is not None:
                 await notifier.close()
     finally:

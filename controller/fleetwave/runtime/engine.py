@@ -2,7 +2,8 @@
 
     fleet.py       the fleet in memory (devices, records, rollout states), one merge rule
     desired.py     desired state from every home, and generations
-    ingest.py      device messages -> store -> memory (acknowledged after the commit)
+    ingest.py      device messages -> store -> memory (statuses acknowledged after the commit)
+    writeback.py   state and liveness reports -> store, behind memory (the broker retains them)
     reconciler.py  the loop: plan -> store (one transaction) -> publish (outbox.py)
     queries.py     the API's read side
     control.py     the API's write side
@@ -138,11 +139,13 @@ class Engine:
     async def start(self) -> None:
         """Load what the store remembers: devices, records and each rollout's state.
 
-        Under the fleet lock: ingest that starts before (the link connects first) has
-        written the store already and is read back here; ingest that arrives during the
-        load waits, and the merge rule keeps the newer of two copies either way.
+        Under the fleet lock: reports ingested before (the link connects first) are
+        written to the store first and read back here, so the load never replaces a newer
+        report in memory with an older row; ingest that arrives during the load waits, and
+        the merge rule keeps the newer of two copies either way.
         """
         async with self.observed.lock:
+            await self.observed.ingest.reports.write_locked()
             await self._load()
 
     async def _load(self) -> None:

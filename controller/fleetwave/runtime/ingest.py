@@ -1,8 +1,10 @@
-"""Ingest: device messages from the MQTT link into the store, then into memory.
+"""Ingest: device messages from the MQTT link into the store and memory.
 
-One store transaction per kind per batch. The link acknowledges a batch's messages to the
-broker only after this returns, i.e. after the store committed them: a controller killed
-mid-batch gets the same messages again from its persistent session (`mqtt/link.py`).
+Statuses: one store transaction per batch, then memory. The link acknowledges a batch's
+messages to the broker only after this returns, i.e. after the store committed its statuses:
+a controller killed mid-batch gets the same statuses again from its persistent session
+(`mqtt/link.py`). State and liveness reports go to memory at once and to the store right
+behind it (`writeback.py`): the broker retains them and resends them on a restart.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from fleetwave.protocol.messages import DeviceMessage, Online, ReportedState, St
 from fleetwave.protocol.new_devices import NewDeviceGate
 from fleetwave.runtime.fleet import FleetState
 from fleetwave.runtime.gauges import count_final
+from fleetwave.runtime.writeback import ReportWriter
 from fleetwave.store import Store
+from fleetwave.updates.model import UpdateRecord
 
 log = structlog.get_logger("fleetwave.ingest")
 
@@ -41,6 +45,8 @@ class Ingest:
         """Caps unknown device ids admitted per minute (`--max-new-devices-per-minute`)."""
         self.clock = clock
         self._refusals_logged_at = float("-inf")
+        self.reports = ReportWriter(store, lock, on_settled=self._settled)
+        """State and liveness reports on their way to the store, behind memory."""
 
     async def on_device_messages(self, batch: Sequence[DeviceMessage]) -> None:
         for status in batch:
@@ -62,18 +68,22 @@ class Ingest:
                     if after.is_terminal and (outcome.before is None or outcome.before.is_open):
                         finished.add(after.device)
             if device_msgs:
-                # An update whose status was lost is settled by the reported version.
-                for settled in await self.store.devices.apply_messages(device_msgs):
-                    if self.fleet.remember(settled) and self.counting:
-                        count_final(self.metrics, settled)
-                    finished.add(settled.device)
                 merge = self.fleet.merge_device_message
-                for msg in device_msgs:
-                    merge(msg)
+                # What memory already holds (or newer) is stored or on its way there.
+                self.reports.add([msg for msg in device_msgs if merge(msg)])
             # A final state clears the retained command, so a rebooting device is not
             # updated again. The next pass publishes the clears: waiting for the broker
             # here would hold up the ingest thread that carries its acknowledgements.
             self.to_clear.update(finished)
+        self.wake()
+        await self.reports.room()
+
+    def _settled(self, records: list[UpdateRecord]) -> None:
+        """Open updates that a stored state report settled (its status was lost)."""
+        for settled in records:
+            if self.fleet.remember(settled) and self.counting:
+                count_final(self.metrics, settled)
+            self.to_clear.add(settled.device)
         self.wake()
 
     def _admit(self, batch: Sequence[DeviceMessage]) -> Sequence[DeviceMessage]:

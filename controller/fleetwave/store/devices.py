@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -31,7 +31,12 @@ class Devices:
         both reports carry it, else by receive time), so a late redelivery, or a replica
         draining an old backlog, cannot roll a device back.
         """
-        states, onlines = _newest(msgs)
+        return await self.apply_reports(*newest_reports(msgs))
+
+    async def apply_reports(self, states: Mapping[str, ReportedState],
+                            onlines: Mapping[str, Online]) -> list[UpdateRecord]:
+        """`apply_messages` for reports already reduced to the newest of each device
+        (`newest_reports`)."""
         if not states and not onlines:
             return []
         state_rows = [{
@@ -96,11 +101,15 @@ class Devices:
         await self._db.write(work)
 
 
-def _newest(msgs: Sequence[ReportedState | Online]
-            ) -> tuple[dict[str, ReportedState], dict[str, Online]]:
-    """The newest state report and the newest liveness message of each device in a batch."""
-    states: dict[str, ReportedState] = {}
-    onlines: dict[str, Online] = {}
+def newest_reports(msgs: Iterable[ReportedState | Online],
+                   states: dict[str, ReportedState] | None = None,
+                   onlines: dict[str, Online] | None = None,
+                   ) -> tuple[dict[str, ReportedState], dict[str, Online]]:
+    """The newest state report and the newest liveness message of each device, by the
+    store's merge rule: of `msgs`, or of `msgs` and what `states` and `onlines` hold (they
+    are updated in place)."""
+    states = {} if states is None else states
+    onlines = {} if onlines is None else onlines
     for msg in msgs:
         if isinstance(msg, ReportedState):
             held = states.get(msg.device)
