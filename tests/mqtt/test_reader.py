@@ -4,6 +4,7 @@ against a real Mosquitto with the shipped configuration."""
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 import time
 
@@ -31,6 +32,42 @@ def test_small_reads_are_served_from_one_large_read_in_order() -> None:
     b.close()
     assert reader.recv(1) == b""  # end of stream reaches paho as it would
     reader.close()
+
+
+def publish_packet(topic: bytes, payload: bytes, qos: int, mid: int,
+                   properties: bytes = b"\x00") -> bytes:
+    """A PUBLISH's variable header and payload as paho holds it (after the fixed header)."""
+    return (struct.pack("!H", len(topic)) + topic + (struct.pack("!H", mid) if qos else b"")
+            + properties + payload)
+
+
+@pytest.mark.parametrize(("header", "packet"), [
+    (0x30, publish_packet(b"iot/device/d1/agent/state", b'{"versions":{}}', 0, 0)),
+    (0x33, publish_packet(b"iot/device/d1/agent/state", b'{"a":1}', 1, 7)),  # retained
+    (0x3A, publish_packet(b"iot/device/d1/agent/status", b"", 1, 65535)),  # dup, empty
+    # a User-Property (0x26): paho's own path, so its Properties come through
+    (0x32, publish_packet(b"t", b"x", 1, 9, b"\x07\x26\x00\x01k\x00\x01v")),
+    (0x34, publish_packet(b"t", b"x", 2, 9)),  # QoS 2: paho's own path
+])
+def test_a_publish_decodes_as_paho_decodes_it(header: int, packet: bytes) -> None:
+    """The short path of `Client._handle_publish` against paho's own, field by field."""
+    def decoded(cls: type[paho.Client]) -> list[paho.MQTTMessage]:
+        got: list[paho.MQTTMessage] = []
+        c = cls(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5,
+                manual_ack=True)
+        c.on_message = lambda cl, u, msg: got.append(msg)
+        c._in_packet["command"] = header
+        c._in_packet["packet"] = packet
+        c._handle_publish()
+        return got
+
+    ours, theirs = decoded(Client), decoded(paho.Client)
+    assert len(ours) == len(theirs) == (0 if header & 0x06 == 0x04 else 1)  # QoS 2 waits
+    for mine, paho_s in zip(ours, theirs, strict=True):
+        for field in ("mid", "topic", "payload", "qos", "retain", "dup"):
+            assert getattr(mine, field) == getattr(paho_s, field), field
+        assert (str(mine.properties) if mine.properties is not None else "[]") \
+            == str(paho_s.properties)
 
 
 def client(broker: RunningBroker, client_id: str, cls: type[paho.Client] = Client,
