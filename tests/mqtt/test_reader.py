@@ -3,6 +3,7 @@ against a real Mosquitto with the shipped configuration."""
 
 from __future__ import annotations
 
+import gc
 import socket
 import struct
 import threading
@@ -68,6 +69,57 @@ def test_a_publish_decodes_as_paho_decodes_it(header: int, packet: bytes) -> Non
             assert getattr(mine, field) == getattr(paho_s, field), field
         assert (str(mine.properties) if mine.properties is not None else "[]") \
             == str(paho_s.properties)
+
+
+def handled(c: paho.Client, packet: bytes, times: int = 1) -> None:
+    for _ in range(times):
+        c._in_packet["command"] = 0x32
+        c._in_packet["packet"] = packet
+        c._handle_publish()
+
+
+def test_a_message_leaves_no_reference_cycle_behind() -> None:
+    """paho matches each message against per-topic callbacks with a recursive closure, a
+    cycle per message for the garbage collector; with none registered, nothing is matched."""
+    got: list[paho.MQTTMessage] = []
+    c = Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5,
+               manual_ack=True)
+    c.on_message = lambda cl, u, msg: got.append(msg)
+    packet = publish_packet(b"iot/device/d1/agent/state", b"{}", 1, 1)
+    gc.collect()
+    gc.disable()
+    try:
+        handled(c, packet, 200)
+        unreachable = gc.collect()
+    finally:
+        gc.enable()
+    assert len(got) == 200
+    assert unreachable < 20  # paho's own path leaves 4 objects per message
+
+
+def test_per_topic_callbacks_still_get_their_messages() -> None:
+    default: list[str] = []
+    per_topic: list[str] = []
+    c = Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5,
+               manual_ack=True)
+    c.on_message = lambda cl, u, msg: default.append(msg.topic)
+    c.message_callback_add("iot/+/special", lambda cl, u, msg: per_topic.append(msg.topic))
+    handled(c, publish_packet(b"iot/a/special", b"{}", 1, 1))
+    handled(c, publish_packet(b"iot/a/other", b"{}", 1, 2))
+    assert (default, per_topic) == (["iot/a/other"], ["iot/a/special"])
+
+
+def test_a_failing_callback_is_raised_as_paho_raises_it() -> None:
+    c = Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
+
+    def broken(cl: paho.Client, u: object, msg: paho.MQTTMessage) -> None:
+        raise ValueError("callback bug")
+
+    c.on_message = broken
+    with pytest.raises(ValueError, match="callback bug"):
+        handled(c, publish_packet(b"t", b"x", 1, 1))
+    c.suppress_exceptions = True
+    handled(c, publish_packet(b"t", b"x", 1, 2))  # logged, not raised
 
 
 def client(broker: RunningBroker, client_id: str, cls: type[paho.Client] = Client,
