@@ -12,6 +12,7 @@ import time
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.exception import MalformedPacket
 
 from fleetwave.mqtt.reader import BufferedSocket, Client
 from tests.support.broker import RunningBroker
@@ -42,6 +43,24 @@ def publish_packet(topic: bytes, payload: bytes, qos: int, mid: int,
             + properties + payload)
 
 
+def receiving(cls: type[paho.Client] = Client, manual_ack: bool = True
+              ) -> tuple[paho.Client, list[paho.MQTTMessage]]:
+    """A client, not connected, that keeps every message handed to `on_message`."""
+    got: list[paho.MQTTMessage] = []
+    c = cls(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5,
+            manual_ack=manual_ack)
+    c.on_message = lambda cl, u, msg: got.append(msg)
+    return c, got
+
+
+def handled(c: paho.Client, packet: bytes, header: int = 0x32, times: int = 1) -> None:
+    """Feed `c` a PUBLISH as paho's reader leaves it: fixed header byte, then the rest."""
+    for _ in range(times):
+        c._in_packet["command"] = header
+        c._in_packet["packet"] = packet
+        c._handle_publish()
+
+
 @pytest.mark.parametrize(("header", "packet"), [
     (0x30, publish_packet(b"iot/device/d1/agent/state", b'{"versions":{}}', 0, 0)),
     (0x33, publish_packet(b"iot/device/d1/agent/state", b'{"a":1}', 1, 7)),  # retained
@@ -52,44 +71,53 @@ def publish_packet(topic: bytes, payload: bytes, qos: int, mid: int,
 ])
 def test_a_publish_decodes_as_paho_decodes_it(header: int, packet: bytes) -> None:
     """The short path of `Client._handle_publish` against paho's own, field by field."""
-    def decoded(cls: type[paho.Client]) -> list[paho.MQTTMessage]:
-        got: list[paho.MQTTMessage] = []
-        c = cls(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5,
-                manual_ack=True)
-        c.on_message = lambda cl, u, msg: got.append(msg)
-        c._in_packet["command"] = header
-        c._in_packet["packet"] = packet
-        c._handle_publish()
-        return got
-
-    ours, theirs = decoded(Client), decoded(paho.Client)
-    assert len(ours) == len(theirs) == (0 if header & 0x06 == 0x04 else 1)  # QoS 2 waits
-    for mine, paho_s in zip(ours, theirs, strict=True):
+    (ours, mine), (theirs, paho_s) = receiving(Client), receiving(paho.Client)
+    handled(ours, packet, header)
+    handled(theirs, packet, header)
+    assert len(mine) == len(paho_s) == (0 if header & 0x06 == 0x04 else 1)  # QoS 2 waits
+    for a, b in zip(mine, paho_s, strict=True):
         for field in ("mid", "topic", "payload", "qos", "retain", "dup"):
-            assert getattr(mine, field) == getattr(paho_s, field), field
-        assert (str(mine.properties) if mine.properties is not None else "[]") \
-            == str(paho_s.properties)
+            assert getattr(a, field) == getattr(b, field), field
+        assert (str(a.properties) if a.properties is not None else "[]") == str(b.properties)
 
 
-def handled(c: paho.Client, packet: bytes, times: int = 1) -> None:
-    for _ in range(times):
-        c._in_packet["command"] = 0x32
-        c._in_packet["packet"] = packet
-        c._handle_publish()
+@pytest.mark.parametrize("packet", [
+    struct.pack("!H", 50) + b"abc",  # a topic longer than the packet
+    struct.pack("!H", 1) + b"t" + struct.pack("!H", 3),  # no property length
+    b"\x00\x01",  # shorter than any PUBLISH
+])
+def test_a_malformed_publish_is_refused_as_paho_refuses_it(packet: bytes) -> None:
+    """A broken packet: the short path hands it to paho, which refuses it; no message
+    reaches the link."""
+    for cls in (Client, paho.Client):
+        c, got = receiving(cls)
+        with pytest.raises(MalformedPacket):
+            handled(c, packet)
+        assert got == [], cls
+
+
+def test_a_topic_that_is_not_utf8_reaches_the_link_as_paho_delivers_it() -> None:
+    """The link drops it (`unknown_topic`); here only that both paths deliver the same."""
+    delivered = []
+    for cls in (Client, paho.Client):
+        c, got = receiving(cls)
+        handled(c, publish_packet(b"\xff\xfe", b"x", 1, 3))
+        (msg,) = got
+        with pytest.raises(UnicodeDecodeError):
+            msg.topic  # noqa: B018 - the property is what raises
+        delivered.append((msg.mid, msg.payload, msg.qos))
+    assert delivered[0] == delivered[1] == (3, b"x", 1)
 
 
 def test_a_message_leaves_no_reference_cycle_behind() -> None:
     """paho matches each message against per-topic callbacks with a recursive closure, a
     cycle per message for the garbage collector; with none registered, nothing is matched."""
-    got: list[paho.MQTTMessage] = []
-    c = Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5,
-               manual_ack=True)
-    c.on_message = lambda cl, u, msg: got.append(msg)
+    c, got = receiving()
     packet = publish_packet(b"iot/device/d1/agent/state", b"{}", 1, 1)
     gc.collect()
     gc.disable()
     try:
-        handled(c, packet, 200)
+        handled(c, packet, times=200)
         unreachable = gc.collect()
     finally:
         gc.enable()
@@ -98,19 +126,17 @@ def test_a_message_leaves_no_reference_cycle_behind() -> None:
 
 
 def test_per_topic_callbacks_still_get_their_messages() -> None:
-    default: list[str] = []
-    per_topic: list[str] = []
-    c = Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5,
-               manual_ack=True)
-    c.on_message = lambda cl, u, msg: default.append(msg.topic)
-    c.message_callback_add("iot/+/special", lambda cl, u, msg: per_topic.append(msg.topic))
+    c, default = receiving()
+    per_topic: list[paho.MQTTMessage] = []
+    c.message_callback_add("iot/+/special", lambda cl, u, msg: per_topic.append(msg))
     handled(c, publish_packet(b"iot/a/special", b"{}", 1, 1))
     handled(c, publish_packet(b"iot/a/other", b"{}", 1, 2))
-    assert (default, per_topic) == (["iot/a/other"], ["iot/a/special"])
+    assert ([m.topic for m in default], [m.topic for m in per_topic]) \
+        == (["iot/a/other"], ["iot/a/special"])
 
 
 def test_a_failing_callback_is_raised_as_paho_raises_it() -> None:
-    c = Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
+    c, _ = receiving(manual_ack=False)
 
     def broken(cl: paho.Client, u: object, msg: paho.MQTTMessage) -> None:
         raise ValueError("callback bug")
