@@ -19,6 +19,7 @@ the broker's flow control holds the rest.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import Callable, Iterable
 from typing import TypeVar
@@ -82,23 +83,24 @@ class ReportWriter:
     async def write_locked(self) -> None:
         """Write everything queued, by a caller that holds the fleet lock (the start-up load,
         which must not read the store before it holds what memory holds)."""
-        delay = 0.5
-        while self.pending and self.stopped is None:
-            if not await self._write_batch():
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.retry_max)
+        await self._drain(contextlib.nullcontext())
 
     async def _write_all(self) -> None:
+        await self._drain(self.lock)
+        self._room.set()
+
+    async def _drain(self, lock: contextlib.AbstractAsyncContextManager[object]) -> None:
+        """Batches until nothing waits, `lock` held for each; while the store is unreachable,
+        back off between them (outside `lock`, so the reconciler is not held up)."""
         delay = 0.5
         while self.pending and self.stopped is None:
-            async with self.lock:
+            async with lock:
                 written = await self._write_batch()
             if written:
                 delay = 0.5
-            else:  # the store is unreachable: wait without holding up the reconciler
+            else:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max)
-        self._room.set()
 
     async def _write_batch(self) -> bool:
         """One transaction of up to `batch` devices of each kind. False when the store was
